@@ -1,0 +1,34 @@
+//! Workload identity for Causeway gateways: SPIFFE IDs, a per-cluster CA, X.509-SVIDs, and the
+//! rustls configurations that authenticate gateways to each other.
+//!
+//! ```text
+//!   cluster east                                         cluster west
+//!   CertificateAuthority(east) ── issue ──► Svid         CertificateAuthority(west) ──► Svid
+//!        │ bundle_pem                          │               │ bundle_pem              │
+//!        └──────────────► TrustBundles ◄───────┼───────────────┘                         │
+//!                         {east: [root], west: [root]}                                   │
+//!                                   │          │                                         │
+//!                     server_config / client_config(svid, bundles, expected peer domain) │
+//!                                   │                                                    │
+//!                                   └────────── mutual TLS 1.3, ALPN causeway/1 ◄────────┘
+//! ```
+//!
+//! Peers are identified by the single URI SAN of their leaf certificate and checked against the
+//! roots of *their* trust domain only; DNS names are never consulted. After a handshake,
+//! [`peer_spiffe_id`] on the connection's peer certificates yields the authenticated ID.
+//!
+//! Renewal is the caller's: an owner task re-issues at [`Svid::renew_at`] and swaps configs.
+
+mod bundle;
+mod ca;
+mod error;
+mod spiffe;
+mod svid;
+mod verifier;
+
+pub use bundle::TrustBundles;
+pub use ca::CertificateAuthority;
+pub use error::IdentityError;
+pub use spiffe::{SpiffeId, TrustDomain};
+pub use svid::{Svid, peer_spiffe_id};
+pub use verifier::{ALPN, client_config, server_config};

@@ -1,0 +1,121 @@
+//! X.509-SVIDs: a SPIFFE ID bound to a key pair by a certificate, and reading the ID back out of
+//! a peer's certificate.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use super::{IdentityError, SpiffeId};
+
+/// An X.509-SVID with its private key.
+pub struct Svid {
+    pub(super) id: SpiffeId,
+    /// Leaf first. Causeway CAs sign leaves directly, so today this is just the leaf.
+    pub(super) chain: Vec<CertificateDer<'static>>,
+    pub(super) key: PrivatePkcs8KeyDer<'static>,
+    /// As encoded in the certificate (whole seconds).
+    pub(super) not_before: SystemTime,
+    pub(super) not_after: SystemTime,
+}
+
+impl Svid {
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// A copy of the PKCS#8 private key, in the form rustls configs take.
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Half-way through the validity window: late enough not to churn, early enough that a
+    /// failing CA leaves half the lifetime to recover before peers start refusing us.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + lifetime / 2
+    }
+}
+
+impl Clone for Svid {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
+impl fmt::Debug for Svid {
+    // Written out so the private key can never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Svid")
+            .field("id", &self.id)
+            .field("chain_len", &self.chain.len())
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The SPIFFE ID of a peer from its presented chain (leaf first): the leaf's single URI SAN.
+///
+/// This only reads the certificate. Call it on chains the verifiers in this module accepted
+/// (e.g. `Connection::peer_certificates`), where the ID has been vouched for by the peer trust
+/// domain's roots.
+pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, IdentityError> {
+    let leaf = chain.first().ok_or(IdentityError::NoPeerCertificate)?;
+    let cert = parse_certificate(leaf)
+        .map_err(|e| IdentityError::MalformedPeerCertificate(e.to_string()))?;
+    let uris = uri_sans(&cert).map_err(IdentityError::MalformedPeerCertificate)?;
+    match uris.as_slice() {
+        [uri] => SpiffeId::parse(uri),
+        _ => Err(IdentityError::PeerUriSanCount(uris.len())),
+    }
+}
+
+pub(super) fn parse_certificate<'a>(
+    der: &'a CertificateDer<'_>,
+) -> Result<X509Certificate<'a>, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+    x509_parser::parse_x509_certificate(der).map(|(_, cert)| cert)
+}
+
+/// Every URI in the subject alternative names.
+pub(super) fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, String> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("subject alternative names: {e}"))?;
+    Ok(san
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}

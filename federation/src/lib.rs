@@ -1,0 +1,8 @@
+//! Causeway's mesh model and identity.
+//!
+//! `federation` depends on none of Causeway's crates. It owns the words of the mesh (clusters,
+//! services, trust domains, SPIFFE IDs) and is the only crate that issues certificates.
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod model;

@@ -1,0 +1,71 @@
+//! Small HTTP/1.1 helpers shared by the outbound listener and the tunnel inbound.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use http::{Request, Response, StatusCode};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// A plain-text answer from the gateway itself, marked so it is never mistaken for the
+/// application's own error page.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(boxed(Full::new(Bytes::from(format!(
+        "causeway: {message}\n"
+    )))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert("x-causeway-error", http::HeaderValue::from_static("true"));
+    resp
+}
+
+/// Headers that describe one hop, never the request (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+];
+
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection on `io` and returns the response head;
+/// the connection task keeps running until the response body is consumed.
+pub async fn send(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    strip_hop_by_hop(req.headers_mut());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
+        }
+    });
+    let mut resp = sender.send_request(req).await?;
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}

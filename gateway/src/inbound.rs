@@ -1,0 +1,400 @@
+//! The receiving side of tunnels: accept connections from peer gateways, check every stream's
+//! preamble, and proxy accepted streams to local endpoints.
+//!
+//! A malformed or refused stream is answered with a verdict (when a verdict can still be sent)
+//! and closed; the connection and every other stream on it carry on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime};
+
+use ::http::header::HeaderValue;
+use federation::identity::{self, SpiffeId, TrustDomain};
+use federation::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::catalog::Snapshot;
+use crate::drain;
+use crate::http;
+use crate::metrics::{HandshakeLabels, Metrics, RefusalLabels, Reporter, RequestLabels, TcpLabels};
+use crate::preamble::{
+    self, Catalog, CatalogPort, CatalogService, Preamble, StreamRequest, Verdict, VerdictCode,
+};
+
+/// Header naming the verified caller, set (never passed through) by the destination gateway.
+pub const SOURCE_PRINCIPAL_HEADER: &str = "x-causeway-source-principal";
+/// Header naming the caller's cluster, set by the destination gateway.
+pub const SOURCE_CLUSTER_HEADER: &str = "x-causeway-source-cluster";
+
+pub(crate) struct Inbound {
+    pub cluster: ClusterName,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Trust domain -> cluster name, for labels and headers.
+    pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
+    pub max_preamble_bytes: usize,
+    pub metrics: Metrics,
+    pub next_endpoint: AtomicUsize,
+}
+
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    inbound: Arc<Inbound>,
+    drain: drain::Watch,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = drain.signaled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let inbound = inbound.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, inbound, drain).await,
+                Err(e) => {
+                    inbound
+                        .metrics
+                        .tunnel_handshake_failures
+                        .get_or_create(&HandshakeLabels {
+                            peer_cluster: "unknown".into(),
+                            direction: "inbound",
+                        })
+                        .inc();
+                    tracing::warn!(%remote, error = %e, "refused tunnel handshake");
+                }
+            }
+        });
+    }
+}
+
+fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    identity::peer_spiffe_id(&certs).ok()
+}
+
+async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain: drain::Watch) {
+    // The verifier already checked the chain; this only reads back what it accepted.
+    let Some(peer) = peer_id(&conn) else {
+        conn.close(2u32.into(), b"no SPIFFE identity");
+        return;
+    };
+    let peer_cluster = inbound
+        .clusters_by_domain
+        .get(peer.trust_domain())
+        .map_or_else(|| peer.trust_domain().to_string(), |c| c.to_string());
+    tracing::debug!(peer = %peer, remote = %conn.remote_address(), "tunnel accepted");
+    loop {
+        let stream = tokio::select! {
+            _ = drain.signaled() => break,
+            s = conn.accept_bi() => s,
+        };
+        let Ok((send, recv)) = stream else { break };
+        let inbound = inbound.clone();
+        let peer = peer.clone();
+        let peer_cluster = peer_cluster.clone();
+        let watch = drain.clone();
+        tokio::spawn(async move {
+            serve_stream(send, recv, &inbound, &peer, &peer_cluster).await;
+            drop(watch);
+        });
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    inbound: &Inbound,
+    peer: &SpiffeId,
+    peer_cluster: &str,
+) {
+    let refuse = |code: VerdictCode| {
+        inbound
+            .metrics
+            .stream_refusals
+            .get_or_create(&RefusalLabels {
+                peer_cluster: peer_cluster.to_string(),
+                reason: code.as_label(),
+            })
+            .inc();
+    };
+    let preamble: Preamble = match preamble::read_frame(&mut recv, inbound.max_preamble_bytes).await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            // Unreadable: the framing itself is broken, so only closing the stream is safe.
+            refuse(VerdictCode::Malformed);
+            tracing::debug!(%peer, error = %e, "malformed preamble; closing stream");
+            let _ = preamble::write_frame(
+                &mut send,
+                &Verdict::refused(VerdictCode::Malformed, e.to_string()),
+            )
+            .await;
+            let _ = send.finish();
+            let _ = recv.stop(1u32.into());
+            return;
+        }
+    };
+    let snapshot = inbound.snapshot.borrow().clone();
+    let decision = StreamRequest::from_preamble(preamble, SystemTime::now())
+        .and_then(|req| authorize(req, peer))
+        .and_then(|req| match &req {
+            StreamRequest::Catalog { .. } => Ok((req, None)),
+            StreamRequest::Proxy { service, port, .. } => {
+                local_service(&snapshot, service, *port).map(|svc| (req, Some(svc)))
+            }
+        });
+    let (request, service) = match decision {
+        Ok(ok) => ok,
+        Err(verdict) => {
+            refuse(verdict.decision());
+            tracing::info!(%peer, code = verdict.decision().as_label(), reason = %verdict.reason, "stream refused");
+            let _ = preamble::write_frame(&mut send, &verdict).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    match (request, service) {
+        (StreamRequest::Catalog { .. }, _) => {
+            let catalog = catalog_of(&snapshot, &inbound.cluster);
+            let _ = preamble::write_frame(&mut send, &Verdict::accepted()).await;
+            let _ = preamble::write_frame(&mut send, &catalog).await;
+            let _ = send.finish();
+        }
+        (
+            StreamRequest::Proxy {
+                service,
+                port,
+                source,
+                ..
+            },
+            Some(svc),
+        ) => {
+            let Some(upstream) = connect_endpoint(&svc, &inbound.next_endpoint).await else {
+                let verdict = Verdict::refused(
+                    VerdictCode::EndpointUnavailable,
+                    format!(
+                        "no endpoint of {service} in cluster {} accepts connections",
+                        inbound.cluster
+                    ),
+                );
+                refuse(verdict.decision());
+                let _ = preamble::write_frame(&mut send, &verdict).await;
+                let _ = send.finish();
+                return;
+            };
+            if preamble::write_frame(&mut send, &Verdict::accepted())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let stream = tokio::io::join(recv, send);
+            match port.protocol {
+                Protocol::Tcp => {
+                    let _open = inbound.metrics.open_tcp(TcpLabels {
+                        reporter: Reporter::Destination,
+                        source_cluster: peer_cluster.to_string(),
+                        destination_cluster: inbound.cluster.to_string(),
+                        service: service.to_string(),
+                    });
+                    let mut stream = stream;
+                    let mut upstream = upstream;
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                }
+                Protocol::Http => {
+                    serve_http(stream, upstream, inbound, &service, &source, peer_cluster).await;
+                }
+            }
+        }
+        (StreamRequest::Proxy { .. }, None) => {}
+    }
+}
+
+/// A gateway may only speak for callers of its own trust domain.
+fn authorize(req: StreamRequest, peer: &SpiffeId) -> Result<StreamRequest, Verdict> {
+    if req.source().trust_domain() != peer.trust_domain() {
+        return Err(Verdict::refused(
+            VerdictCode::SourceOutsidePeerDomain,
+            format!(
+                "gateway {peer} may not assert source principal {} outside trust domain {}",
+                req.source(),
+                peer.trust_domain()
+            ),
+        ));
+    }
+    Ok(req)
+}
+
+fn local_service(
+    snapshot: &Snapshot,
+    service: &ServiceKey,
+    port: ServicePort,
+) -> Result<Arc<LocalService>, Verdict> {
+    let svc = snapshot
+        .local
+        .get(service)
+        .filter(|s| s.export)
+        .ok_or_else(|| {
+            Verdict::refused(
+                VerdictCode::UnknownService,
+                format!("this cluster exports no service {service}"),
+            )
+        })?;
+    if svc.port(port.port) != Some(port) {
+        return Err(Verdict::refused(
+            VerdictCode::UnknownService,
+            format!(
+                "service {service} has no {} port {}",
+                port.protocol, port.port
+            ),
+        ));
+    }
+    Ok(Arc::new(svc.clone()))
+}
+
+/// Tries each endpoint once, starting from a rotating index so load spreads.
+pub(crate) async fn connect_endpoint(svc: &LocalService, next: &AtomicUsize) -> Option<TcpStream> {
+    let n = svc.endpoints.len();
+    let start = next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..n {
+        let addr: SocketAddr = svc.endpoints[(start + i) % n];
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Some(s);
+            }
+            Err(e) => {
+                tracing::warn!(service = %svc.key, endpoint = %addr, error = %e, "endpoint refused connection")
+            }
+        }
+    }
+    None
+}
+
+async fn serve_http(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    upstream: TcpStream,
+    inbound: &Inbound,
+    service: &ServiceKey,
+    source: &SpiffeId,
+    peer_cluster: &str,
+) {
+    // One request per stream; the upstream connection made before the verdict serves it.
+    let upstream = std::sync::Mutex::new(Some(upstream));
+    let principal = HeaderValue::from_str(source.to_string().as_str()).ok();
+    let source_cluster = HeaderValue::from_str(peer_cluster).ok();
+    let service_fn = hyper::service::service_fn(|mut req: http::Request<Incoming>| {
+        let upstream = upstream.lock().ok().and_then(|mut u| u.take());
+        let started = Instant::now();
+        let headers = req.headers_mut();
+        // Overwrite, never trust: only this gateway may vouch for the caller.
+        headers.remove(SOURCE_PRINCIPAL_HEADER);
+        headers.remove(SOURCE_CLUSTER_HEADER);
+        if let Some(v) = &principal {
+            headers.insert(SOURCE_PRINCIPAL_HEADER, v.clone());
+        }
+        if let Some(v) = &source_cluster {
+            headers.insert(SOURCE_CLUSTER_HEADER, v.clone());
+        }
+        async move {
+            let response = match upstream {
+                Some(tcp) => match http::send(tcp, req.map(http::boxed)).await {
+                    Ok(resp) => resp.map(http::boxed),
+                    Err(e) => http::error_response(
+                        http::StatusCode::BAD_GATEWAY,
+                        &format!("upstream {service} failed: {e}"),
+                    ),
+                },
+                None => http::error_response(
+                    http::StatusCode::BAD_REQUEST,
+                    "one request per tunnel stream",
+                ),
+            };
+            let labels = RequestLabels {
+                reporter: Reporter::Destination,
+                source_cluster: peer_cluster.to_string(),
+                destination_cluster: inbound.cluster.to_string(),
+                service: service.to_string(),
+                response_code: response.status().as_u16(),
+            };
+            inbound.metrics.requests.get_or_create(&labels).inc();
+            inbound
+                .metrics
+                .request_duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service_fn);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "tunnel HTTP stream ended with an error");
+    }
+}
+
+/// The services this cluster offers to others.
+fn catalog_of(snapshot: &Snapshot, cluster: &ClusterName) -> Catalog {
+    Catalog {
+        cluster: cluster.to_string(),
+        services: snapshot
+            .local
+            .values()
+            .filter(|s| s.export)
+            .map(|s| CatalogService {
+                service: s.key.to_string(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| CatalogPort {
+                        port: u32::from(p.port),
+                        protocol: preamble::wire_protocol(p.protocol) as i32,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Reads a peer's catalog, skipping (and logging) entries this gateway cannot use.
+pub(crate) fn exports_from_catalog(
+    catalog: &Catalog,
+    peer: &ClusterName,
+) -> BTreeMap<ServiceKey, Vec<ServicePort>> {
+    let mut exports = BTreeMap::new();
+    for svc in &catalog.services {
+        let Ok(key) = svc.service.parse::<ServiceKey>() else {
+            tracing::warn!(%peer, service = %svc.service, "peer exports an invalid service name; ignored");
+            continue;
+        };
+        let ports = svc
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
+                let protocol = match preamble::StreamProtocol::try_from(p.protocol).ok()? {
+                    preamble::StreamProtocol::Http => Protocol::Http,
+                    preamble::StreamProtocol::Tcp => Protocol::Tcp,
+                    _ => return None,
+                };
+                Some(ServicePort { port, protocol })
+            })
+            .collect();
+        exports.insert(key, ports);
+    }
+    exports
+}

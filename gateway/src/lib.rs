@@ -1,0 +1,369 @@
+//! Causeway's data plane: QUIC tunnels between gateways, the outbound listeners local clients
+//! call, the tunnel inbound that reaches local endpoints, and DNS for the mesh zone.
+//!
+//! ```text
+//!  local client --HTTP by Host / TCP port--> outbound --QUIC stream + preamble--> peer inbound --> endpoint
+//!                         DNS: <svc>.<ns>[.<cluster>].mesh -> outbound address
+//! ```
+//!
+//! The data plane never waits on the control plane: it routes on an immutable [`Snapshot`]
+//! swapped in through a `watch` channel, and takes its certificate the same way.
+//!
+//! [`Snapshot`]: catalog::Snapshot
+#![forbid(unsafe_code)]
+
+mod catalog;
+pub mod dns;
+pub mod drain;
+mod http;
+mod inbound;
+pub mod metrics;
+mod outbound;
+pub mod preamble;
+mod tunnel;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use federation::identity::{IdentityError, Svid, TrustBundles, TrustDomain};
+use federation::model::{ClusterName, LocalService};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use inbound::{SOURCE_CLUSTER_HEADER, SOURCE_PRINCIPAL_HEADER};
+
+use crate::catalog::{PeerView, Snapshot};
+use crate::metrics::Metrics;
+
+/// Tunnel tuning, from the `[tunnel]` config section.
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub max_streams: u32,
+    pub max_preamble_bytes: u16,
+}
+
+/// A peer cluster's gateway, dialled and kept connected.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster: ClusterName,
+    pub tunnel_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub dns_addr: SocketAddr,
+    pub tunnel: TunnelSettings,
+    pub drain_timeout: Duration,
+    pub peers: Vec<Peer>,
+    pub services: Vec<LocalService>,
+}
+
+/// Where the data plane is listening; with port 0 in the config these are the real ports.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub tunnel: SocketAddr,
+    pub outbound: SocketAddr,
+    pub dns_udp: SocketAddr,
+    pub dns_tcp: SocketAddr,
+}
+
+/// Why the data plane could not start or a tunnel operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listener could not bind its address.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A setting the data plane cannot use.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The certificate or trust bundles could not form a TLS config.
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// rustls refused the TLS config for QUIC.
+    #[error("TLS config unusable for QUIC: {0}")]
+    Tls(String),
+    /// A tunnel could not be dialled or used.
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+    /// A frame on a tunnel stream could not be read or written.
+    #[error("tunnel stream: {0}")]
+    Frame(#[from] preamble::FrameError),
+    /// The peer refused a stream.
+    #[error("refused by peer ({}): {}", .0.as_label(), .1)]
+    Refused(preamble::VerdictCode, String),
+}
+
+/// A running data plane. Drop it only after [`Gateway::shutdown`].
+pub struct Gateway {
+    addrs: BoundAddrs,
+    endpoint: quinn::Endpoint,
+    trigger: drain::Trigger,
+    tasks: JoinSet<()>,
+    drain_timeout: Duration,
+    dns_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Gateway {
+    /// Binds every listener, then starts serving. Must run inside the data plane's runtime.
+    pub async fn start(
+        settings: Settings,
+        svid: watch::Receiver<Arc<Svid>>,
+        bundles: Arc<TrustBundles>,
+        metrics: Metrics,
+    ) -> Result<Self, GatewayError> {
+        let transport = tunnel::transport(&settings.tunnel)?;
+        let server_config = tunnel::server_config(&svid.borrow(), &bundles, &transport)?;
+        let socket = std::net::UdpSocket::bind(settings.tunnel_addr).map_err(|source| {
+            GatewayError::Bind {
+                what: "tunnel (UDP)",
+                addr: settings.tunnel_addr,
+                source,
+            }
+        })?;
+        // quinn enables GSO/GRO on this socket where the kernel offers them.
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| GatewayError::Bind {
+            what: "tunnel (UDP)",
+            addr: settings.tunnel_addr,
+            source,
+        })?;
+        let tunnel_addr = endpoint.local_addr().map_err(|source| GatewayError::Bind {
+            what: "tunnel (UDP)",
+            addr: settings.tunnel_addr,
+            source,
+        })?;
+        let outbound_listener = bind_tcp("outbound", settings.outbound_addr).await?;
+        let outbound_addr = local_addr("outbound", &outbound_listener, settings.outbound_addr)?;
+        let dns_udp = tokio::net::UdpSocket::bind(settings.dns_addr)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                what: "DNS (UDP)",
+                addr: settings.dns_addr,
+                source,
+            })?;
+        let dns_udp_addr = dns_udp.local_addr().map_err(|source| GatewayError::Bind {
+            what: "DNS (UDP)",
+            addr: settings.dns_addr,
+            source,
+        })?;
+        // With port 0, DNS gets one port number for UDP and TCP where the OS allows it.
+        let dns_tcp_want = SocketAddr::new(settings.dns_addr.ip(), dns_udp_addr.port());
+        let dns_tcp = match bind_tcp("DNS (TCP)", dns_tcp_want).await {
+            Ok(l) => l,
+            Err(_) if settings.dns_addr.port() == 0 => {
+                bind_tcp("DNS (TCP)", settings.dns_addr).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let dns_tcp_addr = local_addr("DNS (TCP)", &dns_tcp, settings.dns_addr)?;
+
+        let snapshot = Snapshot {
+            local_cluster: Some(settings.cluster.clone()),
+            local: settings
+                .services
+                .iter()
+                .map(|s| (s.key.clone(), s.clone()))
+                .collect(),
+            peers: settings
+                .peers
+                .iter()
+                .map(|p| {
+                    let view = PeerView {
+                        conn: None,
+                        exports: BTreeMap::new(),
+                    };
+                    (p.cluster.clone(), view)
+                })
+                .collect(),
+        };
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));
+        let (trigger, drain) = drain::channel();
+        let mut tasks = JoinSet::new();
+
+        let inbound = Arc::new(inbound::Inbound {
+            cluster: settings.cluster.clone(),
+            snapshot: snapshot_rx.clone(),
+            clusters_by_domain: settings
+                .peers
+                .iter()
+                .map(|p| (p.trust_domain.clone(), p.cluster.clone()))
+                .collect(),
+            max_preamble_bytes: usize::from(settings.tunnel.max_preamble_bytes),
+            metrics: metrics.clone(),
+            next_endpoint: AtomicUsize::new(0),
+        });
+        tasks.spawn(inbound::accept_loop(
+            endpoint.clone(),
+            inbound,
+            drain.clone(),
+        ));
+        tasks.spawn(tunnel::rotate_server_identity(
+            endpoint.clone(),
+            svid.clone(),
+            bundles.clone(),
+            transport.clone(),
+            drain.clone(),
+        ));
+
+        let dialer = Arc::new(tunnel::Dialer {
+            endpoint: endpoint.clone(),
+            svid: svid.clone(),
+            bundles,
+            transport,
+            settings: settings.tunnel.clone(),
+            snapshot: snapshot_tx,
+            metrics: metrics.clone(),
+        });
+        for peer in settings.peers {
+            tasks.spawn(tunnel::run_connector(dialer.clone(), peer, drain.clone()));
+        }
+
+        let outbound = Arc::new(outbound::Outbound {
+            cluster: settings.cluster.clone(),
+            snapshot: snapshot_rx.clone(),
+            svid,
+            metrics,
+            next_target: AtomicUsize::new(0),
+            next_endpoint: AtomicUsize::new(0),
+        });
+        tasks.spawn(outbound::serve_http(
+            outbound_listener,
+            outbound.clone(),
+            drain.clone(),
+        ));
+        tasks.spawn(outbound::run_tcp_listeners(
+            outbound,
+            outbound_addr.ip(),
+            drain.clone(),
+        ));
+
+        let (dns_tx, dns_rx) = watch::channel(
+            snapshot_rx
+                .borrow()
+                .dns_table(outbound_addr.ip(), outbound_addr.port()),
+        );
+        tasks.spawn(publish_dns(
+            snapshot_rx,
+            dns_tx,
+            outbound_addr,
+            drain.clone(),
+        ));
+        let (dns_stop, dns_stopped) = tokio::sync::oneshot::channel::<()>();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = dns_stopped.await;
+            };
+            if let Err(e) = dns::serve(dns_udp, dns_tcp, dns_rx, stopped).await {
+                tracing::error!(error = %e, "DNS server failed");
+            }
+        });
+        drop(drain);
+
+        let addrs = BoundAddrs {
+            tunnel: tunnel_addr,
+            outbound: outbound_addr,
+            dns_udp: dns_udp_addr,
+            dns_tcp: dns_tcp_addr,
+        };
+        Ok(Self {
+            addrs,
+            endpoint,
+            trigger,
+            tasks,
+            drain_timeout: settings.drain_timeout,
+            dns_stop,
+        })
+    }
+
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// Stops accepting, lets in-flight streams and requests finish until the drain deadline,
+    /// then closes the QUIC endpoint (peers see an explicit close, not a timeout).
+    pub async fn shutdown(self) {
+        let Self {
+            endpoint,
+            trigger,
+            mut tasks,
+            drain_timeout,
+            dns_stop,
+            ..
+        } = self;
+        // New tunnel handshakes are refused from here on.
+        endpoint.set_server_config(None);
+        let _ = dns_stop.send(());
+        match tokio::time::timeout(drain_timeout, trigger.drain()).await {
+            Ok(()) => tracing::info!("drained: every in-flight stream finished"),
+            Err(_) => tracing::warn!(
+                ?drain_timeout,
+                "drain deadline passed; closing the remaining streams"
+            ),
+        }
+        endpoint.close(0u32.into(), b"gateway shutting down");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+}
+
+async fn bind_tcp(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, GatewayError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    l: &tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, GatewayError> {
+    l.local_addr()
+        .map_err(|source| GatewayError::Bind { what, addr, source })
+}
+
+/// Rebuilds the DNS table whenever the routing snapshot changes.
+async fn publish_dns(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    dns: watch::Sender<dns::DnsTable>,
+    outbound: SocketAddr,
+    drain: drain::Watch,
+) {
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        let table = snapshots
+            .borrow_and_update()
+            .dns_table(outbound.ip(), outbound.port());
+        dns.send_if_modified(|current| {
+            let changed = *current != table;
+            *current = table;
+            changed
+        });
+    }
+}

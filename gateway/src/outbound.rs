@@ -1,0 +1,462 @@
+//! The outbound side: local clients call mesh services here.
+//!
+//! * HTTP/1.1 on the outbound listener, routed by `Host`: `<svc>.<ns>`, `<svc>.<ns>.mesh`,
+//!   `<svc>.<ns>.svc.cluster.local`, or `<svc>.<ns>.<cluster>.mesh` for one cluster.
+//! * TCP on a port per service port, on the outbound listener's address; the listeners follow
+//!   the catalog as peers come and go.
+//!
+//! Requests spread round-robin over the clusters whose tunnel is up; a request that cannot
+//! even start on one target (stream refused, tunnel gone) moves on to the next.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use federation::identity::Svid;
+use federation::model::{ClusterName, Protocol, ServiceKey, ServicePort};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::{NoRoute, Snapshot, Target};
+use crate::drain;
+use crate::http::{self, Body, StatusCode};
+use crate::inbound::connect_endpoint;
+use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
+use crate::preamble::{self, StreamRequest, VerdictCode};
+
+pub(crate) struct Outbound {
+    pub cluster: ClusterName,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub svid: watch::Receiver<Arc<Svid>>,
+    pub metrics: Metrics,
+    pub next_target: AtomicUsize,
+    pub next_endpoint: AtomicUsize,
+}
+
+/// Where a `Host` header points.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct HostRoute {
+    pub service: ServiceKey,
+    pub cluster: Option<ClusterName>,
+}
+
+pub(crate) fn parse_host(host: &str) -> Option<HostRoute> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    // Strip a port, but leave IPv6 literals (which never name a service) to fail below.
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
+        _ => host,
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let (svc, ns, cluster) = match labels.as_slice() {
+        [svc, ns] | [svc, ns, "mesh"] | [svc, ns, "svc", "cluster", "local"] => (*svc, *ns, None),
+        [svc, ns, cluster, "mesh"] => (*svc, *ns, Some(ClusterName::new(cluster).ok()?)),
+        _ => return None,
+    };
+    Some(HostRoute {
+        service: ServiceKey::new(svc, ns).ok()?,
+        cluster,
+    })
+}
+
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    drain: drain::Watch,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let outbound = outbound.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|req| {
+                let outbound = outbound.clone();
+                async move { Ok::<_, std::convert::Infallible>(route_http(&outbound, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = drain.signaled() => {
+                    // Finish the request in flight, then close; the drain deadline bounds it.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(drain);
+        });
+    }
+}
+
+async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> http::Response<Body> {
+    let started = Instant::now();
+    let host = req
+        .headers()
+        .get(::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let Some(host) = host else {
+        return http::error_response(
+            StatusCode::BAD_REQUEST,
+            "request has no Host header naming a mesh service",
+        );
+    };
+    let Some(route) = parse_host(&host) else {
+        return http::error_response(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "Host {host:?} is not a mesh service name (<svc>.<ns>[.mesh], <svc>.<ns>.<cluster>.mesh or <svc>.<ns>.svc.cluster.local)"
+            ),
+        );
+    };
+    let snapshot = outbound.snapshot.borrow().clone();
+    let (port, targets) =
+        match snapshot.targets(&route.service, Protocol::Http, None, route.cluster.as_ref()) {
+            Ok(found) => found,
+            Err(e) => {
+                let status = match e {
+                    NoRoute::Unknown { .. } => StatusCode::NOT_FOUND,
+                    NoRoute::NoPort { .. } => StatusCode::BAD_REQUEST,
+                    NoRoute::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                record(
+                    outbound,
+                    &route.service,
+                    "unknown",
+                    status.as_u16(),
+                    started,
+                );
+                return http::error_response(status, &e.to_string());
+            }
+        };
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    http::strip_hop_by_hop(req.headers_mut());
+    // Upstreams see the request as addressed to the service, whichever alias the client used.
+    let mut req = Some(req.map(http::boxed));
+    let start = outbound.next_target.fetch_add(1, Ordering::Relaxed);
+    let mut last_error = String::new();
+    for i in 0..targets.len() {
+        let target = &targets[(start + i) % targets.len()];
+        let dest = target.cluster(&outbound.cluster).to_string();
+        let io = match open(outbound, target, &route.service, port, traceparent.clone()).await {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target unavailable; trying the next");
+                last_error = format!("{dest}: {e}");
+                continue;
+            }
+        };
+        let Some(request) = req.take() else { break };
+        let response = match http::send(io, request).await {
+            Ok(resp) => resp.map(http::boxed),
+            Err(e) => http::error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("{} in {dest} failed: {e}", route.service),
+            ),
+        };
+        record(
+            outbound,
+            &route.service,
+            &dest,
+            response.status().as_u16(),
+            started,
+        );
+        return response;
+    }
+    record(outbound, &route.service, "unknown", 503, started);
+    http::error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "no cluster serving {} accepted the request ({last_error})",
+            route.service
+        ),
+    )
+}
+
+fn record(outbound: &Outbound, service: &ServiceKey, dest: &str, code: u16, started: Instant) {
+    let labels = RequestLabels {
+        reporter: Reporter::Source,
+        source_cluster: outbound.cluster.to_string(),
+        destination_cluster: dest.to_string(),
+        service: service.to_string(),
+        response_code: code,
+    };
+    outbound.metrics.requests.get_or_create(&labels).inc();
+    outbound
+        .metrics
+        .request_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// A byte stream to `target` on which the payload may flow: a local endpoint connection, or a
+/// tunnel stream whose preamble the peer accepted.
+pub(crate) enum Upstream {
+    Local(TcpStream),
+    Tunnel(tokio::io::Join<quinn::RecvStream, quinn::SendStream>),
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Local(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Upstream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Local(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Local(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Local(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// No local endpoint accepted a connection.
+    #[error("no local endpoint accepts connections")]
+    NoEndpoint,
+    /// The tunnel could not open a stream.
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+    /// The peer gateway refused the stream.
+    #[error("refused by the peer gateway ({}): {}", .0.as_label(), .1)]
+    Refused(VerdictCode, String),
+}
+
+pub(crate) async fn open(
+    outbound: &Outbound,
+    target: &Target,
+    service: &ServiceKey,
+    port: ServicePort,
+    traceparent: Option<String>,
+) -> Result<Upstream, OpenError> {
+    match target {
+        Target::Local(svc) => connect_endpoint(svc, &outbound.next_endpoint)
+            .await
+            .map(Upstream::Local)
+            .ok_or(OpenError::NoEndpoint),
+        Target::Remote { conn, .. } => {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+            let request = StreamRequest::Proxy {
+                service: service.clone(),
+                port,
+                source: outbound.svid.borrow().id().clone(),
+                deadline: None,
+                traceparent,
+            };
+            preamble::write_frame(&mut send, &request.to_preamble())
+                .await
+                .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+            let verdict = preamble::read_verdict(&mut recv)
+                .await
+                .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+            match verdict.decision() {
+                VerdictCode::Accepted => Ok(Upstream::Tunnel(tokio::io::join(recv, send))),
+                code => Err(OpenError::Refused(code, verdict.reason)),
+            }
+        }
+    }
+}
+
+/// Keeps one TCP listener per (service, TCP port) on the outbound address in step with the
+/// catalog.
+pub(crate) async fn run_tcp_listeners(
+    outbound: Arc<Outbound>,
+    ip: std::net::IpAddr,
+    drain: drain::Watch,
+) {
+    let mut snapshots = outbound.snapshot.clone();
+    let mut running: BTreeMap<u16, (ServiceKey, JoinHandle<()>)> = BTreeMap::new();
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let (wanted, clashes) = snapshot.tcp_ports();
+        for (service, port) in clashes {
+            tracing::error!(%service, port, "TCP port already offered for another service; not listening for this one");
+        }
+        running.retain(|port, (service, task)| {
+            let keep = wanted.get(port) == Some(service) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (port, service) in wanted {
+            if running.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(%service, %addr, "listening for TCP service");
+                    let task = tokio::spawn(serve_tcp(
+                        listener,
+                        outbound.clone(),
+                        service.clone(),
+                        port,
+                        drain.clone(),
+                    ));
+                    running.insert(port, (service, task));
+                }
+                Err(e) => {
+                    tracing::error!(%service, %addr, error = %e, "cannot listen for TCP service")
+                }
+            }
+        }
+        tokio::select! {
+            _ = drain.signaled() => break,
+            changed = snapshots.changed() => if changed.is_err() { break },
+        }
+    }
+    for (_, (_, task)) in running {
+        task.abort();
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    service: ServiceKey,
+    port: u16,
+    drain: drain::Watch,
+) {
+    loop {
+        let (client, peer) = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(%service, error = %e, "TCP accept failed");
+                    continue;
+                }
+            },
+        };
+        let outbound = outbound.clone();
+        let service = service.clone();
+        let watch = drain.clone();
+        tokio::spawn(async move {
+            if let Err(e) = proxy_tcp(client, &outbound, &service, port).await {
+                tracing::info!(%service, client = %peer, error = %e, "TCP connection not proxied");
+            }
+            drop(watch);
+        });
+    }
+}
+
+async fn proxy_tcp(
+    mut client: TcpStream,
+    outbound: &Outbound,
+    service: &ServiceKey,
+    port: u16,
+) -> Result<(), String> {
+    let _ = client.set_nodelay(true);
+    let snapshot = outbound.snapshot.borrow().clone();
+    let (port, targets) = snapshot
+        .targets(service, Protocol::Tcp, Some(port), None)
+        .map_err(|e| e.to_string())?;
+    let start = outbound.next_target.fetch_add(1, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for i in 0..targets.len() {
+        let target = &targets[(start + i) % targets.len()];
+        let dest = target.cluster(&outbound.cluster).to_string();
+        match open(outbound, target, service, port, None).await {
+            Ok(mut upstream) => {
+                let _open = outbound.metrics.open_tcp(TcpLabels {
+                    reporter: Reporter::Source,
+                    source_cluster: outbound.cluster.to_string(),
+                    destination_cluster: dest,
+                    service: service.to_string(),
+                });
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                return Ok(());
+            }
+            Err(e) => errors.push(format!("{dest}: {e}")),
+        }
+    }
+    Err(format!(
+        "no cluster accepted the connection ({})",
+        errors.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        let any = |h: &str| {
+            parse_host(h).map(|r| (r.service.to_string(), r.cluster.map(|c| c.to_string())))
+        };
+        assert_eq!(any("echo.demo"), Some(("echo.demo".into(), None)));
+        assert_eq!(
+            any("echo.demo.mesh:15001"),
+            Some(("echo.demo".into(), None))
+        );
+        assert_eq!(
+            any("Echo.Demo.svc.cluster.local."),
+            Some(("echo.demo".into(), None))
+        );
+        assert_eq!(
+            any("echo.demo.west.mesh"),
+            Some(("echo.demo".into(), Some("west".into())))
+        );
+        assert_eq!(any("127.0.0.1:15001"), None);
+        assert_eq!(any("www.example.com"), None);
+        assert_eq!(any("a.b.c.d.e.f"), None);
+        assert_eq!(any("[::1]:15001"), None);
+    }
+}

@@ -1,0 +1,415 @@
+//! The tunnel wire protocol: what opens every stream between two gateways.
+//!
+//! ```text
+//!  opener                                   receiver
+//!    | -- u16 len | Preamble (prost) ------->  |  parse, validate, authorize
+//!    | <------------- u16 len | Verdict -----  |  accepted, or refused with a code
+//!    | ======== payload (TCP bytes, one HTTP/1.1 exchange, or a Catalog) ======== |
+//! ```
+//!
+//! The verdict comes before any payload so that a refusal is explicit and counted, and never
+//! looks like a network error. A newer, incompatible protocol gets a new ALPN; `version` lets a
+//! receiver refuse a preamble it cannot read with a reason instead of guessing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use federation::identity::SpiffeId;
+use federation::model::{ServiceKey, ServicePort};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The preamble version this gateway speaks.
+pub const VERSION: u32 = 1;
+
+/// A verdict is a code and a short reason; nothing larger is ever legitimate.
+const MAX_VERDICT_BYTES: usize = 1024;
+
+/// The first frame of every stream.
+#[derive(Clone, PartialEq, Message)]
+pub struct Preamble {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// `name.namespace` of the destination service; empty for a catalog request.
+    #[prost(string, tag = "2")]
+    pub service: String,
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    #[prost(enumeration = "StreamProtocol", tag = "4")]
+    pub protocol: i32,
+    /// The SPIFFE ID of the original caller; must lie in the sending gateway's trust domain.
+    #[prost(string, tag = "5")]
+    pub source_principal: String,
+    /// Milliseconds since the Unix epoch after which the caller no longer waits; 0 for none.
+    #[prost(uint64, tag = "6")]
+    pub deadline_unix_ms: u64,
+    /// W3C `traceparent` of the caller's span, if any.
+    #[prost(string, tag = "7")]
+    pub traceparent: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum StreamProtocol {
+    Unspecified = 0,
+    Tcp = 1,
+    Http = 2,
+    /// Ask the receiver for the services its cluster exports.
+    Catalog = 3,
+}
+
+/// The receiver's one-frame answer to a preamble.
+#[derive(Clone, PartialEq, Message)]
+pub struct Verdict {
+    #[prost(enumeration = "VerdictCode", tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VerdictCode {
+    Accepted = 0,
+    UnsupportedVersion = 1,
+    Malformed = 2,
+    UnknownService = 3,
+    /// The preamble claims a caller outside the sending gateway's trust domain.
+    SourceOutsidePeerDomain = 4,
+    DeadlineExceeded = 5,
+    EndpointUnavailable = 6,
+    Draining = 7,
+}
+
+impl VerdictCode {
+    /// A stable, low-cardinality name for logs and metric labels.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            VerdictCode::Accepted => "accepted",
+            VerdictCode::UnsupportedVersion => "unsupported_version",
+            VerdictCode::Malformed => "malformed",
+            VerdictCode::UnknownService => "unknown_service",
+            VerdictCode::SourceOutsidePeerDomain => "source_outside_peer_domain",
+            VerdictCode::DeadlineExceeded => "deadline_exceeded",
+            VerdictCode::EndpointUnavailable => "endpoint_unavailable",
+            VerdictCode::Draining => "draining",
+        }
+    }
+}
+
+impl Verdict {
+    pub fn accepted() -> Self {
+        Self {
+            code: VerdictCode::Accepted as i32,
+            reason: String::new(),
+        }
+    }
+    pub fn refused(code: VerdictCode, reason: impl Into<String>) -> Self {
+        Self {
+            code: code as i32,
+            reason: reason.into(),
+        }
+    }
+    /// The verdict's code. Unknown codes from a newer peer read as `Malformed`: still a
+    /// refusal, never an accept (prost's generated `code()` would map them to `Accepted`).
+    pub fn decision(&self) -> VerdictCode {
+        VerdictCode::try_from(self.code).unwrap_or(VerdictCode::Malformed)
+    }
+}
+
+/// The exports of one cluster, answered to a catalog request.
+#[derive(Clone, PartialEq, Message)]
+pub struct Catalog {
+    #[prost(string, tag = "1")]
+    pub cluster: String,
+    #[prost(message, repeated, tag = "2")]
+    pub services: Vec<CatalogService>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CatalogService {
+    #[prost(string, tag = "1")]
+    pub service: String,
+    #[prost(message, repeated, tag = "2")]
+    pub ports: Vec<CatalogPort>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CatalogPort {
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    #[prost(enumeration = "StreamProtocol", tag = "2")]
+    pub protocol: i32,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed or ended before a whole frame arrived.
+    #[error("stream failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The length prefix exceeds what this frame may hold.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The bytes are not the protobuf message expected.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// Writes one frame: a big-endian u32 length, then the message.
+pub async fn write_frame<M: Message>(
+    io: &mut (impl AsyncWrite + Unpin),
+    msg: &M,
+) -> Result<(), FrameError> {
+    let body = msg.encode_to_vec();
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    io.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `max` bytes. The limit is checked before allocating.
+pub async fn read_frame<M: Message + Default>(
+    io: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> Result<M, FrameError> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(M::decode(body.as_slice())?)
+}
+
+pub async fn read_verdict(io: &mut (impl AsyncRead + Unpin)) -> Result<Verdict, FrameError> {
+    read_frame(io, MAX_VERDICT_BYTES).await
+}
+
+/// A preamble that parsed and passed the checks that need no policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamRequest {
+    Proxy {
+        service: ServiceKey,
+        port: ServicePort,
+        source: SpiffeId,
+        deadline: Option<SystemTime>,
+        traceparent: Option<String>,
+    },
+    Catalog {
+        source: SpiffeId,
+    },
+}
+
+impl StreamRequest {
+    pub fn source(&self) -> &SpiffeId {
+        match self {
+            StreamRequest::Proxy { source, .. } | StreamRequest::Catalog { source } => source,
+        }
+    }
+
+    /// Turns a wire preamble into a typed request, or the verdict refusing it.
+    pub fn from_preamble(p: Preamble, now: SystemTime) -> Result<Self, Verdict> {
+        let malformed = |why: String| Verdict::refused(VerdictCode::Malformed, why);
+        if p.version != VERSION {
+            return Err(Verdict::refused(
+                VerdictCode::UnsupportedVersion,
+                format!(
+                    "preamble version {} (this gateway speaks {VERSION})",
+                    p.version
+                ),
+            ));
+        }
+        let source = SpiffeId::parse(&p.source_principal)
+            .map_err(|e| malformed(format!("source_principal: {e}")))?;
+        let protocol = StreamProtocol::try_from(p.protocol)
+            .map_err(|_| malformed(format!("protocol: unknown value {}", p.protocol)))?;
+        let protocol = match protocol {
+            StreamProtocol::Catalog => return Ok(StreamRequest::Catalog { source }),
+            StreamProtocol::Tcp => federation::model::Protocol::Tcp,
+            StreamProtocol::Http => federation::model::Protocol::Http,
+            StreamProtocol::Unspecified => return Err(malformed("protocol: unspecified".into())),
+        };
+        let service: ServiceKey = p
+            .service
+            .parse()
+            .map_err(|e| malformed(format!("service: {e}")))?;
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| malformed(format!("port: {} is not a port number", p.port)))?;
+        let deadline = match p.deadline_unix_ms {
+            0 => None,
+            ms => {
+                let at = UNIX_EPOCH + Duration::from_millis(ms);
+                if at <= now {
+                    return Err(Verdict::refused(
+                        VerdictCode::DeadlineExceeded,
+                        "the caller's deadline passed before the stream arrived",
+                    ));
+                }
+                Some(at)
+            }
+        };
+        let traceparent = (!p.traceparent.is_empty()).then_some(p.traceparent);
+        Ok(StreamRequest::Proxy {
+            service,
+            port: ServicePort { port, protocol },
+            source,
+            deadline,
+            traceparent,
+        })
+    }
+
+    pub fn to_preamble(&self) -> Preamble {
+        match self {
+            StreamRequest::Catalog { source } => Preamble {
+                version: VERSION,
+                protocol: StreamProtocol::Catalog as i32,
+                source_principal: source.to_string(),
+                ..Default::default()
+            },
+            StreamRequest::Proxy {
+                service,
+                port,
+                source,
+                deadline,
+                traceparent,
+            } => Preamble {
+                version: VERSION,
+                service: service.to_string(),
+                port: u32::from(port.port),
+                protocol: wire_protocol(port.protocol) as i32,
+                source_principal: source.to_string(),
+                deadline_unix_ms: deadline
+                    .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64),
+                traceparent: traceparent.clone().unwrap_or_default(),
+            },
+        }
+    }
+}
+
+pub fn wire_protocol(p: federation::model::Protocol) -> StreamProtocol {
+    match p {
+        federation::model::Protocol::Http => StreamProtocol::Http,
+        federation::model::Protocol::Tcp => StreamProtocol::Tcp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::model::Protocol;
+
+    fn proxy() -> StreamRequest {
+        StreamRequest::Proxy {
+            service: "echo.demo".parse().unwrap(),
+            port: ServicePort {
+                port: 80,
+                protocol: Protocol::Http,
+            },
+            source: SpiffeId::parse("spiffe://east.mesh/gateway/east-1").unwrap(),
+            deadline: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let mut buf = Vec::new();
+        let sent = proxy().to_preamble();
+        write_frame(&mut buf, &sent).await.unwrap();
+        let got: Preamble = read_frame(&mut buf.as_slice(), 4096).await.unwrap();
+        assert_eq!(got, sent);
+        let req = StreamRequest::from_preamble(got, UNIX_EPOCH).unwrap();
+        assert_eq!(req, proxy());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_frames_are_errors() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &proxy().to_preamble()).await.unwrap();
+        let too_small = read_frame::<Preamble>(&mut buf.as_slice(), 16).await;
+        assert!(matches!(
+            too_small,
+            Err(FrameError::TooLarge { max: 16, .. })
+        ));
+        let truncated = read_frame::<Preamble>(&mut &buf[..buf.len() - 3], 4096).await;
+        assert!(matches!(truncated, Err(FrameError::Io(_))));
+        let garbage = [0u8, 0, 0, 3, 0xff, 0xff, 0xff];
+        let bad = read_frame::<Preamble>(&mut garbage.as_slice(), 4096).await;
+        assert!(matches!(bad, Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn invalid_preambles_are_refused_with_a_reason() {
+        let good = proxy().to_preamble();
+        let cases = [
+            (
+                Preamble {
+                    version: 2,
+                    ..good.clone()
+                },
+                VerdictCode::UnsupportedVersion,
+                "version",
+            ),
+            (
+                Preamble {
+                    source_principal: "east".into(),
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "source_principal",
+            ),
+            (
+                Preamble {
+                    service: "echo".into(),
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "service",
+            ),
+            (
+                Preamble {
+                    port: 70000,
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "port",
+            ),
+            (
+                Preamble {
+                    protocol: 42,
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "protocol",
+            ),
+            (
+                Preamble {
+                    deadline_unix_ms: 1,
+                    ..good.clone()
+                },
+                VerdictCode::DeadlineExceeded,
+                "deadline",
+            ),
+        ];
+        for (p, code, word) in cases {
+            let v = StreamRequest::from_preamble(p, SystemTime::now()).unwrap_err();
+            assert_eq!(v.decision(), code);
+            assert!(v.reason.contains(word), "{:?} lacks {word}", v.reason);
+        }
+    }
+
+    #[test]
+    fn unknown_verdict_codes_never_read_as_accepted() {
+        let v = Verdict {
+            code: 99,
+            reason: String::new(),
+        };
+        assert_eq!(v.decision(), VerdictCode::Malformed);
+    }
+}

@@ -1,0 +1,253 @@
+//! QUIC tunnels between gateways: one endpoint per gateway, one long-lived connection per peer.
+//!
+//! The endpoint both accepts (peers dial us on the tunnel port) and dials (one connector task
+//! per configured peer keeps a connection up, with backoff). Both ends present SVIDs; the rustls
+//! verifiers in `federation::identity` refuse unknown trust domains, expired certificates and
+//! certificates from the wrong CA before any stream can open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use federation::identity::{self, Svid, TrustBundles, TrustDomain};
+use federation::model::ClusterName;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::catalog::Snapshot;
+use crate::drain;
+use crate::metrics::{HandshakeLabels, Metrics, PeerLabels};
+use crate::preamble::{self, Catalog, StreamRequest, VerdictCode};
+use crate::{GatewayError, Peer, TunnelSettings};
+
+/// Largest catalog a peer may send; a cluster exports at most thousands of services.
+const MAX_CATALOG_BYTES: usize = 4 << 20;
+
+pub(crate) fn transport(
+    settings: &TunnelSettings,
+) -> Result<Arc<quinn::TransportConfig>, GatewayError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(settings.keep_alive));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(settings.idle_timeout)
+            .map_err(|_| GatewayError::Config("tunnel.idle_timeout is too large".into()))?,
+    ));
+    t.max_concurrent_bidi_streams(settings.max_streams.into());
+    // Every stream is bidirectional (preamble out, verdict back): peers get no uni streams.
+    t.max_concurrent_uni_streams(0u32.into());
+    Ok(Arc::new(t))
+}
+
+pub(crate) fn server_config(
+    svid: &Svid,
+    bundles: &Arc<TrustBundles>,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, GatewayError> {
+    let tls = identity::server_config(svid, bundles.clone())?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| GatewayError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport.clone());
+    Ok(config)
+}
+
+fn client_config(
+    svid: &Svid,
+    bundles: &Arc<TrustBundles>,
+    peer: &TrustDomain,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, GatewayError> {
+    let tls = identity::client_config(svid, bundles.clone(), peer)?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| GatewayError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport.clone());
+    Ok(config)
+}
+
+/// Everything a connector needs; shared, immutable.
+pub(crate) struct Dialer {
+    pub endpoint: quinn::Endpoint,
+    pub svid: watch::Receiver<Arc<Svid>>,
+    pub bundles: Arc<TrustBundles>,
+    pub transport: Arc<quinn::TransportConfig>,
+    pub settings: TunnelSettings,
+    pub snapshot: watch::Sender<Arc<Snapshot>>,
+    pub metrics: Metrics,
+}
+
+/// Keeps the tunnel to one peer up until draining starts.
+pub(crate) async fn run_connector(dialer: Arc<Dialer>, peer: Peer, drain: drain::Watch) {
+    let labels = PeerLabels {
+        peer_cluster: peer.cluster.to_string(),
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let attempt = tokio::select! {
+            _ = drain.signaled() => return,
+            r = connect(&dialer, &peer) => r,
+        };
+        match attempt {
+            Ok(conn) => {
+                failures = 0;
+                dialer.metrics.tunnel_connects.get_or_create(&labels).inc();
+                dialer.metrics.tunnel_up.get_or_create(&labels).set(1);
+                tracing::info!(peer = %peer.cluster, addr = %peer.address, "tunnel up");
+                // Learn what the peer exports before routing to it, so a tunnel is never "up"
+                // with an unknown catalog.
+                match fetch_catalog(&dialer, &conn, &peer.cluster).await {
+                    Ok(catalog) => publish_peer(
+                        &dialer.snapshot,
+                        &peer.cluster,
+                        Some(conn.clone()),
+                        Some(catalog),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.cluster, error = %e, "catalog fetch failed; reconnecting");
+                        conn.close(1u32.into(), b"catalog fetch failed");
+                    }
+                }
+                let reason = tokio::select! {
+                    _ = drain.signaled() => return,
+                    reason = conn.closed() => reason,
+                };
+                dialer.metrics.tunnel_up.get_or_create(&labels).set(0);
+                publish_peer(&dialer.snapshot, &peer.cluster, None, None);
+                tracing::warn!(peer = %peer.cluster, %reason, "tunnel down");
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(peer = %peer.cluster, addr = %peer.address, error = %e, attempts = failures, "cannot reach peer gateway");
+                }
+            }
+        }
+        let delay = backoff(failures, dialer.settings.reconnect_backoff_max);
+        tokio::select! {
+            _ = drain.signaled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Exponential from 100 ms up to `max`, with jitter so restarted peers do not dial in lockstep.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << failures.min(10));
+    let capped = base.min(max);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    capped.mul_f64(jitter)
+}
+
+async fn connect(dialer: &Dialer, peer: &Peer) -> Result<quinn::Connection, GatewayError> {
+    // Always dial with the newest SVID: rotation reaches new connections without restarts.
+    let svid = dialer.svid.borrow().clone();
+    let config = client_config(
+        &svid,
+        &dialer.bundles,
+        &peer.trust_domain,
+        &dialer.transport,
+    )?;
+    // The server name is required by the API but never checked: SPIFFE IDs, not DNS names,
+    // identify peers.
+    let connecting = dialer
+        .endpoint
+        .connect_with(config, peer.address, &format!("{}.mesh", peer.cluster))
+        .map_err(|e| GatewayError::Tunnel(e.to_string()))?;
+    let result = tokio::time::timeout(dialer.settings.connect_timeout, connecting).await;
+    match result {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            if is_handshake_failure(&e) {
+                dialer
+                    .metrics
+                    .tunnel_handshake_failures
+                    .get_or_create(&HandshakeLabels {
+                        peer_cluster: peer.cluster.to_string(),
+                        direction: "outbound",
+                    })
+                    .inc();
+            }
+            Err(GatewayError::Tunnel(e.to_string()))
+        }
+        Err(_) => Err(GatewayError::Tunnel(format!(
+            "no handshake within {:?}",
+            dialer.settings.connect_timeout
+        ))),
+    }
+}
+
+pub(crate) fn is_handshake_failure(e: &quinn::ConnectionError) -> bool {
+    matches!(
+        e,
+        quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_)
+    )
+}
+
+async fn fetch_catalog(
+    dialer: &Dialer,
+    conn: &quinn::Connection,
+    peer: &ClusterName,
+) -> Result<Catalog, GatewayError> {
+    let source = dialer.svid.borrow().id().clone();
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| GatewayError::Tunnel(e.to_string()))?;
+    preamble::write_frame(&mut send, &StreamRequest::Catalog { source }.to_preamble()).await?;
+    let verdict = preamble::read_verdict(&mut recv).await?;
+    if verdict.decision() != VerdictCode::Accepted {
+        return Err(GatewayError::Refused(verdict.decision(), verdict.reason));
+    }
+    let catalog: Catalog = preamble::read_frame(&mut recv, MAX_CATALOG_BYTES).await?;
+    if catalog.cluster != peer.as_str() {
+        return Err(GatewayError::Tunnel(format!(
+            "peer at this address is cluster {:?}, configured as {peer}",
+            catalog.cluster
+        )));
+    }
+    Ok(catalog)
+}
+
+/// Records a peer's tunnel (and, on connect, its exports) in a new snapshot.
+fn publish_peer(
+    snapshot: &watch::Sender<Arc<Snapshot>>,
+    cluster: &ClusterName,
+    conn: Option<quinn::Connection>,
+    catalog: Option<Catalog>,
+) {
+    snapshot.send_modify(|snap| {
+        let mut next = (**snap).clone();
+        if let Some(peer) = next.peers.get_mut(cluster) {
+            peer.conn = conn;
+            if let Some(catalog) = catalog {
+                peer.exports = crate::inbound::exports_from_catalog(&catalog, cluster);
+            }
+        }
+        *snap = Arc::new(next);
+    });
+}
+
+/// Swaps the endpoint's server config whenever the SVID rotates. Established connections keep
+/// their session; new handshakes see the new certificate.
+pub(crate) async fn rotate_server_identity(
+    endpoint: quinn::Endpoint,
+    mut svid: watch::Receiver<Arc<Svid>>,
+    bundles: Arc<TrustBundles>,
+    transport: Arc<quinn::TransportConfig>,
+    drain: drain::Watch,
+) {
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => return,
+            changed = svid.changed() => if changed.is_err() { return },
+        }
+        let current = svid.borrow_and_update().clone();
+        match server_config(&current, &bundles, &transport) {
+            Ok(config) => {
+                endpoint.set_server_config(Some(config));
+                tracing::info!(id = %current.id(), "tunnel server certificate rotated");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rotated SVID unusable; keeping the previous one")
+            }
+        }
+    }
+}

@@ -1,0 +1,1278 @@
+//! Causeway's configuration: one TOML file, overridden by flags and `CAUSEWAY_*` variables.
+//!
+//! ```text
+//!  causeway.toml ─parse─▶ toml::Table ─Reader─▶ file values ─┐
+//!                          (every bad field recorded)         ├─▶ defaults ─▶ checks ─▶ Config
+//!  flags / CAUSEWAY_* ─clap─▶ Overrides (win over the file) ──┘
+//! ```
+//!
+//! Why not `#[derive(Deserialize)]`: serde stops at the first bad field, and an operator should not
+//! have to restart once per typo. So the file is parsed into a plain [`toml::Table`] and walked by
+//! a small [`Reader`] that records each problem with its path and keeps going. Keys nobody asked
+//! for are reported at the end, which gives `deny_unknown_fields` for the whole tree. The result
+//! is fully typed: nothing downstream re-parses or re-validates a string from here.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use federation::model::{
+    ClusterName, LocalService, Protocol, ServiceKey, ServicePort, check_dns_label,
+};
+use serde::{Serialize, Serializer};
+use toml::{Table, Value};
+
+const DEFAULT_CLUSTER: &str = "local";
+const DEFAULT_DATA_DIR: &str = "./causeway-data";
+const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+// Istio's port habits (DESIGN.md "Defaults"), so operators feel at home.
+const TUNNEL_PORT: u16 = 15443;
+const OUTBOUND_PORT: u16 = 15001;
+const DNS_PORT: u16 = 15053;
+const ADMIN_PORT: u16 = 15000;
+
+/// The effective configuration of one gateway: file, then overrides, then defaults, all checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub cluster: ClusterName,
+    /// Checked here (lowercase `a-z0-9.-_`, 1..=255 chars); the caller turns it into a typed
+    /// trust domain.
+    pub trust_domain: String,
+    /// This gateway's name, a DNS label; its SPIFFE ID is `spiffe://<trust_domain>/gateway/<name>`.
+    pub name: String,
+    /// Relative paths stay relative to the working directory, as operators expect of a state dir.
+    #[serde(serialize_with = "path_lossy")]
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub tunnel: TunnelSettings,
+    pub identity: IdentitySettings,
+    pub shutdown: ShutdownSettings,
+    pub peers: Vec<PeerConfig>,
+    /// Serialized in the file's shape (`name`, `namespace`, ...) so `to_toml` output loads again.
+    #[serde(serialize_with = "services_as_file")]
+    pub services: Vec<LocalService>,
+}
+
+/// Where each listener binds. Port 0 is allowed: tests let the OS pick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listen {
+    /// UDP: QUIC tunnels from other gateways.
+    pub tunnel: SocketAddr,
+    /// TCP: local clients' outbound traffic.
+    pub outbound: SocketAddr,
+    /// UDP and TCP: the mesh DNS zone.
+    pub dns: SocketAddr,
+    /// TCP: admin API and metrics.
+    pub admin: SocketAddr,
+}
+
+/// QUIC tunnel tuning. Invariant: `0 < keep_alive < idle_timeout`, or idle peers would be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TunnelSettings {
+    #[serde(serialize_with = "human")]
+    pub keep_alive: Duration,
+    #[serde(serialize_with = "human")]
+    pub idle_timeout: Duration,
+    #[serde(serialize_with = "human")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "human")]
+    pub reconnect_backoff_max: Duration,
+    /// Concurrent streams per connection, 1..=100000.
+    pub max_streams: u32,
+    /// Largest stream preamble accepted, 64..=65535.
+    pub max_preamble_bytes: u16,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(5),
+            max_streams: 1024,
+            max_preamble_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentitySettings {
+    /// At least 2s: renewal happens at half-life and needs whole seconds of validity to work with.
+    #[serde(serialize_with = "human")]
+    pub svid_ttl: Duration,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            svid_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShutdownSettings {
+    /// How long connections may finish after shutdown starts; 0 closes them at once.
+    #[serde(serialize_with = "human")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Another cluster's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerConfig {
+    pub cluster: ClusterName,
+    pub trust_domain: String,
+    pub address: SocketAddr,
+    /// PEM roots of the peer's trust domain, already resolved against the config file's directory.
+    #[serde(serialize_with = "path_lossy")]
+    pub trust_bundle: PathBuf,
+}
+
+/// Overrides from flags and CAUSEWAY_* environment variables (clap fills it, with
+/// `env = "CAUSEWAY_..."`); they win over the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Configuration file (TOML); without one, defaults start a single-node mesh on loopback
+    #[arg(long, env = "CAUSEWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This cluster's name, a DNS label [default: local]
+    #[arg(long, env = "CAUSEWAY_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This gateway's name, a DNS label [default: <cluster>-1]
+    #[arg(long, env = "CAUSEWAY_NAME")]
+    pub name: Option<String>,
+    /// This cluster's SPIFFE trust domain [default: <cluster>.mesh]
+    #[arg(long, env = "CAUSEWAY_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Directory for the gateway's state [default: ./causeway-data]
+    #[arg(long, env = "CAUSEWAY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// IP address for every listener not given an explicit address [default: 127.0.0.1]
+    #[arg(long, env = "CAUSEWAY_BIND", value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// QUIC tunnel listener (UDP) [default: <bind>:15443]
+    #[arg(long, env = "CAUSEWAY_TUNNEL_ADDR", value_name = "ADDR")]
+    pub tunnel_addr: Option<SocketAddr>,
+    /// Outbound listener for local clients (TCP) [default: <bind>:15001]
+    #[arg(long, env = "CAUSEWAY_OUTBOUND_ADDR", value_name = "ADDR")]
+    pub outbound_addr: Option<SocketAddr>,
+    /// Mesh DNS listener (UDP and TCP) [default: <bind>:15053]
+    #[arg(long, env = "CAUSEWAY_DNS_ADDR", value_name = "ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+    /// Admin API and metrics listener (TCP) [default: <bind>:15000]
+    #[arg(long, env = "CAUSEWAY_ADMIN_ADDR", value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// Every problem found, each with its path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(&self.errors))]
+pub struct ConfigErrors {
+    pub errors: Vec<FieldError>,
+}
+
+/// One problem: where (`peers[1].address`, `--cluster`; empty for TOML syntax) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // toml's syntax errors span several lines (a source excerpt with a caret); keep them
+        // indented under their entry.
+        let message = self.message.trim_end().replace('\n', "\n    ");
+        if self.path.is_empty() {
+            f.write_str(&message)
+        } else {
+            write!(f, "{}: {message}", self.path)
+        }
+    }
+}
+
+fn render(errors: &[FieldError]) -> String {
+    let plural = if errors.len() == 1 { "" } else { "s" };
+    let mut out = format!("invalid configuration ({} problem{plural}):", errors.len());
+    for error in errors {
+        out.push_str(&format!("\n  {error}"));
+    }
+    out
+}
+
+impl ConfigErrors {
+    fn one(path: &str, message: impl Into<String>) -> Self {
+        Self {
+            errors: vec![FieldError {
+                path: path.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `overrides.config` if given (a missing/unreadable file is an error naming it), else
+    /// starts from defaults; applies overrides (string overrides are validated like the file's
+    /// fields, with the flag name as path, e.g. "--cluster"); resolves defaults; validates
+    /// cross-field rules.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let Some(file) = &overrides.config else {
+            return Self::from_table(Table::new(), Path::new("."), overrides);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigErrors::one("--config", format!("cannot read {:?}: {e}", file.display()))
+        })?;
+        // Relative trust bundles follow the file, not the working directory, so a config and its
+        // CA files can move together. Absolute paths keep the startup log unambiguous.
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Self::from_toml_str(&text, &dir, overrides).map_err(|mut errors| {
+            for error in errors.errors.iter_mut().filter(|e| e.path.is_empty()) {
+                error.path = file.display().to_string();
+            }
+            errors
+        })
+    }
+
+    /// Like [`Config::load`] with the file's text in hand; relative `trust_bundle` paths resolve
+    /// against `base_dir`. `overrides.config` is ignored.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigErrors> {
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors::one("", e.to_string()))?;
+        Self::from_table(table, base_dir, overrides)
+    }
+
+    /// The effective config as TOML, for the startup log. It loads again to an equal `Config`.
+    pub fn to_toml(&self) -> String {
+        // Nothing in `Config` is secret yet. Anything secret added later (keys, tokens) must be
+        // skipped here, e.g. `#[serde(skip_serializing)]`, because this text goes to the log.
+        toml::to_string(self).unwrap_or_else(|e| {
+            format!("# the effective configuration could not be rendered: {e}\n")
+        })
+    }
+
+    fn from_table(
+        mut root: Table,
+        base_dir: &Path,
+        ov: &Overrides,
+    ) -> Result<Config, ConfigErrors> {
+        let mut r = Reader::default();
+        let file_cluster = r.take(&mut root, "", "cluster", cluster_name);
+        let file_trust_domain = r.take(&mut root, "", "trust_domain", trust_domain);
+        let file_name = r.take(&mut root, "", "name", gateway_name);
+        let file_data_dir = r.take(&mut root, "", "data_dir", path);
+        let file_bind = r.take(&mut root, "", "bind", ip_addr);
+        let mut t = r.section(&mut root, "listen");
+        let [tunnel, outbound, dns, admin] = ["tunnel", "outbound", "dns", "admin"]
+            .map(|key| r.take(&mut t, "listen", key, socket_addr));
+        r.finish(t, "listen");
+        let tunnel_settings = read_tunnel(&mut r, &mut root);
+        let mut t = r.section(&mut root, "identity");
+        let min_ttl = at_least(Duration::from_secs(2));
+        let identity = IdentitySettings {
+            svid_ttl: r
+                .take(&mut t, "identity", "svid_ttl", min_ttl)
+                .unwrap_or(IdentitySettings::default().svid_ttl),
+        };
+        r.finish(t, "identity");
+        let mut t = r.section(&mut root, "shutdown");
+        let shutdown = ShutdownSettings {
+            drain_timeout: r
+                .take(&mut t, "shutdown", "drain_timeout", duration)
+                .unwrap_or(ShutdownSettings::default().drain_timeout),
+        };
+        r.finish(t, "shutdown");
+        let peers = read_peers(&mut r, &mut root, base_dir);
+        let services = read_services(&mut r, &mut root);
+        r.finish(root, "");
+
+        // Flags and environment win over the file, then defaults fill in. `Err` means whichever
+        // source won was invalid (already reported), so checks that depend on it are skipped.
+        let cluster = r
+            .choose(
+                "--cluster",
+                &ov.cluster,
+                "cluster",
+                file_cluster,
+                cluster_name,
+            )
+            .map(|c| c.unwrap_or_else(default_cluster));
+        let trust_domain = r
+            .choose(
+                "--trust-domain",
+                &ov.trust_domain,
+                "trust_domain",
+                file_trust_domain,
+                trust_domain,
+            )
+            .and_then(|td| match (td, &cluster) {
+                (Some(td), _) => Ok(td),
+                (None, Ok(cluster)) => Ok(format!("{cluster}.mesh")),
+                (None, Err(reported)) => Err(*reported),
+            });
+        let name = r
+            .choose("--name", &ov.name, "name", file_name, gateway_name)
+            .and_then(|name| match (name, &cluster) {
+                (Some(name), _) => Ok(name),
+                // A 62- or 63-character cluster name leaves no room for "-1".
+                (None, Ok(cluster)) => {
+                    let name = format!("{cluster}-1");
+                    match check_dns_label("gateway name", &name) {
+                        Ok(()) => Ok(name),
+                        Err(e) => Err(r.error("name", format!("the default: {e}; set name"))),
+                    }
+                }
+                (None, Err(reported)) => Err(*reported),
+            });
+        let bind = ov.bind.or(file_bind).unwrap_or(DEFAULT_BIND);
+        // `bind` moves only the listeners nobody placed explicitly.
+        let at = |flag: Option<SocketAddr>, file: Option<SocketAddr>, port| {
+            flag.or(file).unwrap_or(SocketAddr::new(bind, port))
+        };
+        let listen = Listen {
+            tunnel: at(ov.tunnel_addr, tunnel, TUNNEL_PORT),
+            outbound: at(ov.outbound_addr, outbound, OUTBOUND_PORT),
+            dns: at(ov.dns_addr, dns, DNS_PORT),
+            admin: at(ov.admin_addr, admin, ADMIN_PORT),
+        };
+        check_listen(&mut r, &listen);
+        check_peers(
+            &mut r,
+            &peers,
+            cluster.as_ref().ok(),
+            trust_domain.as_ref().ok(),
+        );
+
+        match (cluster, trust_domain, name) {
+            (Ok(cluster), Ok(trust_domain), Ok(name)) if r.errors.is_empty() => Ok(Config {
+                cluster,
+                trust_domain,
+                name,
+                data_dir: ov
+                    .data_dir
+                    .clone()
+                    .or(file_data_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                listen,
+                tunnel: tunnel_settings,
+                identity,
+                shutdown,
+                // Entries are `None` only when something in them was reported.
+                peers: peers.into_iter().flatten().collect(),
+                services: services.into_iter().flatten().collect(),
+            }),
+            _ => Err(ConfigErrors { errors: r.errors }),
+        }
+    }
+}
+
+fn default_cluster() -> ClusterName {
+    // A constant, and the defaults test loads it.
+    ClusterName::new(DEFAULT_CLUSTER).expect("the default cluster name is a DNS label")
+}
+
+fn read_tunnel(r: &mut Reader, root: &mut Table) -> TunnelSettings {
+    let (mut t, p, d) = (
+        r.section(root, "tunnel"),
+        "tunnel",
+        TunnelSettings::default(),
+    );
+    let settings = TunnelSettings {
+        keep_alive: r
+            .take(&mut t, p, "keep_alive", positive)
+            .unwrap_or(d.keep_alive),
+        idle_timeout: r
+            .take(&mut t, p, "idle_timeout", duration)
+            .unwrap_or(d.idle_timeout),
+        connect_timeout: r
+            .take(&mut t, p, "connect_timeout", positive)
+            .unwrap_or(d.connect_timeout),
+        reconnect_backoff_max: r
+            .take(&mut t, p, "reconnect_backoff_max", positive)
+            .unwrap_or(d.reconnect_backoff_max),
+        max_streams: r
+            .take(&mut t, p, "max_streams", int_in(1u32, 100_000))
+            .unwrap_or(d.max_streams),
+        max_preamble_bytes: r
+            .take(&mut t, p, "max_preamble_bytes", int_in(64u16, u16::MAX))
+            .unwrap_or(d.max_preamble_bytes),
+    };
+    r.finish(t, p);
+    // A keep-alive at or past the idle timeout lets healthy but quiet tunnels time out.
+    let (ka, idle) = (settings.keep_alive, settings.idle_timeout);
+    if ka >= idle && !r.failed("tunnel.keep_alive") && !r.failed("tunnel.idle_timeout") {
+        r.error(
+            "tunnel.keep_alive",
+            format!(
+                "must be shorter than tunnel.idle_timeout ({}), got {}",
+                fmt_duration(idle),
+                fmt_duration(ka)
+            ),
+        );
+    }
+    settings
+}
+
+fn read_peers(r: &mut Reader, root: &mut Table, base_dir: &Path) -> Vec<Option<PeerConfig>> {
+    let peers = r.list(root, "", "peers", |r, value, p| {
+        let mut t = r.table(value, p)?;
+        r.missing(&t, p, &["cluster", "address", "trust_bundle"]);
+        let cluster = r.take(&mut t, p, "cluster", cluster_name);
+        let trust_domain = r.take(&mut t, p, "trust_domain", trust_domain);
+        let address = r.take(&mut t, p, "address", socket_addr);
+        let trust_bundle = r.take(&mut t, p, "trust_bundle", path);
+        r.finish(t, p);
+        // Defaulting a bad trust domain would only invite confusing follow-up errors.
+        if r.failed(&join(p, "trust_domain")) {
+            return None;
+        }
+        let cluster = cluster?;
+        Some(PeerConfig {
+            trust_domain: trust_domain.unwrap_or_else(|| format!("{cluster}.mesh")),
+            cluster,
+            address: address?,
+            // `join` keeps absolute paths as they are.
+            trust_bundle: base_dir.join(trust_bundle?),
+        })
+    });
+    peers.unwrap_or_default()
+}
+
+fn check_peers(
+    r: &mut Reader,
+    peers: &[Option<PeerConfig>],
+    own: Option<&ClusterName>,
+    own_td: Option<&String>,
+) {
+    for (i, peer) in peers.iter().enumerate() {
+        let Some(peer) = peer else { continue };
+        if own == Some(&peer.cluster) {
+            r.error(
+                format!("peers[{i}].cluster"),
+                format!("{:?} is this gateway's own cluster", peer.cluster.as_str()),
+            );
+        }
+        // Sharing a trust domain would let the peer's roots vouch for our own workloads.
+        if own_td == Some(&peer.trust_domain) {
+            r.error(
+                format!("peers[{i}].trust_domain"),
+                format!("{:?} is this cluster's own trust domain", peer.trust_domain),
+            );
+        }
+        let earlier = peers[..i]
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| e.cluster == peer.cluster));
+        if let Some(j) = earlier {
+            r.error(
+                format!("peers[{i}].cluster"),
+                format!(
+                    "duplicate peer {:?} (also peers[{j}])",
+                    peer.cluster.as_str()
+                ),
+            );
+        }
+    }
+}
+
+fn read_services(r: &mut Reader, root: &mut Table) -> Vec<Option<LocalService>> {
+    let services = r.list(root, "", "services", |r, value, p| {
+        let mut t = r.table(value, p)?;
+        r.missing(&t, p, &["name", "namespace", "endpoints", "ports"]);
+        let name = r.take(&mut t, p, "name", label("service name"));
+        let namespace = r.take(&mut t, p, "namespace", label("namespace"));
+        let export = r.take(&mut t, p, "export", boolean);
+        let endpoints = r.list(&mut t, p, "endpoints", |r, v, p| r.value(v, p, socket_addr));
+        let ports = r.list(&mut t, p, "ports", |r, value, p| {
+            let mut t = r.table(value, p)?;
+            r.missing(&t, p, &["port", "protocol"]);
+            let port = r.take(&mut t, p, "port", int_in(1u16, u16::MAX));
+            let protocol = r.take(&mut t, p, "protocol", protocol);
+            r.finish(t, p);
+            Some(ServicePort {
+                port: port?,
+                protocol: protocol?,
+            })
+        });
+        r.finish(t, p);
+        if endpoints.as_ref().is_some_and(Vec::is_empty) {
+            r.error(join(p, "endpoints"), "must list at least one endpoint");
+        }
+        if ports.as_ref().is_some_and(Vec::is_empty) {
+            r.error(join(p, "ports"), "must list at least one port");
+        }
+        // Listeners are keyed by port, so two entries for one port would be ambiguous.
+        let listed = ports.as_deref().unwrap_or_default();
+        for (i, port) in listed.iter().enumerate() {
+            let Some(port) = port else { continue };
+            let earlier = listed[..i]
+                .iter()
+                .position(|e| e.is_some_and(|e| e.port == port.port));
+            if let Some(j) = earlier {
+                r.error(
+                    format!("{p}.ports[{i}].port"),
+                    format!("duplicate port {} (also ports[{j}])", port.port),
+                );
+            }
+        }
+        let key = ServiceKey::new(&name?, &namespace?)
+            .map_err(|e| r.error(p, e.to_string()))
+            .ok()?;
+        Some(LocalService {
+            key,
+            ports: ports?.into_iter().collect::<Option<_>>()?,
+            endpoints: endpoints?.into_iter().collect::<Option<_>>()?,
+            export: export.unwrap_or(true),
+        })
+    });
+    let services = services.unwrap_or_default();
+    for (i, service) in services.iter().enumerate() {
+        let Some(service) = service else { continue };
+        let earlier = services[..i]
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| e.key == service.key));
+        if let Some(j) = earlier {
+            r.error(
+                format!("services[{i}]"),
+                format!("duplicate service {} (also services[{j}])", service.key),
+            );
+        }
+    }
+    services
+}
+
+fn check_listen(r: &mut Reader, listen: &Listen) {
+    // UDP and TCP listeners could share an address, but doing so is almost always a copy-paste
+    // slip. Port 0 is exempt: every such listener gets its own free port.
+    let all = [
+        ("listen.tunnel", listen.tunnel),
+        ("listen.outbound", listen.outbound),
+        ("listen.dns", listen.dns),
+        ("listen.admin", listen.admin),
+    ];
+    for (i, (path, addr)) in all.iter().enumerate() {
+        if let Some((other, _)) = all[..i].iter().find(|(_, a)| a == addr && addr.port() != 0) {
+            r.error(*path, format!("{addr} is also {other}"));
+        }
+    }
+}
+
+/// Marks that an error has been recorded in the [`Reader`]; whoever holds one has nothing to add.
+#[derive(Debug, Clone, Copy)]
+struct Reported;
+
+/// Walks a `toml::Table`, recording every problem with its path instead of stopping at the first.
+#[derive(Default)]
+struct Reader {
+    errors: Vec<FieldError>,
+    /// Keys asked for, by table path, so leftovers can be reported with what was expected.
+    known: Vec<(String, &'static str)>,
+}
+
+impl Reader {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) -> Reported {
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+        Reported
+    }
+
+    fn failed(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
+    }
+
+    fn value<T>(
+        &mut self,
+        value: Value,
+        path: &str,
+        parse: impl FnOnce(Value) -> Result<T, String>,
+    ) -> Option<T> {
+        parse(value)
+            .map_err(|message| self.error(path, message))
+            .ok()
+    }
+
+    /// Removes `key` from `table` and parses it: `None` if absent or bad (bad is reported).
+    fn take<T>(
+        &mut self,
+        table: &mut Table,
+        path: &str,
+        key: &'static str,
+        parse: impl FnOnce(Value) -> Result<T, String>,
+    ) -> Option<T> {
+        self.known.push((path.to_string(), key));
+        let value = table.remove(key)?;
+        self.value(value, &join(path, key), parse)
+    }
+
+    fn table(&mut self, value: Value, path: &str) -> Option<Table> {
+        self.value(value, path, |v| match v {
+            Value::Table(t) => Ok(t),
+            other => Err(format!("expected a table, got {}", other.type_str())),
+        })
+    }
+
+    /// A top-level `[section]`; absent means all defaults.
+    fn section(&mut self, root: &mut Table, key: &'static str) -> Table {
+        self.take(root, "", key, Ok)
+            .and_then(|v| self.table(v, key))
+            .unwrap_or_default()
+    }
+
+    /// An array whose items `item` parses; `None` if absent. Items keep their index (`None` for
+    /// bad ones) so later checks can name `services[2]`.
+    fn list<T>(
+        &mut self,
+        table: &mut Table,
+        path: &str,
+        key: &'static str,
+        mut item: impl FnMut(&mut Self, Value, &str) -> Option<T>,
+    ) -> Option<Vec<Option<T>>> {
+        let items = self.take(table, path, key, |v| match v {
+            Value::Array(items) => Ok(items),
+            other => Err(format!("expected an array, got {}", other.type_str())),
+        })?;
+        let path = join(path, key);
+        let items = items.into_iter().enumerate();
+        Some(
+            items
+                .map(|(i, v)| item(self, v, &format!("{path}[{i}]")))
+                .collect(),
+        )
+    }
+
+    fn missing(&mut self, table: &Table, path: &str, required: &[&str]) {
+        for key in required.iter().filter(|k| !table.contains_key(**k)) {
+            self.error(join(path, key), "missing required field");
+        }
+    }
+
+    /// Reports every key of `table` that no `take` asked for.
+    fn finish(&mut self, table: Table, path: &str) {
+        let known: Vec<&str> = self
+            .known
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, k)| *k)
+            .collect();
+        for key in table.keys() {
+            self.error(
+                join(path, key),
+                format!("unknown field (expected one of: {})", known.join(", ")),
+            );
+        }
+    }
+
+    /// The flag's value if given (checked like the file's field), else the file's.
+    fn choose<T>(
+        &mut self,
+        flag: &str,
+        flag_value: &Option<String>,
+        file_key: &str,
+        file_value: Option<T>,
+        parse: impl FnOnce(Value) -> Result<T, String>,
+    ) -> Result<Option<T>, Reported> {
+        match flag_value {
+            Some(s) => self
+                .value(Value::String(s.clone()), flag, parse)
+                .map(Some)
+                .ok_or(Reported),
+            None if self.failed(file_key) => Err(Reported),
+            None => Ok(file_value),
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    // Quote keys that would make the path ambiguous (dots, spaces, ...), as TOML itself would.
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+// Field parsers: one per type, each turning a TOML value into a typed one or a message.
+
+fn string(value: Value, expected: &str) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s),
+        other => Err(format!("expected {expected}, got {}", other.type_str())),
+    }
+}
+
+fn socket_addr(value: Value) -> Result<SocketAddr, String> {
+    let s = string(value, "a socket address like \"127.0.0.1:15443\"")?;
+    s.parse()
+        .map_err(|_| format!("invalid socket address {s:?}"))
+}
+
+fn ip_addr(value: Value) -> Result<IpAddr, String> {
+    let s = string(value, "an IP address like \"127.0.0.1\"")?;
+    s.parse().map_err(|_| format!("invalid IP address {s:?}"))
+}
+
+fn duration(value: Value) -> Result<Duration, String> {
+    let s = string(value, "a duration like \"1s\"")?;
+    humantime::parse_duration(&s)
+        .map_err(|e| format!("expected a duration like \"1s\", got {s:?} ({e})"))
+}
+
+fn positive(value: Value) -> Result<Duration, String> {
+    match duration(value)? {
+        Duration::ZERO => Err("must be greater than 0".to_string()),
+        d => Ok(d),
+    }
+}
+
+fn at_least(min: Duration) -> impl Fn(Value) -> Result<Duration, String> {
+    move |value| match duration(value)? {
+        d if d < min => Err(format!(
+            "must be at least {}, got {}",
+            fmt_duration(min),
+            fmt_duration(d)
+        )),
+        d => Ok(d),
+    }
+}
+
+fn int_in<T>(min: T, max: T) -> impl Fn(Value) -> Result<T, String>
+where
+    T: TryFrom<i64> + Into<i64> + Copy + fmt::Display,
+{
+    move |value| match value {
+        Value::Integer(n) if (min.into()..=max.into()).contains(&n) => {
+            T::try_from(n).map_err(|_| format!("must be between {min} and {max}, got {n}"))
+        }
+        Value::Integer(n) => Err(format!("must be between {min} and {max}, got {n}")),
+        other => Err(format!("expected an integer, got {}", other.type_str())),
+    }
+}
+
+fn boolean(value: Value) -> Result<bool, String> {
+    match value {
+        Value::Boolean(b) => Ok(b),
+        other => Err(format!("expected true or false, got {}", other.type_str())),
+    }
+}
+
+fn path(value: Value) -> Result<PathBuf, String> {
+    match string(value, "a path")? {
+        s if s.is_empty() => Err("must not be empty".to_string()),
+        s => Ok(PathBuf::from(s)),
+    }
+}
+
+fn cluster_name(value: Value) -> Result<ClusterName, String> {
+    ClusterName::new(&string(value, "a cluster name")?).map_err(|e| e.to_string())
+}
+
+fn label(what: &'static str) -> impl Fn(Value) -> Result<String, String> {
+    move |value| {
+        let s = string(value, "a DNS label")?;
+        check_dns_label(what, &s)
+            .map(|()| s)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn gateway_name(value: Value) -> Result<String, String> {
+    label("gateway name")(value)
+}
+
+fn protocol(value: Value) -> Result<Protocol, String> {
+    string(value, "\"http\" or \"tcp\"")?
+        .parse()
+        .map_err(|e: federation::model::ModelError| e.to_string())
+}
+
+/// SPIFFE's trust domain alphabet; the typed trust domain is built from this by the caller.
+fn trust_domain(value: Value) -> Result<String, String> {
+    let s = string(value, "a trust domain")?;
+    let ok = (1..=255).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
+    if ok {
+        Ok(s)
+    } else {
+        Err(format!(
+            "trust domain {s:?} is invalid (1-255 lowercase letters, digits, '.', '-' or '_')"
+        ))
+    }
+}
+
+// Serialization in the file's own shape, so `to_toml` is both readable and loadable.
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_duration(*d))
+}
+
+/// Paths from flags may not be UTF-8; a lossy rendering beats a log line that fails.
+fn path_lossy<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+fn services_as_file<S: Serializer>(services: &[LocalService], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        name: &'a str,
+        namespace: &'a str,
+        export: bool,
+        endpoints: &'a [SocketAddr],
+        ports: &'a [ServicePort],
+    }
+    s.collect_seq(services.iter().map(|svc| Entry {
+        name: svc.key.name(),
+        namespace: svc.key.namespace(),
+        export: svc.export,
+        endpoints: &svc.endpoints,
+        ports: &svc.ports,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../deploy/causeway.example.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml_str(text, Path::new("/etc/causeway"), &Overrides::default())
+    }
+
+    fn paths(result: Result<Config, ConfigErrors>) -> Vec<String> {
+        let mut paths: Vec<String> = match result {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(e) => e.errors.into_iter().map(|e| e.path).collect(),
+        };
+        paths.sort();
+        paths
+    }
+
+    fn message(result: Result<Config, ConfigErrors>, path: &str) -> String {
+        let errors = result.expect_err("should be rejected").errors;
+        let found = errors.iter().find(|e| e.path == path);
+        found
+            .unwrap_or_else(|| panic!("no error at {path}: {errors:?}"))
+            .message
+            .clone()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.cluster.as_str(), "local");
+        assert_eq!(config.trust_domain, "local.mesh");
+        assert_eq!(config.name, "local-1");
+        assert_eq!(config.data_dir, Path::new("./causeway-data"));
+        assert_eq!(
+            config.listen,
+            Listen {
+                tunnel: addr("127.0.0.1:15443"),
+                outbound: addr("127.0.0.1:15001"),
+                dns: addr("127.0.0.1:15053"),
+                admin: addr("127.0.0.1:15000"),
+            }
+        );
+        assert_eq!(config.tunnel, TunnelSettings::default());
+        assert_eq!(config.identity.svid_ttl, Duration::from_secs(3600));
+        assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(10));
+        assert!(config.peers.is_empty() && config.services.is_empty());
+        // No file at all is the same as an empty one.
+        assert_eq!(Config::load(&Overrides::default()).unwrap(), config);
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let config = parse(EXAMPLE).unwrap();
+        assert_eq!(config.cluster.as_str(), "east");
+        assert_eq!(
+            (config.trust_domain.as_str(), config.name.as_str()),
+            ("east.mesh", "east-1")
+        );
+        assert_eq!(config.tunnel.max_streams, 1024);
+        assert_eq!(config.listen.tunnel, addr("127.0.0.1:15443"));
+        let west = &config.peers[0];
+        assert_eq!(
+            (west.cluster.as_str(), west.trust_domain.as_str()),
+            ("west", "west.mesh")
+        );
+        assert_eq!(west.address, addr("127.0.0.2:15443"));
+        assert_eq!(west.trust_bundle, Path::new("/etc/causeway/west-ca.pem"));
+        let echo = &config.services[0];
+        assert_eq!(echo.key.to_string(), "echo.demo");
+        assert_eq!(
+            echo.port(80),
+            Some(ServicePort {
+                port: 80,
+                protocol: Protocol::Http
+            })
+        );
+        assert_eq!(echo.endpoints.len(), 2);
+        assert!(echo.export && !config.services[1].export);
+        assert_eq!(config.services[1].ports[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_with_its_path() {
+        let text = r#"
+            cluster = "East"
+            bind = "localhost"
+            [listen]
+            dns = 15053
+            [tunnel]
+            keep_alive = "soon"
+            max_streams = 0
+            max_preamble_bytes = 70000
+            [identity]
+            svid_ttl = "1s"
+            [[peers]]
+            cluster = "west"
+            address = "127.0.0.2:15443"
+            trust_bundle = "west.pem"
+            [[peers]]
+            cluster = "north"
+            address = "x"
+            [[services]]
+            name = "echo"
+            namespace = "demo"
+            endpoints = []
+            ports = [{ port = 80, protocol = "udp" }, { port = 0, protocol = "tcp" }]
+        "#;
+        let result = parse(text);
+        let errors = result.as_ref().map(|_| ()).expect_err("rejected");
+        assert!(
+            errors
+                .errors
+                .iter()
+                .any(|e| e.to_string() == r#"peers[1].address: invalid socket address "x""#)
+        );
+        assert_eq!(
+            paths(result),
+            [
+                "bind",
+                "cluster",
+                "identity.svid_ttl",
+                "listen.dns",
+                "peers[1].address",
+                "peers[1].trust_bundle",
+                "services[0].endpoints",
+                "services[0].ports[0].protocol",
+                "services[0].ports[1].port",
+                "tunnel.keep_alive",
+                "tunnel.max_preamble_bytes",
+                "tunnel.max_streams",
+            ]
+        );
+        assert!(
+            message(
+                parse("[tunnel]\nkeep_alive = \"soon\""),
+                "tunnel.keep_alive"
+            )
+            .starts_with("expected a duration like \"1s\"")
+        );
+        assert_eq!(
+            message(parse("[tunnel]\nkeep_alive = \"0s\""), "tunnel.keep_alive"),
+            "must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_paths() {
+        let text = r#"
+            clutser = "east"
+            [listen]
+            dsn = "127.0.0.1:53"
+            [[services]]
+            name = "echo"
+            namespace = "demo"
+            endpoints = ["127.0.0.1:80"]
+            ports = [{ port = 80, protocol = "tcp", weight = 1 }]
+            [metrics]
+        "#;
+        assert_eq!(
+            paths(parse(text)),
+            [
+                "clutser",
+                "listen.dsn",
+                "metrics",
+                "services[0].ports[0].weight"
+            ]
+        );
+        let message = message(parse("[listen]\ndsn = \"x\""), "listen.dsn");
+        assert_eq!(
+            message,
+            "unknown field (expected one of: tunnel, outbound, dns, admin)"
+        );
+    }
+
+    #[test]
+    fn overrides_beat_the_file_and_bind_moves_only_defaults() {
+        let text = r#"
+            cluster = "east"
+            name = "east-7"
+            bind = "127.0.0.5"
+            [listen]
+            admin = "127.0.0.9:9000"
+        "#;
+        let from_file = parse(text).unwrap();
+        assert_eq!(from_file.listen.tunnel, addr("127.0.0.5:15443"));
+        assert_eq!(from_file.listen.admin, addr("127.0.0.9:9000"));
+
+        let overrides = Overrides {
+            cluster: Some("south".into()),
+            data_dir: Some("/var/lib/causeway".into()),
+            bind: Some("0.0.0.0".parse().unwrap()),
+            dns_addr: Some(addr("127.0.0.1:0")),
+            ..Overrides::default()
+        };
+        let config = Config::from_toml_str(text, Path::new("."), &overrides).unwrap();
+        assert_eq!(config.cluster.as_str(), "south");
+        // Defaults derived from the cluster follow the override; explicit file values stay.
+        assert_eq!(config.trust_domain, "south.mesh");
+        assert_eq!(config.name, "east-7");
+        assert_eq!(config.data_dir, Path::new("/var/lib/causeway"));
+        assert_eq!(config.listen.tunnel, addr("0.0.0.0:15443"));
+        assert_eq!(config.listen.outbound, addr("0.0.0.0:15001"));
+        assert_eq!(config.listen.dns, addr("127.0.0.1:0"));
+        assert_eq!(config.listen.admin, addr("127.0.0.9:9000"));
+    }
+
+    #[test]
+    fn bad_overrides_are_reported_by_flag_name() {
+        let overrides = Overrides {
+            cluster: Some("South".into()),
+            name: Some("a.b".into()),
+            trust_domain: Some("Mesh!".into()),
+            ..Overrides::default()
+        };
+        let result = Config::from_toml_str("", Path::new("."), &overrides);
+        assert_eq!(paths(result), ["--cluster", "--name", "--trust-domain"]);
+    }
+
+    #[test]
+    fn overrides_come_from_flags() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            overrides: Overrides,
+        }
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "causeway",
+            "--cluster",
+            "east",
+            "--bind",
+            "0.0.0.0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        assert_eq!(cli.overrides.cluster.as_deref(), Some("east"));
+        assert_eq!(cli.overrides.admin_addr, Some(addr("127.0.0.1:0")));
+        assert!(Cli::try_parse_from(["causeway", "--bind", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn relative_trust_bundles_resolve_against_the_config_dir() {
+        let text = r#"
+            [[peers]]
+            cluster = "west"
+            address = "127.0.0.2:15443"
+            trust_bundle = "bundles/west.pem"
+            [[peers]]
+            cluster = "north"
+            address = "127.0.0.3:15443"
+            trust_bundle = "/pki/north.pem"
+        "#;
+        let config =
+            Config::from_toml_str(text, Path::new("/srv/mesh"), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.peers[0].trust_bundle,
+            Path::new("/srv/mesh/bundles/west.pem")
+        );
+        assert_eq!(config.peers[1].trust_bundle, Path::new("/pki/north.pem"));
+        assert_eq!(config.peers[1].trust_domain, "north.mesh");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_resolves_against_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("causeway.toml");
+        std::fs::write(
+            &file,
+            "[[peers]]\ncluster = \"west\"\naddress = \"127.0.0.2:1\"\ntrust_bundle = \"w.pem\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let config = Config::load(&overrides).unwrap();
+        assert_eq!(config.peers[0].trust_bundle, dir.path().join("w.pem"));
+
+        std::fs::write(&file, "cluster = ").unwrap();
+        assert_eq!(
+            paths(Config::load(&overrides)),
+            [file.display().to_string()]
+        );
+
+        let missing = Overrides {
+            config: Some(dir.path().join("nope.toml")),
+            ..Overrides::default()
+        };
+        let message = message(Config::load(&missing), "--config");
+        assert!(message.contains("nope.toml"), "{message}");
+    }
+
+    #[test]
+    fn duplicates_and_self_references_are_rejected() {
+        let service = r#"
+            [[services]]
+            name = "echo"
+            namespace = "demo"
+            endpoints = ["127.0.0.1:80"]
+            ports = [{ port = 80, protocol = "http" }, { port = 80, protocol = "tcp" }]
+        "#;
+        let text = format!("{service}{service}");
+        let result = parse(&text);
+        assert_eq!(
+            message(parse(&text), "services[1]"),
+            "duplicate service echo.demo (also services[0])"
+        );
+        assert_eq!(
+            paths(result),
+            [
+                "services[0].ports[1].port",
+                "services[1]",
+                "services[1].ports[1].port"
+            ]
+        );
+
+        let text = r#"
+            cluster = "east"
+            trust_domain = "mesh.example"
+            [[peers]]
+            cluster = "east"
+            address = "127.0.0.2:15443"
+            trust_bundle = "a.pem"
+            [[peers]]
+            cluster = "west"
+            trust_domain = "mesh.example"
+            address = "127.0.0.3:15443"
+            trust_bundle = "b.pem"
+            [[peers]]
+            cluster = "west"
+            address = "127.0.0.4:15443"
+            trust_bundle = "c.pem"
+        "#;
+        assert_eq!(
+            message(parse(text), "peers[0].cluster"),
+            "\"east\" is this gateway's own cluster"
+        );
+        assert_eq!(
+            paths(parse(text)),
+            [
+                "peers[0].cluster",
+                "peers[1].trust_domain",
+                "peers[2].cluster"
+            ]
+        );
+
+        let text = "[listen]\ntunnel = \"127.0.0.1:9000\"\nadmin = \"127.0.0.1:9000\"\n";
+        assert_eq!(
+            message(parse(text), "listen.admin"),
+            "127.0.0.1:9000 is also listen.tunnel"
+        );
+    }
+
+    #[test]
+    fn keep_alive_must_be_shorter_than_idle_timeout() {
+        let result = parse("[tunnel]\nkeep_alive = \"5s\"\n");
+        assert_eq!(
+            message(result, "tunnel.keep_alive"),
+            "must be shorter than tunnel.idle_timeout (5s), got 5s"
+        );
+        assert!(parse("[tunnel]\nkeep_alive = \"10s\"\nidle_timeout = \"30s\"\n").is_ok());
+        // A bad idle_timeout is reported once, not again as a keep_alive problem.
+        assert_eq!(
+            paths(parse("[tunnel]\nidle_timeout = \"x\"\n")),
+            ["tunnel.idle_timeout"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let errors = parse("cluster = \"east\"\n[tunnel\n").unwrap_err();
+        assert_eq!(errors.errors.len(), 1);
+        let shown = errors.to_string();
+        assert!(
+            shown.starts_with("invalid configuration (1 problem):\n  "),
+            "{shown}"
+        );
+        assert!(shown.contains("line 2"), "{shown}");
+    }
+
+    #[test]
+    fn errors_display_one_per_line() {
+        let errors = parse("cluster = 1\nname = \"-\"\n")
+            .unwrap_err()
+            .to_string();
+        let lines: Vec<&str> = errors.lines().collect();
+        assert_eq!(lines[0], "invalid configuration (2 problems):");
+        assert_eq!(lines[1], "  cluster: expected a cluster name, got integer");
+        assert!(
+            lines[2].starts_with("  name: gateway name \"-\" is not a DNS label"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let config = parse(EXAMPLE).unwrap();
+        let text = config.to_toml();
+        assert!(
+            text.contains("keep_alive = \"1s\"") && text.contains("svid_ttl = \"1h\""),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap(), config, "{text}");
+        let defaults = parse("").unwrap();
+        assert_eq!(parse(&defaults.to_toml()).unwrap(), defaults);
+    }
+}

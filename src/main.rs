@@ -1,0 +1,131 @@
+//! The `causeway` binary: parses the command line, sets up logging and hands over to the
+//! composition root in [`app`].
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod app;
+mod config;
+mod demo;
+mod echo;
+mod identity;
+mod signal;
+
+/// Causeway: a federation gateway for service meshes.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway at the edge of one cluster. With no config file it starts a single-node
+    /// gateway on loopback with its data in ./causeway-data.
+    Gateway {
+        #[command(flatten)]
+        overrides: config::Overrides,
+    },
+    /// Print this cluster's trust bundle (its CA root, PEM), creating the CA if it does not
+    /// exist yet. Give the output to the other clusters' gateways as `peers[].trust_bundle`.
+    Bundle {
+        #[command(flatten)]
+        overrides: config::Overrides,
+    },
+    /// Start a three-cluster federation (east, west, edge) on 127.0.0.1-3 and print a tour.
+    Demo {
+        /// Where the demo keeps its gateways' data (CAs, keys).
+        #[arg(long, default_value = "./causeway-demo", env = "CAUSEWAY_DEMO_DIR")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    // The control plane (admin API, identity, signals) runs here; the data plane gets its own
+    // runtime per gateway (see `app`), so proxied bytes never share workers with them.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("control")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("causeway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Gateway { overrides } => run_gateway(overrides).await,
+            Command::Bundle { overrides } => print_bundle(overrides),
+            Command::Demo { dir } => demo::run(dir).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = error_chain(&e);
+            tracing::error!("{message}");
+            eprintln!("causeway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_gateway(overrides: config::Overrides) -> anyhow::Result<()> {
+    let config = config::Config::load(&overrides)?;
+    tracing::info!("effective configuration:\n{}", config.to_toml());
+    let bound = app::build(config).await?;
+    signal::terminated().await;
+    tracing::info!("shutting down: draining in-flight streams");
+    bound.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_bundle(overrides: config::Overrides) -> anyhow::Result<()> {
+    let config = config::Config::load(&overrides)?;
+    let td = federation::identity::TrustDomain::parse(&config.trust_domain)?;
+    let ca = federation::identity::CertificateAuthority::load_or_create(
+        &config.data_dir.join("ca"),
+        &td,
+    )?;
+    print!("{}", ca.bundle_pem());
+    Ok(())
+}
+
+/// The error and its causes on one line, skipping a cause its parent already spelled out.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAUSEWAY_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
