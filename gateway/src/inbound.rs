@@ -339,8 +339,11 @@ async fn serve_http(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
+    // half_close: the opener may finish its side of the stream after the request and still
+    // expects the response.
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service_fn);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "tunnel HTTP stream ended with an error");

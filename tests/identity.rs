@@ -1,0 +1,362 @@
+//! Identity at the tunnel: a real QUIC client (built from `federation`'s identity code, as a
+//! peer gateway would be) against a real gateway process. Refusals happen at the handshake;
+//! a gateway may only speak for its own trust domain; bad streams close only themselves.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use federation::identity::{
+    CertificateAuthority, SpiffeId, Svid, TrustBundles, TrustDomain, client_config,
+};
+use gateway::preamble::{self, Preamble, StreamProtocol, Verdict, VerdictCode};
+use support::{Gateway, Net, Spec, backend, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn td(s: &str) -> TrustDomain {
+    TrustDomain::parse(s).unwrap()
+}
+
+fn ca(dir: &std::path::Path, domain: &str) -> CertificateAuthority {
+    CertificateAuthority::load_or_create(dir, &td(domain)).unwrap()
+}
+
+fn east_gateway_id() -> SpiffeId {
+    SpiffeId::gateway(&td("east.mesh"), "east-1").unwrap()
+}
+
+/// West with east as its only peer (so west trusts east's CA), exporting echo.demo.
+fn west(net: &Net, extra: &str) -> Gateway {
+    let echo = backend::http_echo(&net.ip(2), "west-v1");
+    Spec::new("west", 2)
+        .peer("east", 1)
+        .http_service("echo.demo", echo)
+        .toml(extra)
+        .start(net)
+}
+
+/// Dials `addr` as `svid`, expecting a server from west.mesh signed by `west_root`.
+async fn dial(
+    svid: &Svid,
+    west_bundle: &std::path::Path,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let mut bundles = TrustBundles::new();
+    bundles.load_pem_file(td("west.mesh"), west_bundle).unwrap();
+    let tls = client_config(svid, Arc::new(bundles), &td("west.mesh")).unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let connecting = endpoint
+        .connect(addr, "west.mesh")
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    // Under TLS 1.3 the server only judges the client certificate after the client finished,
+    // so a refused client learns it on first use of the connection: probe with a stream.
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let probe = preamble::StreamRequest::Catalog {
+        source: svid.id().clone(),
+    }
+    .to_preamble();
+    preamble::write_frame(&mut send, &probe)
+        .await
+        .map_err(|e| e.to_string())?;
+    preamble::read_verdict(&mut recv)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+async fn stream(
+    conn: &quinn::Connection,
+    p: &Preamble,
+) -> (quinn::SendStream, quinn::RecvStream, Verdict) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    preamble::write_frame(&mut send, p).await.unwrap();
+    let verdict = preamble::read_verdict(&mut recv).await.unwrap();
+    (send, recv, verdict)
+}
+
+fn http_preamble(source: &str) -> Preamble {
+    Preamble {
+        version: preamble::VERSION,
+        service: "echo.demo".into(),
+        port: 80,
+        protocol: StreamProtocol::Http as i32,
+        source_principal: source.into(),
+        ..Default::default()
+    }
+}
+
+fn inbound_handshake_failures(gw: &Gateway) -> f64 {
+    gw.metric(
+        "causeway_tunnel_handshake_failures_total",
+        &[("direction", "inbound")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// The server counts a refusal a moment after the client has seen it.
+fn await_handshake_failures(gw: &Gateway, n: f64) {
+    eventually(
+        &format!("{n} inbound handshake failures"),
+        Duration::from_secs(10),
+        || (inbound_handshake_failures(gw) == n).then_some(()),
+    );
+}
+
+#[tokio::test]
+async fn peers_outside_the_trust_bundles_are_refused_at_the_handshake() {
+    let net = Net::new(21);
+    let west = west(&net, "");
+    let west_bundle = net.bundle("west");
+    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
+    let now = SystemTime::now();
+
+    // Control: a valid east SVID gets through.
+    let good = east_ca
+        .issue_for(&east_gateway_id(), Duration::from_secs(600))
+        .unwrap();
+    dial(&good, &west_bundle, west.tunnel)
+        .await
+        .expect("a valid peer is accepted");
+    assert_eq!(inbound_handshake_failures(&west), 0.0);
+
+    // Unknown trust domain.
+    let rogue_dir = tempfile::tempdir().unwrap();
+    let rogue = ca(rogue_dir.path(), "rogue.mesh")
+        .issue_for(
+            &SpiffeId::gateway(&td("rogue.mesh"), "r-1").unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let err = dial(&rogue, &west_bundle, west.tunnel)
+        .await
+        .expect_err("unknown trust domain accepted");
+    assert!(!err.is_empty());
+    await_handshake_failures(&west, 1.0);
+
+    // Expired certificate from the right CA.
+    let expired = east_ca
+        .issue(
+            &east_gateway_id(),
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
+        .unwrap();
+    dial(&expired, &west_bundle, west.tunnel)
+        .await
+        .expect_err("expired certificate accepted");
+    await_handshake_failures(&west, 2.0);
+
+    // Right trust domain, wrong CA.
+    let impostor_dir = tempfile::tempdir().unwrap();
+    let impostor = ca(impostor_dir.path(), "east.mesh")
+        .issue_for(&east_gateway_id(), Duration::from_secs(600))
+        .unwrap();
+    dial(&impostor, &west_bundle, west.tunnel)
+        .await
+        .expect_err("certificate from the wrong CA accepted");
+    await_handshake_failures(&west, 3.0);
+    assert!(
+        west.logs().contains("refused tunnel handshake"),
+        "{}",
+        west.logs()
+    );
+}
+
+#[test]
+fn a_gateway_refuses_a_peer_signed_by_the_wrong_ca() {
+    let net = Net::new(22);
+    let _west = west(&net, "");
+    // East is told west's bundle is a CA that did not sign west's certificate.
+    let impostor = ca(&net.dir.path().join("impostor"), "west.mesh");
+    let bundle = net.dir.path().join("impostor.pem");
+    std::fs::write(&bundle, impostor.bundle_pem()).unwrap();
+    let east = Spec::new("east", 1)
+        .toml(&format!(
+            "\n[[peers]]\ncluster = \"west\"\naddress = \"{}:15443\"\ntrust_bundle = \"{}\"\n",
+            net.ip(2),
+            bundle.display()
+        ))
+        .start(&net);
+    eventually(
+        "an outbound handshake failure",
+        Duration::from_secs(20),
+        || {
+            let n = east.metric(
+                "causeway_tunnel_handshake_failures_total",
+                &[("peer_cluster", "west"), ("direction", "outbound")],
+            )?;
+            (n >= 1.0).then_some(())
+        },
+    );
+    assert_eq!(
+        east.metric(
+            "causeway_tunnel_connects_total",
+            &[("peer_cluster", "west")]
+        ),
+        None
+    );
+    assert!(
+        east.logs().contains("cannot reach peer gateway"),
+        "{}",
+        east.logs()
+    );
+}
+
+#[tokio::test]
+async fn spoofed_principals_and_malformed_streams_close_only_their_stream() {
+    let net = Net::new(23);
+    let west = west(&net, "");
+    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
+    let svid = east_ca
+        .issue_for(&east_gateway_id(), Duration::from_secs(600))
+        .unwrap();
+    let conn = dial(&svid, &net.bundle("west"), west.tunnel).await.unwrap();
+
+    // East may not speak for a caller in west's (or anyone else's) trust domain.
+    for spoofed in [
+        "spiffe://west.mesh/ns/prod/sa/admin",
+        "spiffe://edge.mesh/gateway/edge-1",
+    ] {
+        let (_, _, verdict) = stream(&conn, &http_preamble(spoofed)).await;
+        assert_eq!(
+            verdict.decision(),
+            VerdictCode::SourceOutsidePeerDomain,
+            "{spoofed}"
+        );
+        assert!(verdict.reason.contains(spoofed), "{}", verdict.reason);
+    }
+    let refused = west.metric(
+        "causeway_stream_refusals_total",
+        &[("reason", "source_outside_peer_domain")],
+    );
+    assert_eq!(refused, Some(2.0));
+
+    // Garbage instead of a preamble, and a length prefix past the limit.
+    for frame in [
+        vec![0u8, 0, 0, 3, 0xff, 0xff, 0xff],
+        vec![0x00, 0x10, 0x00, 0x00],
+    ] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        let verdict = preamble::read_verdict(&mut recv).await;
+        assert!(
+            matches!(verdict, Ok(ref v) if v.decision() == VerdictCode::Malformed),
+            "{verdict:?}"
+        );
+    }
+    assert_eq!(
+        west.metric("causeway_stream_refusals_total", &[("reason", "malformed")]),
+        Some(2.0)
+    );
+    let (_, _, verdict) = stream(
+        &conn,
+        &Preamble {
+            version: 9,
+            ..http_preamble("spiffe://east.mesh/x")
+        },
+    )
+    .await;
+    assert_eq!(verdict.decision(), VerdictCode::UnsupportedVersion);
+    let (_, _, verdict) = stream(
+        &conn,
+        &Preamble {
+            service: "nope.demo".into(),
+            ..http_preamble("spiffe://east.mesh/x")
+        },
+    )
+    .await;
+    assert_eq!(verdict.decision(), VerdictCode::UnknownService);
+
+    // The same connection still carries a legitimate request end to end.
+    let caller = "spiffe://east.mesh/ns/shop/sa/frontend";
+    let (mut send, mut recv, verdict) = stream(&conn, &http_preamble(caller)).await;
+    assert_eq!(
+        verdict.decision(),
+        VerdictCode::Accepted,
+        "{}",
+        verdict.reason
+    );
+    send.write_all(b"GET /after HTTP/1.1\r\nhost: echo.demo\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let mut response = String::new();
+    recv.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("GET /after"), "{response}");
+    assert!(
+        response.contains(&format!("x-causeway-source-principal: {caller}")),
+        "{response}"
+    );
+    assert!(
+        conn.close_reason().is_none(),
+        "a bad stream closed the connection"
+    );
+}
+
+#[tokio::test]
+async fn svids_rotate_without_dropping_tunnels() {
+    let net = Net::new(24);
+    let ttl = "[identity]\nsvid_ttl = \"3s\"\n";
+    let tcp = backend::tcp_echo(&net.ip(2));
+    let west = Spec::new("west", 2)
+        .peer("east", 1)
+        .tcp_service("db.demo", tcp, 9401)
+        .toml(ttl)
+        .start(&net);
+    let east = Spec::new("east", 1).peer("west", 2).toml(ttl).start(&net);
+
+    let addr: SocketAddr = format!("{}:9401", net.ip(1)).parse().unwrap();
+    let mut conn = eventually("db.demo on east", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(addr).ok()
+    });
+    let echo = |conn: &mut std::net::TcpStream, msg: &[u8]| {
+        use std::io::{Read, Write};
+        conn.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        conn.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    };
+    echo(&mut conn, b"before rotation");
+    let first_expiry = west
+        .metric("causeway_svid_expiry_timestamp_seconds", &[])
+        .unwrap();
+
+    // Past the first SVID's whole lifetime: both sides rotated at least twice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for gw in [&west, &east] {
+        let rotations = gw.metric("causeway_svid_rotations_total", &[]).unwrap();
+        assert!(rotations >= 2.0, "only {rotations} rotations");
+    }
+    assert!(
+        west.metric("causeway_svid_expiry_timestamp_seconds", &[])
+            .unwrap()
+            > first_expiry
+    );
+    echo(&mut conn, b"after rotation");
+    assert_eq!(
+        east.metric(
+            "causeway_tunnel_connects_total",
+            &[("peer_cluster", "west")]
+        ),
+        Some(1.0)
+    );
+
+    // A new handshake sees west's current certificate: the first one has expired by now, so
+    // this only succeeds if the server config was swapped.
+    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
+    let svid = east_ca
+        .issue_for(&east_gateway_id(), Duration::from_secs(600))
+        .unwrap();
+    dial(&svid, &net.bundle("west"), west.tunnel)
+        .await
+        .expect("handshake with the rotated certificate");
+}

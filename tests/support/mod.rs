@@ -1,0 +1,373 @@
+//! Harness for black-box tests of the `causeway` binary: real processes on 127.x.y.z
+//! loopback addresses, real QUIC, real files. Each test takes its own `127.<net>.0.0/24`
+//! so tests run in parallel on Istio's default ports without clashing.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod backend;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_causeway");
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A test's private network: cluster `i` lives on `127.<net>.0.<i>`.
+pub struct Net {
+    pub net: u8,
+    pub dir: tempfile::TempDir,
+}
+
+impl Net {
+    pub fn new(net: u8) -> Self {
+        Self {
+            net,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn ip(&self, host: u8) -> String {
+        format!("127.{}.0.{host}", self.net)
+    }
+
+    pub fn data_dir(&self, cluster: &str) -> PathBuf {
+        self.dir.path().join(cluster)
+    }
+
+    /// Creates (once) the cluster's CA with `causeway bundle` and returns its bundle file.
+    pub fn bundle(&self, cluster: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{cluster}-bundle.pem"));
+        if !path.exists() {
+            let out = Command::new(BIN)
+                .args(["bundle", "--cluster", cluster, "--data-dir"])
+                .arg(self.data_dir(cluster))
+                .output()
+                .expect("run causeway bundle");
+            assert!(
+                out.status.success(),
+                "causeway bundle failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(&path, &out.stdout).expect("write bundle");
+        }
+        path
+    }
+}
+
+/// One cluster's gateway, as a config file.
+pub struct Spec<'a> {
+    pub cluster: &'a str,
+    pub host: u8,
+    /// (cluster, host) of peers to dial.
+    pub peers: Vec<(&'a str, u8)>,
+    /// Extra TOML appended verbatim (services, tunnel settings...).
+    pub extra: String,
+}
+
+impl<'a> Spec<'a> {
+    pub fn new(cluster: &'a str, host: u8) -> Self {
+        Self {
+            cluster,
+            host,
+            peers: Vec::new(),
+            extra: String::new(),
+        }
+    }
+    pub fn peer(mut self, cluster: &'a str, host: u8) -> Self {
+        self.peers.push((cluster, host));
+        self
+    }
+    pub fn http_service(mut self, name: &str, endpoint: SocketAddr) -> Self {
+        self.extra += &service_toml(name, endpoint, 80, "http");
+        self
+    }
+    pub fn tcp_service(mut self, name: &str, endpoint: SocketAddr, port: u16) -> Self {
+        self.extra += &service_toml(name, endpoint, port, "tcp");
+        self
+    }
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra += text;
+        self
+    }
+
+    pub fn config(&self, net: &Net) -> String {
+        let mut toml = format!(
+            "cluster = \"{}\"\ndata_dir = \"{}\"\nbind = \"{}\"\n",
+            self.cluster,
+            net.data_dir(self.cluster).display(),
+            net.ip(self.host)
+        );
+        // Tests notice dead peers quickly; production defaults are 1s/5s.
+        if !self.extra.contains("[tunnel]") {
+            toml += "[tunnel]\nkeep_alive = \"300ms\"\nidle_timeout = \"2s\"\nreconnect_backoff_max = \"500ms\"\n";
+        }
+        for (peer, host) in &self.peers {
+            toml += &format!(
+                "\n[[peers]]\ncluster = \"{peer}\"\naddress = \"{}:15443\"\ntrust_bundle = \"{}\"\n",
+                net.ip(*host),
+                net.bundle(peer).display()
+            );
+        }
+        toml + "\n" + &self.extra
+    }
+
+    pub fn start(&self, net: &Net) -> Gateway {
+        // Every cluster's CA must exist before a peer can trust it.
+        net.bundle(self.cluster);
+        let path = net.dir.path().join(format!("{}.toml", self.cluster));
+        std::fs::write(&path, self.config(net)).expect("write config");
+        Gateway::start(
+            &["gateway", "--config", path.to_str().expect("utf-8 path")],
+            &[],
+        )
+    }
+}
+
+fn service_toml(name: &str, endpoint: SocketAddr, port: u16, protocol: &str) -> String {
+    let (svc, ns) = name.split_once('.').expect("service is name.namespace");
+    format!(
+        "\n[[services]]\nname = \"{svc}\"\nnamespace = \"{ns}\"\nendpoints = [\"{endpoint}\"]\nports = [{{ port = {port}, protocol = \"{protocol}\" }}]\n"
+    )
+}
+
+/// A running `causeway` process; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    pub tunnel: SocketAddr,
+    pub outbound: SocketAddr,
+    pub dns: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Gateway {
+    /// Spawns `causeway ARGS` and waits for its "gateway ready" log line.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(args, env, None)
+    }
+
+    pub fn start_in(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("CAUSEWAY_LOG", "info,gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().expect("spawn causeway");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            log,
+            tunnel: unspecified(),
+            outbound: unspecified(),
+            dns: unspecified(),
+            admin: unspecified(),
+        };
+        let line = eventually("the gateway ready line", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!(
+                    "causeway exited with {status} before it was ready:\n{}",
+                    gw.logs()
+                );
+            }
+            gw.logs()
+                .lines()
+                .find(|l| l.contains("gateway ready"))
+                .map(str::to_string)
+        });
+        gw.tunnel = field(&line, "tunnel");
+        gw.outbound = field(&line, "outbound");
+        gw.dns = field(&line, "dns");
+        gw.admin = field(&line, "admin");
+        gw
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        eventually("the process to exit", timeout, || {
+            self.child.try_wait().expect("try_wait")
+        })
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, _, body) = http_get(self.admin, "admin", "/metrics");
+        assert_eq!(status, 200, "metrics: {body}");
+        body
+    }
+
+    /// The value of the first sample whose line starts with `name{` and contains every label.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics(), name, labels)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+fn field(line: &str, name: &str) -> SocketAddr {
+    let start = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        + name.len()
+        + 2;
+    let value = line[start..].split_whitespace().next().unwrap_or_default();
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {name} address {value:?} in {line:?}"))
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status, headers (lowercased) and body.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    http_request(addr, "GET", host, path, &[], b"")
+}
+
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    try_http(addr, method, host, path, headers, body)
+        .unwrap_or_else(|e| panic!("HTTP {method} {addr}{path}: {e}"))
+}
+
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {text:?}")))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, headers, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Whether something accepts TCP connections at `addr`.
+pub fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
