@@ -1,0 +1,73 @@
+//! `causeway demo` works as its tour says, and Ctrl-C leaves nothing running.
+//! It uses the default ports of 127.0.0.1-3, so no other test may use those addresses.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{BIN, accepts, eventually, http_get};
+
+#[test]
+fn the_demo_federates_three_clusters_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    eventually("the tour", Duration::from_secs(60), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("demo exited early with {status}: {}", out.lock().unwrap());
+        }
+        out.lock().unwrap().contains("Press Ctrl-C").then_some(())
+    });
+    let tour = out.lock().unwrap().clone();
+    assert!(tour.contains("curl -H 'Host: echo.demo' http://127.0.0.1:15001/"), "{tour}");
+
+    // The tour's first command, as printed: answered by west (v1) and edge (v2) in turn.
+    let east: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+    let versions: Vec<String> = (0..4)
+        .map(|_| {
+            let (status, _, body) = http_get(east, "echo.demo", "/");
+            assert_eq!(status, 200, "{body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            json["version"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(versions.contains(&"v1".into()) && versions.contains(&"v2".into()), "{versions:?}");
+    let (_, _, body) = http_get(east, "echo.demo.edge.mesh", "/hello");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((json["cluster"].as_str(), json["path"].as_str()), (Some("edge"), Some("/hello")));
+    assert_eq!(json["headers"]["x-causeway-source-cluster"], "east");
+
+    let mut tcp = TcpStream::connect("127.0.0.1:9000").unwrap();
+    tcp.write_all(b"hello over the tunnel\n").unwrap();
+    let mut got = [0u8; 22];
+    tcp.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello over the tunnel\n");
+    drop(tcp);
+
+    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let status = eventually("the demo to stop", Duration::from_secs(20), || child.try_wait().unwrap());
+    assert!(status.success(), "{status}: {}", out.lock().unwrap());
+    assert!(out.lock().unwrap().contains("nothing is left running"));
+    for addr in ["127.0.0.1:15001", "127.0.0.2:15000", "127.0.0.3:18080", "127.0.0.1:9000"] {
+        assert!(!accepts(addr.parse().unwrap()), "{addr} still accepts connections");
+    }
+}
