@@ -25,12 +25,23 @@ fn every_bad_config_field_is_reported_at_once_and_nothing_starts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for path in ["cluster:", "bogus:", "tunnel.keep_alive:", "peers[0].address:"] {
+    for path in [
+        "cluster:",
+        "bogus:",
+        "tunnel.keep_alive:",
+        "peers[0].address:",
+    ] {
         assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
     }
-    assert!(!dir.path().join("causeway-data").exists(), "a refused config still created state");
+    assert!(
+        !dir.path().join("causeway-data").exists(),
+        "a refused config still created state"
+    );
 
-    let out = Command::new(BIN).args(["gateway", "--config", "/nonexistent/causeway.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["gateway", "--config", "/nonexistent/causeway.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/causeway.toml"));
 }
@@ -45,10 +56,16 @@ fn with_no_file_a_single_gateway_starts_with_its_data_in_the_current_folder() {
     assert_eq!(gw.dns.to_string(), "127.41.0.1:15053");
     assert_eq!(gw.admin.to_string(), "127.41.0.1:15000");
     let key = dir.path().join("causeway-data/ca/ca-key.pem");
-    let mode = std::fs::metadata(&key).expect("CA key in ./causeway-data").permissions().mode();
+    let mode = std::fs::metadata(&key)
+        .expect("CA key in ./causeway-data")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let logs = gw.logs();
-    assert!(logs.contains("spiffe://local.mesh/gateway/local-1"), "{logs}");
+    assert!(
+        logs.contains("spiffe://local.mesh/gateway/local-1"),
+        "{logs}"
+    );
     assert!(logs.contains("effective configuration"), "{logs}");
     assert!(!logs.contains("BEGIN PRIVATE KEY"), "a key was logged");
 
@@ -78,18 +95,28 @@ fn port_zero_works_and_flags_beat_environment() {
     let data = dir.path().join("data");
     let gw = Gateway::start_in(
         &args,
-        &[("CAUSEWAY_CLUSTER", "north"), ("CAUSEWAY_DATA_DIR", data.to_str().unwrap())],
+        &[
+            ("CAUSEWAY_CLUSTER", "north"),
+            ("CAUSEWAY_DATA_DIR", data.to_str().unwrap()),
+        ],
         Some(dir.path()),
     );
     for addr in [gw.tunnel, gw.outbound, gw.dns, gw.admin] {
         assert_ne!(addr.port(), 0, "port 0 logged instead of the bound port");
     }
     assert_eq!(http_get(gw.admin, "admin", "/healthz").0, 200);
-    assert!(gw.logs().contains("spiffe://south.mesh/gateway/south-1"), "{}", gw.logs());
+    assert!(
+        gw.logs().contains("spiffe://south.mesh/gateway/south-1"),
+        "{}",
+        gw.logs()
+    );
     assert!(data.join("ca/ca.pem").exists(), "CAUSEWAY_DATA_DIR ignored");
     // The gateway serves its own metrics registry.
     let metrics = gw.metrics();
-    assert!(metrics.contains("causeway_svid_expiry_timestamp_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("causeway_svid_expiry_timestamp_seconds"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -99,7 +126,10 @@ fn help_names_the_commands() {
     for cmd in ["gateway", "demo", "bundle"] {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
-    let out = Command::new(BIN).args(["gateway", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["gateway", "--help"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CAUSEWAY_CLUSTER"), "{text}");
 }

@@ -37,7 +37,10 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
         out.lock().unwrap().contains("Press Ctrl-C").then_some(())
     });
     let tour = out.lock().unwrap().clone();
-    assert!(tour.contains("curl -H 'Host: echo.demo' http://127.0.0.1:15001/"), "{tour}");
+    assert!(
+        tour.contains("curl -H 'Host: echo.demo' http://127.0.0.1:15001/"),
+        "{tour}"
+    );
 
     // The tour's first command, as printed: answered by west (v1) and edge (v2) in turn.
     let east: SocketAddr = "127.0.0.1:15001".parse().unwrap();
@@ -49,10 +52,16 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
             json["version"].as_str().unwrap().to_string()
         })
         .collect();
-    assert!(versions.contains(&"v1".into()) && versions.contains(&"v2".into()), "{versions:?}");
+    assert!(
+        versions.contains(&"v1".into()) && versions.contains(&"v2".into()),
+        "{versions:?}"
+    );
     let (_, _, body) = http_get(east, "echo.demo.edge.mesh", "/hello");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((json["cluster"].as_str(), json["path"].as_str()), (Some("edge"), Some("/hello")));
+    assert_eq!(
+        (json["cluster"].as_str(), json["path"].as_str()),
+        (Some("edge"), Some("/hello"))
+    );
     assert_eq!(json["headers"]["x-causeway-source-cluster"], "east");
 
     let mut tcp = TcpStream::connect("127.0.0.1:9000").unwrap();
@@ -62,12 +71,25 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     assert_eq!(&got, b"hello over the tunnel\n");
     drop(tcp);
 
-    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
-    let status = eventually("the demo to stop", Duration::from_secs(20), || child.try_wait().unwrap());
+    let status = eventually("the demo to stop", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
     assert!(status.success(), "{status}: {}", out.lock().unwrap());
     assert!(out.lock().unwrap().contains("nothing is left running"));
-    for addr in ["127.0.0.1:15001", "127.0.0.2:15000", "127.0.0.3:18080", "127.0.0.1:9000"] {
-        assert!(!accepts(addr.parse().unwrap()), "{addr} still accepts connections");
+    for addr in [
+        "127.0.0.1:15001",
+        "127.0.0.2:15000",
+        "127.0.0.3:18080",
+        "127.0.0.1:9000",
+    ] {
+        assert!(
+            !accepts(addr.parse().unwrap()),
+            "{addr} still accepts connections"
+        );
     }
 }

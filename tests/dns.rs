@@ -80,16 +80,41 @@ fn mesh_names_resolve_to_the_outbound_listener() {
     assert!(answer.metadata.authoritative);
 
     for via in [udp, tcp] {
-        assert_eq!(a_records(&via(east.dns, "echo.demo.west.mesh.", RecordType::A)), [outbound_ip]);
-        assert_eq!(a_records(&via(east.dns, "DB.demo.mesh.", RecordType::A)), [outbound_ip]);
+        assert_eq!(
+            a_records(&via(east.dns, "echo.demo.west.mesh.", RecordType::A)),
+            [outbound_ip]
+        );
+        assert_eq!(
+            a_records(&via(east.dns, "DB.demo.mesh.", RecordType::A)),
+            [outbound_ip]
+        );
         // SRV: HTTP services are reached on the outbound listener, TCP ones on their own port.
-        assert_eq!(srv_ports(&via(east.dns, "db.demo.mesh.", RecordType::SRV)), [9405]);
-        assert_eq!(srv_ports(&via(east.dns, "echo.demo.mesh.", RecordType::SRV)), [east.outbound.port()]);
+        assert_eq!(
+            srv_ports(&via(east.dns, "db.demo.mesh.", RecordType::SRV)),
+            [9405]
+        );
+        assert_eq!(
+            srv_ports(&via(east.dns, "echo.demo.mesh.", RecordType::SRV)),
+            [east.outbound.port()]
+        );
         // East does not run echo itself; other names in the zone do not exist.
-        for missing in ["echo.demo.east.mesh.", "nope.demo.mesh.", "echo.demo.nowhere.mesh."] {
+        for missing in [
+            "echo.demo.east.mesh.",
+            "nope.demo.mesh.",
+            "echo.demo.nowhere.mesh.",
+        ] {
             let m = via(east.dns, missing, RecordType::A);
-            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{missing}");
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{missing}"
+            );
         }
-        assert_eq!(via(east.dns, "example.com.", RecordType::A).metadata.response_code, ResponseCode::Refused);
+        assert_eq!(
+            via(east.dns, "example.com.", RecordType::A)
+                .metadata
+                .response_code,
+            ResponseCode::Refused
+        );
     }
 }

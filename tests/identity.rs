@@ -13,7 +13,7 @@ use federation::identity::{
 };
 use gateway::preamble::{self, Preamble, StreamProtocol, Verdict, VerdictCode};
 use support::{Gateway, Net, Spec, backend, eventually};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 fn td(s: &str) -> TrustDomain {
     TrustDomain::parse(s).unwrap()

@@ -23,16 +23,27 @@ fn echo_line(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 fn an_http_request_in_flight_finishes_after_sigterm() {
     let net = Net::new(31);
     let echo = backend::http_echo(&net.ip(2), "west-v1");
-    let _west = Spec::new("west", 2).peer("east", 1).http_service("echo.demo", echo).start(&net);
+    let _west = Spec::new("west", 2)
+        .peer("east", 1)
+        .http_service("echo.demo", echo)
+        .start(&net);
     let mut east = Spec::new("east", 1).peer("west", 2).start(&net);
-    eventually("the tunnel", UP, || try_http(east.outbound, "GET", "echo.demo", "/", &[], b"").ok().filter(|r| r.0 == 200));
+    eventually("the tunnel", UP, || {
+        try_http(east.outbound, "GET", "echo.demo", "/", &[], b"")
+            .ok()
+            .filter(|r| r.0 == 200)
+    });
 
     let outbound = east.outbound;
     let slow = std::thread::spawn(move || http_get(outbound, "echo.demo", "/slow/1500"));
     std::thread::sleep(Duration::from_millis(400));
     east.signal("TERM");
     // Stops accepting at once...
-    eventually("the outbound listener to close", Duration::from_secs(5), || (!accepts(outbound)).then_some(()));
+    eventually(
+        "the outbound listener to close",
+        Duration::from_secs(5),
+        || (!accepts(outbound)).then_some(()),
+    );
     // ...while the request already in flight completes.
     let (status, _, body) = slow.join().unwrap();
     assert_eq!(status, 200, "{body}");
@@ -41,18 +52,25 @@ fn an_http_request_in_flight_finishes_after_sigterm() {
     assert!(status.success(), "exit status {status}");
     let logs = east.logs();
     assert!(logs.contains("SIGTERM received"), "{logs}");
-    assert!(logs.contains("drained: every in-flight stream finished"), "{logs}");
+    assert!(
+        logs.contains("drained: every in-flight stream finished"),
+        "{logs}"
+    );
 }
 
 #[test]
 fn a_tcp_stream_in_flight_through_the_receiving_gateway_survives_its_sigterm() {
     let net = Net::new(32);
     let tcp = backend::tcp_echo(&net.ip(2));
-    let mut west = Spec::new("west", 2).peer("east", 1).tcp_service("db.demo", tcp, 9403).start(&net);
+    let mut west = Spec::new("west", 2)
+        .peer("east", 1)
+        .tcp_service("db.demo", tcp, 9403)
+        .start(&net);
     let east = Spec::new("east", 1).peer("west", 2).start(&net);
     let addr: SocketAddr = format!("{}:9403", net.ip(1)).parse().unwrap();
     let mut conn = eventually("db.demo on east", UP, || TcpStream::connect(addr).ok());
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     echo_line(&mut conn, b"before\n").unwrap();
 
     west.signal("TERM");
@@ -73,7 +91,12 @@ fn a_tcp_stream_in_flight_through_the_receiving_gateway_survives_its_sigterm() {
     assert!(status.success(), "exit status {status}");
     // It left as soon as the last stream ended, not at the 10s deadline.
     assert!(closed_at.elapsed() < Duration::from_secs(8));
-    assert!(west.logs().contains("drained: every in-flight stream finished"), "{}", west.logs());
+    assert!(
+        west.logs()
+            .contains("drained: every in-flight stream finished"),
+        "{}",
+        west.logs()
+    );
 }
 
 #[test]
@@ -92,6 +115,10 @@ fn the_drain_deadline_bounds_shutdown() {
     west.signal("TERM");
     let status = west.wait_exit(Duration::from_secs(8));
     assert!(status.success(), "exit status {status}");
-    assert!(west.logs().contains("drain deadline passed"), "{}", west.logs());
+    assert!(
+        west.logs().contains("drain deadline passed"),
+        "{}",
+        west.logs()
+    );
     drop(conn);
 }

@@ -288,8 +288,11 @@ fn field(line: &str, name: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("bad {name} address {value:?} in {line:?}"))
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status, headers (lowercased) and body.
-pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+/// Status, headers (names lowercased) and body of an HTTP response.
+pub type HttpResponse = (u16, Vec<(String, String)>, String);
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> HttpResponse {
     http_request(addr, "GET", host, path, &[], b"")
 }
 
@@ -300,7 +303,7 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> (u16, Vec<(String, String)>, String) {
+) -> HttpResponse {
     try_http(addr, method, host, path, headers, body)
         .unwrap_or_else(|e| panic!("HTTP {method} {addr}{path}: {e}"))
 }
@@ -312,7 +315,7 @@ pub fn try_http(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!(
