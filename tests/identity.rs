@@ -360,3 +360,56 @@ async fn svids_rotate_without_dropping_tunnels() {
         .await
         .expect("handshake with the rotated certificate");
 }
+
+#[tokio::test]
+async fn silent_streams_time_out_and_deadlines_bound_upstream_calls() {
+    let net = Net::new(25);
+    let west = west(&net, "");
+    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
+    let svid = east_ca
+        .issue_for(&east_gateway_id(), Duration::from_secs(600))
+        .unwrap();
+    let conn = dial(&svid, &net.bundle("west"), west.tunnel).await.unwrap();
+
+    // A stream that starts a preamble and never finishes it is closed after connect_timeout
+    // (1s in tests). (A stream with no bytes at all does not exist for the peer in QUIC.)
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let verdict = tokio::time::timeout(Duration::from_secs(10), preamble::read_verdict(&mut recv))
+        .await
+        .expect("the silent stream was never closed");
+    assert!(
+        matches!(verdict, Ok(ref v) if v.decision() == VerdictCode::Malformed),
+        "{verdict:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // The caller's deadline travels in the preamble and bounds the call to the endpoint.
+    let deadline = SystemTime::now() + Duration::from_millis(500);
+    let ms = deadline
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let p = Preamble {
+        deadline_unix_ms: ms,
+        ..http_preamble("spiffe://east.mesh/x")
+    };
+    let (mut send, mut recv, verdict) = stream(&conn, &p).await;
+    assert_eq!(verdict.decision(), VerdictCode::Accepted);
+    send.write_all(b"GET /slow/3000 HTTP/1.1\r\nhost: echo.demo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    recv.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    assert!(response.contains("deadline"), "{response}");
+
+    // A deadline already past is refused before anything reaches the endpoint.
+    let p = Preamble {
+        deadline_unix_ms: 1,
+        ..http_preamble("spiffe://east.mesh/x")
+    };
+    let (_, _, verdict) = stream(&conn, &p).await;
+    assert_eq!(verdict.decision(), VerdictCode::DeadlineExceeded);
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ::http::header::HeaderValue;
 use federation::identity::{self, SpiffeId, TrustDomain};
@@ -34,6 +34,8 @@ pub const SOURCE_CLUSTER_HEADER: &str = "x-causeway-source-cluster";
 
 pub(crate) struct Inbound {
     pub cluster: ClusterName,
+    /// How long a peer may take to send a stream's preamble before the stream is closed.
+    pub preamble_timeout: Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Trust domain -> cluster name, for labels and headers.
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
@@ -130,8 +132,16 @@ async fn serve_stream(
             })
             .inc();
     };
-    let preamble: Preamble = match preamble::read_frame(&mut recv, inbound.max_preamble_bytes).await
-    {
+    // A peer that opens a stream and never speaks must not hold it forever.
+    let read = preamble::read_frame(&mut recv, inbound.max_preamble_bytes);
+    let read = tokio::time::timeout(inbound.preamble_timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(preamble::FrameError::Io(
+                std::io::ErrorKind::TimedOut.into(),
+            ))
+        });
+    let preamble: Preamble = match read {
         Ok(p) => p,
         Err(e) => {
             // Unreadable: the framing itself is broken, so only closing the stream is safe.
@@ -178,6 +188,7 @@ async fn serve_stream(
                 service,
                 port,
                 source,
+                deadline,
                 ..
             },
             Some(svc),
@@ -215,7 +226,13 @@ async fn serve_stream(
                     let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
                 }
                 Protocol::Http => {
-                    serve_http(stream, upstream, inbound, &service, &source, peer_cluster).await;
+                    let call = Call {
+                        service: &service,
+                        source: &source,
+                        peer_cluster,
+                        deadline,
+                    };
+                    serve_http(stream, upstream, inbound, call).await;
                 }
             }
         }
@@ -284,14 +301,26 @@ pub(crate) async fn connect_endpoint(svc: &LocalService, next: &AtomicUsize) -> 
     None
 }
 
+/// Who called what, as the accepted preamble says.
+struct Call<'a> {
+    service: &'a ServiceKey,
+    source: &'a SpiffeId,
+    peer_cluster: &'a str,
+    deadline: Option<SystemTime>,
+}
+
 async fn serve_http(
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     upstream: TcpStream,
     inbound: &Inbound,
-    service: &ServiceKey,
-    source: &SpiffeId,
-    peer_cluster: &str,
+    call: Call<'_>,
 ) {
+    let Call {
+        service,
+        source,
+        peer_cluster,
+        deadline,
+    } = call;
     // One request per stream; the upstream connection made before the verdict serves it.
     let upstream = std::sync::Mutex::new(Some(upstream));
     let principal = HeaderValue::from_str(source.to_string().as_str()).ok();
@@ -310,14 +339,30 @@ async fn serve_http(
             headers.insert(SOURCE_CLUSTER_HEADER, v.clone());
         }
         async move {
+            // The caller stops waiting at its deadline; so does the upstream call.
+            let budget = deadline
+                .map(|d| {
+                    d.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                })
+                .unwrap_or(Duration::MAX);
             let response = match upstream {
-                Some(tcp) => match http::send(tcp, req.map(http::boxed)).await {
-                    Ok(resp) => resp.map(http::boxed),
-                    Err(e) => http::error_response(
-                        http::StatusCode::BAD_GATEWAY,
-                        &format!("upstream {service} failed: {e}"),
-                    ),
-                },
+                Some(tcp) => {
+                    let sent = tokio::time::timeout(budget, http::send(tcp, req.map(http::boxed)));
+                    match sent.await {
+                        Ok(Ok(resp)) => resp.map(http::boxed),
+                        Ok(Err(e)) => http::error_response(
+                            http::StatusCode::BAD_GATEWAY,
+                            &format!("upstream {service} failed: {e}"),
+                        ),
+                        Err(_) => http::error_response(
+                            http::StatusCode::GATEWAY_TIMEOUT,
+                            &format!(
+                                "upstream {service} did not answer before the caller's deadline"
+                            ),
+                        ),
+                    }
+                }
                 None => http::error_response(
                     http::StatusCode::BAD_REQUEST,
                     "one request per tunnel stream",

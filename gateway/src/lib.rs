@@ -43,6 +43,7 @@ use crate::metrics::Metrics;
 pub struct TunnelSettings {
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
+    /// Bounds a handshake, and each step of opening a stream (preamble in, verdict back).
     pub connect_timeout: Duration,
     pub reconnect_backoff_max: Duration,
     pub max_streams: u32,
@@ -202,6 +203,7 @@ impl Gateway {
 
         let inbound = Arc::new(inbound::Inbound {
             cluster: settings.cluster.clone(),
+            preamble_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
             clusters_by_domain: settings
                 .peers
@@ -240,6 +242,7 @@ impl Gateway {
 
         let outbound = Arc::new(outbound::Outbound {
             cluster: settings.cluster.clone(),
+            verdict_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
             svid,
             metrics,

@@ -31,6 +31,8 @@ use crate::preamble::{self, StreamRequest, VerdictCode};
 
 pub(crate) struct Outbound {
     pub cluster: ClusterName,
+    /// How long a peer may take to answer a preamble with its verdict.
+    pub verdict_timeout: std::time::Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub svid: watch::Receiver<Arc<Svid>>,
     pub metrics: Metrics,
@@ -301,9 +303,16 @@ pub(crate) async fn open(
             preamble::write_frame(&mut send, &request.to_preamble())
                 .await
                 .map_err(|e| OpenError::Tunnel(e.to_string()))?;
-            let verdict = preamble::read_verdict(&mut recv)
-                .await
-                .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+            let verdict =
+                tokio::time::timeout(outbound.verdict_timeout, preamble::read_verdict(&mut recv))
+                    .await
+                    .map_err(|_| {
+                        OpenError::Tunnel(format!(
+                            "no verdict within {:?}",
+                            outbound.verdict_timeout
+                        ))
+                    })?
+                    .map_err(|e| OpenError::Tunnel(e.to_string()))?;
             match verdict.decision() {
                 VerdictCode::Accepted => Ok(Upstream::Tunnel(tokio::io::join(recv, send))),
                 code => Err(OpenError::Refused(code, verdict.reason)),

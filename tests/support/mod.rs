@@ -116,7 +116,7 @@ impl<'a> Spec<'a> {
         );
         // Tests notice dead peers quickly; production defaults are 1s/5s.
         if !self.extra.contains("[tunnel]") {
-            toml += "[tunnel]\nkeep_alive = \"300ms\"\nidle_timeout = \"2s\"\nreconnect_backoff_max = \"500ms\"\n";
+            toml += "[tunnel]\nkeep_alive = \"300ms\"\nidle_timeout = \"2s\"\nreconnect_backoff_max = \"500ms\"\nconnect_timeout = \"1s\"\n";
         }
         for (peer, host) in &self.peers {
             toml += &format!(
