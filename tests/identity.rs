@@ -37,6 +37,20 @@ fn west(net: &Net, extra: &str) -> Gateway {
         .start(net)
 }
 
+/// A valid east SVID from east's real CA, connected to a running west.
+async fn east_connected_to_west(net: &Net) -> (Gateway, quinn::Connection) {
+    let west = west(net, "");
+    let svid = east_svid(net);
+    let conn = dial(&svid, &net.bundle("west"), west.tunnel).await.unwrap();
+    (west, conn)
+}
+
+fn east_svid(net: &Net) -> Svid {
+    ca(&net.data_dir("east").join("ca"), "east.mesh")
+        .issue_for(&east_gateway_id(), Duration::from_secs(600))
+        .unwrap()
+}
+
 /// Dials `addr` as `svid`, expecting a server from west.mesh signed by `west_root`.
 async fn dial(
     svid: &Svid,
@@ -213,12 +227,7 @@ fn a_gateway_refuses_a_peer_signed_by_the_wrong_ca() {
 #[tokio::test]
 async fn spoofed_principals_and_malformed_streams_close_only_their_stream() {
     let net = Net::new(23);
-    let west = west(&net, "");
-    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
-    let svid = east_ca
-        .issue_for(&east_gateway_id(), Duration::from_secs(600))
-        .unwrap();
-    let conn = dial(&svid, &net.bundle("west"), west.tunnel).await.unwrap();
+    let (west, conn) = east_connected_to_west(&net).await;
 
     // East may not speak for a caller in west's (or anyone else's) trust domain.
     for spoofed in [
@@ -352,11 +361,7 @@ async fn svids_rotate_without_dropping_tunnels() {
 
     // A new handshake sees west's current certificate: the first one has expired by now, so
     // this only succeeds if the server config was swapped.
-    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
-    let svid = east_ca
-        .issue_for(&east_gateway_id(), Duration::from_secs(600))
-        .unwrap();
-    dial(&svid, &net.bundle("west"), west.tunnel)
+    dial(&east_svid(&net), &net.bundle("west"), west.tunnel)
         .await
         .expect("handshake with the rotated certificate");
 }
@@ -364,12 +369,7 @@ async fn svids_rotate_without_dropping_tunnels() {
 #[tokio::test]
 async fn silent_streams_time_out_and_deadlines_bound_upstream_calls() {
     let net = Net::new(25);
-    let west = west(&net, "");
-    let east_ca = ca(&net.data_dir("east").join("ca"), "east.mesh");
-    let svid = east_ca
-        .issue_for(&east_gateway_id(), Duration::from_secs(600))
-        .unwrap();
-    let conn = dial(&svid, &net.bundle("west"), west.tunnel).await.unwrap();
+    let (_west, conn) = east_connected_to_west(&net).await;
 
     // A stream that starts a preamble and never finishes it is closed after connect_timeout
     // (1s in tests). (A stream with no bytes at all does not exist for the peer in QUIC.)
