@@ -112,9 +112,12 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         }
         Err(e) => tracing::error!("{e:#}"),
     }
+    // Drain all three at once: each waits for its own in-flight streams only.
+    let mut stopping = tokio::task::JoinSet::new();
     for g in gateways {
-        g.shutdown().await;
+        stopping.spawn(g.shutdown());
     }
+    while stopping.join_next().await.is_some() {}
     let _ = stop.send(true);
     while backends.join_next().await.is_some() {}
     if outcome.is_ok() {
@@ -225,7 +228,7 @@ Try these from another terminal:
   # pick a cluster by name
   curl -H 'Host: echo.demo.edge.mesh' http://{outbound}/hello
 
-  # TCP services get a port of their own on east's address (type a line, Ctrl-D to end)
+  # TCP services get a port of their own on east's address (type a line: it comes back; Ctrl-C ends)
   curl -sN telnet://127.0.0.1:{TCP_SERVICE_PORT}
 
   # what the gateways counted
