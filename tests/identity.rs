@@ -413,3 +413,72 @@ async fn silent_streams_time_out_and_deadlines_bound_upstream_calls() {
     let (_, _, verdict) = stream(&conn, &p).await;
     assert_eq!(verdict.decision(), VerdictCode::DeadlineExceeded);
 }
+
+#[tokio::test]
+async fn only_gateways_of_peer_clusters_may_open_tunnels() {
+    let net = Net::new(26);
+    let west = west(&net, "");
+    // A workload SVID from east's genuine CA passes the TLS checks, but it is not a gateway:
+    // it must not be able to speak for east's callers.
+    let workload = ca(&net.data_dir("east").join("ca"), "east.mesh")
+        .issue_for(
+            &SpiffeId::parse("spiffe://east.mesh/ns/shop/sa/frontend").unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let err = dial(&workload, &net.bundle("west"), west.tunnel)
+        .await
+        .expect_err("a workload opened a tunnel");
+    assert!(err.contains("not a peer gateway"), "{err}");
+    await_handshake_failures(&west, 1.0);
+    // West's own trust domain is trusted for TLS but is not a peer cluster either.
+    let own = ca(&net.data_dir("west").join("ca"), "west.mesh")
+        .issue_for(
+            &SpiffeId::gateway(&td("west.mesh"), "west-2").unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    dial(&own, &net.bundle("west"), west.tunnel)
+        .await
+        .expect_err("own domain opened a tunnel");
+    await_handshake_failures(&west, 2.0);
+    assert!(west.logs().contains("not the gateway of a peer cluster"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_refuses_new_streams_and_finishes_old_ones() {
+    let net = Net::new(27);
+    let (west, conn) = east_connected_to_west(&net).await;
+    let caller = "spiffe://east.mesh/ns/shop/sa/frontend";
+    let (mut send, mut recv, verdict) = stream(&conn, &http_preamble(caller)).await;
+    assert_eq!(verdict.decision(), VerdictCode::Accepted);
+    send.write_all(b"GET /slow/1500 HTTP/1.1\r\nhost: echo.demo\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    west.signal("TERM");
+    let draining = eventually("a Draining verdict", Duration::from_secs(5), || {
+        futures_lite_block(stream(&conn, &http_preamble(caller)))
+            .filter(|(_, _, v)| v.decision() == VerdictCode::Draining)
+            .map(|(_, _, v)| v)
+    });
+    assert!(
+        draining.reason.contains("shutting down"),
+        "{}",
+        draining.reason
+    );
+
+    let mut response = String::new();
+    recv.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("GET /slow/1500"), "{response}");
+}
+
+/// Runs a future to completion from inside the sync `eventually` closure.
+fn futures_lite_block<F: std::future::Future>(f: F) -> Option<F::Output> {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current()
+            .block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await.ok() })
+    })
+}

@@ -68,6 +68,18 @@ fn http_crosses_the_tunnel_by_every_host_form() {
     );
     assert!(!body.contains("spiffe://west.mesh/admin"), "{body}");
 
+    // A caller's timeout (Envoy's header) travels as the stream's deadline and bounds the call.
+    let (status, _, body) = support::http_request(
+        east.outbound,
+        "GET",
+        "echo.demo",
+        "/slow/3000",
+        &[("x-envoy-upstream-rq-timeout-ms", "300")],
+        b"",
+    );
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("deadline"), "{body}");
+
     // Unknown names get a clear answer from the gateway, not from a backend.
     let (status, headers, body) = http_get(east.outbound, "nope.demo", "/");
     assert_eq!(status, 404, "{body}");
@@ -101,6 +113,7 @@ fn http_crosses_the_tunnel_by_every_host_form() {
                 ("reporter", "destination"),
                 ("source_cluster", "east"),
                 ("service", "echo.demo"),
+                ("response_code", "200"),
             ],
         )
         .expect("destination-side counter");
@@ -263,4 +276,46 @@ fn tunnel_is_reestablished_after_the_peer_restarts() {
         ),
         Some(2.0)
     );
+}
+
+#[test]
+fn local_endpoints_are_served_too_and_clients_cannot_forge_identity() {
+    let net = Net::new(15);
+    let local = backend::http_echo(&net.ip(1), "east-local");
+    let remote = backend::http_echo(&net.ip(2), "west-v1");
+    // West exports the service on another port number than east runs it on.
+    let _west = Spec::new("west", 2)
+        .peer("east", 1)
+        .toml(&format!(
+            "\n[[services]]\nname = \"echo\"\nnamespace = \"demo\"\nendpoints = [\"{remote}\"]\nports = [{{ port = 8080, protocol = \"http\" }}]\n"
+        ))
+        .start(&net);
+    let east = Spec::new("east", 1)
+        .peer("west", 2)
+        .http_service("echo.demo", local)
+        .start(&net);
+    let seen = eventually("both the local and the remote endpoint", UP, || {
+        let bodies: Vec<String> = (0..6)
+            .filter_map(|_| {
+                let (status, _, body) = support::http_request(
+                    east.outbound,
+                    "GET",
+                    "echo.demo",
+                    "/",
+                    &[("x-causeway-source-principal", "spiffe://west.mesh/admin")],
+                    b"",
+                );
+                (status == 200).then_some(body)
+            })
+            .collect();
+        let local = bodies.iter().any(|b| b.starts_with("east-local"));
+        let remote = bodies.iter().any(|b| b.starts_with("west-v1"));
+        (local && remote).then_some(bodies)
+    });
+    for body in seen {
+        assert!(
+            !body.contains("spiffe://west.mesh/admin"),
+            "forged identity reached a backend: {body}"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use crate::dns::{DnsService, DnsTable};
 #[derive(Clone, Default)]
 pub(crate) struct Snapshot {
     pub local_cluster: Option<ClusterName>,
-    pub local: BTreeMap<ServiceKey, LocalService>,
+    pub local: BTreeMap<ServiceKey, Arc<LocalService>>,
     pub peers: BTreeMap<ClusterName, PeerView>,
 }
 
@@ -27,9 +27,16 @@ pub(crate) struct PeerView {
     pub exports: BTreeMap<ServiceKey, Vec<ServicePort>>,
 }
 
-/// Where one request or connection may go.
+/// Where one request or connection may go, and the port to ask for there (clusters may
+/// export the same service on different port numbers).
 #[derive(Clone)]
-pub(crate) enum Target {
+pub(crate) struct Target {
+    pub kind: TargetKind,
+    pub port: ServicePort,
+}
+
+#[derive(Clone)]
+pub(crate) enum TargetKind {
     Local(Arc<LocalService>),
     Remote {
         cluster: ClusterName,
@@ -39,9 +46,9 @@ pub(crate) enum Target {
 
 impl Target {
     pub fn cluster<'a>(&'a self, local: &'a ClusterName) -> &'a ClusterName {
-        match self {
-            Target::Local(_) => local,
-            Target::Remote { cluster, .. } => cluster,
+        match &self.kind {
+            TargetKind::Local(_) => local,
+            TargetKind::Remote { cluster, .. } => cluster,
         }
     }
 }
@@ -70,35 +77,38 @@ pub(crate) enum NoRoute {
 }
 
 impl Snapshot {
-    /// Every reachable target for `service`, and the port to ask for.
+    /// Every reachable target for `service`.
     ///
-    /// `port` picks a port by number; otherwise the first port of `protocol` is used.
+    /// `port` picks a port by number; otherwise each cluster's first port of `protocol`.
     pub fn targets(
         &self,
         service: &ServiceKey,
         protocol: Protocol,
         port: Option<u16>,
         only_cluster: Option<&ClusterName>,
-    ) -> Result<(ServicePort, Vec<Target>), NoRoute> {
+    ) -> Result<Vec<Target>, NoRoute> {
         let pick = |ports: &[ServicePort]| {
             ports
                 .iter()
                 .copied()
                 .find(|p| p.protocol == protocol && port.is_none_or(|n| n == p.port))
         };
-        let mut chosen = None;
+        let wants = |c: &ClusterName| only_cluster.is_none_or(|o| o == c);
         let mut known = false;
+        let mut has_port = false;
         let mut targets = Vec::new();
         let mut down = Vec::new();
-        let wants = |c: &ClusterName| only_cluster.is_none_or(|o| o == c);
 
         if let (Some(local_cluster), Some(svc)) = (&self.local_cluster, self.local.get(service))
             && wants(local_cluster)
         {
             known = true;
-            if let Some(p) = pick(&svc.ports) {
-                chosen = Some(p);
-                targets.push(Target::Local(Arc::new(svc.clone())));
+            if let Some(port) = pick(&svc.ports) {
+                has_port = true;
+                targets.push(Target {
+                    kind: TargetKind::Local(svc.clone()),
+                    port,
+                });
             }
         }
         for (cluster, peer) in &self.peers {
@@ -109,31 +119,38 @@ impl Snapshot {
                 continue;
             }
             known = true;
-            let Some(p) = pick(ports) else { continue };
-            chosen.get_or_insert(p);
+            let Some(port) = pick(ports) else { continue };
+            has_port = true;
             match &peer.conn {
-                Some(conn) if conn.close_reason().is_none() => targets.push(Target::Remote {
-                    cluster: cluster.clone(),
-                    conn: conn.clone(),
+                Some(conn) if conn.close_reason().is_none() => targets.push(Target {
+                    kind: TargetKind::Remote {
+                        cluster: cluster.clone(),
+                        conn: conn.clone(),
+                    },
+                    port,
                 }),
                 _ => down.push(cluster.to_string()),
             }
         }
-        match chosen {
-            None if !known => Err(NoRoute::Unknown {
+        if !known {
+            return Err(NoRoute::Unknown {
                 service: service.clone(),
                 cluster: only_cluster.cloned(),
-            }),
-            None => Err(NoRoute::NoPort {
+            });
+        }
+        if !has_port {
+            return Err(NoRoute::NoPort {
                 service: service.clone(),
                 protocol,
-            }),
-            Some(_) if targets.is_empty() => Err(NoRoute::Unreachable {
+            });
+        }
+        if targets.is_empty() {
+            return Err(NoRoute::Unreachable {
                 service: service.clone(),
                 down,
-            }),
-            Some(p) => Ok((p, targets)),
+            });
         }
+        Ok(targets)
     }
 
     /// Every service a local client may call, with the clusters offering it and its ports.
@@ -156,21 +173,35 @@ impl Snapshot {
         out
     }
 
-    /// TCP ports the outbound address must listen on, one per (service, port). The first
-    /// service to claim a port number keeps it; the others are reported to the caller.
+    /// TCP ports the outbound address must listen on, one per (service, port).
+    ///
+    /// Local services claim their ports first, so a peer's export can never take a port away
+    /// from a local service; among peers, the first service (by name) to claim a port keeps it.
+    /// The losers are returned so the caller can report them.
     pub fn tcp_ports(&self) -> (BTreeMap<u16, ServiceKey>, Vec<(ServiceKey, u16)>) {
         let mut ports = BTreeMap::new();
         let mut clashes = Vec::new();
-        for (key, (_, svc_ports)) in self.services() {
+        let local = self
+            .local
+            .iter()
+            .map(|(key, svc)| (key, svc.ports.as_slice()));
+        let remote = self
+            .peers
+            .values()
+            .flat_map(|p| p.exports.iter().map(|(key, ports)| (key, ports.as_slice())));
+        for (key, svc_ports) in local.chain(remote) {
             for p in svc_ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
                 match ports.get(&p.port) {
-                    Some(owner) if owner != &key => clashes.push((key.clone(), p.port)),
-                    _ => {
+                    Some(owner) if owner != key => clashes.push((key.clone(), p.port)),
+                    Some(_) => {}
+                    None => {
                         ports.insert(p.port, key.clone());
                     }
                 }
             }
         }
+        clashes.sort();
+        clashes.dedup();
         (ports, clashes)
     }
 
@@ -202,5 +233,98 @@ impl Snapshot {
             })
             .collect();
         DnsTable { v4, v6, services }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn svc(key: &str, ports: &[(u16, Protocol)]) -> LocalService {
+        LocalService {
+            key: key.parse().unwrap(),
+            ports: ports
+                .iter()
+                .map(|&(port, protocol)| ServicePort { port, protocol })
+                .collect(),
+            endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+            export: true,
+        }
+    }
+
+    fn snapshot(local: &[LocalService], peers: &[(&str, &[LocalService])]) -> Snapshot {
+        Snapshot {
+            local_cluster: Some(ClusterName::new("east").unwrap()),
+            local: local
+                .iter()
+                .map(|s| (s.key.clone(), Arc::new(s.clone())))
+                .collect(),
+            peers: peers
+                .iter()
+                .map(|(name, exports)| {
+                    let exports = exports
+                        .iter()
+                        .map(|s| (s.key.clone(), s.ports.clone()))
+                        .collect();
+                    (
+                        ClusterName::new(name).unwrap(),
+                        PeerView {
+                            conn: None,
+                            exports,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn local_services_keep_their_tcp_ports_against_peer_exports() {
+        let db = svc("db.demo", &[(5432, Protocol::Tcp)]);
+        // Sorts before db.demo: without the local-first rule it would win port 5432.
+        let evil = svc("a.evil", &[(5432, Protocol::Tcp), (6000, Protocol::Tcp)]);
+        let snap = snapshot(&[db], &[("west", &[evil])]);
+        let (ports, clashes) = snap.tcp_ports();
+        assert_eq!(ports[&5432].to_string(), "db.demo");
+        assert_eq!(ports[&6000].to_string(), "a.evil");
+        assert_eq!(clashes, [("a.evil".parse().unwrap(), 5432)]);
+    }
+
+    #[test]
+    fn each_cluster_is_asked_for_its_own_port_and_down_tunnels_explain_themselves() {
+        let local = svc("web.demo", &[(8080, Protocol::Http)]);
+        let remote = svc("web.demo", &[(80, Protocol::Http)]);
+        let snap = snapshot(&[local], &[("west", std::slice::from_ref(&remote))]);
+        let targets = snap
+            .targets(&"web.demo".parse().unwrap(), Protocol::Http, None, None)
+            .unwrap();
+        assert_eq!(targets.len(), 1, "west's tunnel is down");
+        assert_eq!(targets[0].port.port, 8080);
+
+        let west = ClusterName::new("west").unwrap();
+        let err = snap
+            .targets(
+                &"web.demo".parse().unwrap(),
+                Protocol::Http,
+                None,
+                Some(&west),
+            )
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "no cluster exporting web.demo is reachable: tunnels to west are down"
+        );
+        let err = snap
+            .targets(&"web.demo".parse().unwrap(), Protocol::Tcp, None, None)
+            .err()
+            .unwrap();
+        assert!(matches!(err, NoRoute::NoPort { .. }));
+        let err = snap
+            .targets(&"x.demo".parse().unwrap(), Protocol::Http, None, None)
+            .err()
+            .unwrap();
+        assert!(matches!(err, NoRoute::Unknown { .. }));
     }
 }

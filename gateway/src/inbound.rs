@@ -93,26 +93,81 @@ async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain:
         conn.close(2u32.into(), b"no SPIFFE identity");
         return;
     };
-    let peer_cluster = inbound
-        .clusters_by_domain
-        .get(peer.trust_domain())
-        .map_or_else(|| peer.trust_domain().to_string(), |c| c.to_string());
+    // Only the gateways of configured peer clusters may open tunnels. Any other holder of a
+    // trusted SVID (a workload, later an agent) may not: a tunnel peer may assert any
+    // principal of its trust domain, which only a gateway is trusted to do.
+    let peer_cluster = match inbound.clusters_by_domain.get(peer.trust_domain()) {
+        Some(cluster) if peer.path().starts_with("/gateway/") => cluster.to_string(),
+        _ => {
+            inbound
+                .metrics
+                .tunnel_handshake_failures
+                .get_or_create(&HandshakeLabels {
+                    peer_cluster: "unknown".into(),
+                    direction: "inbound",
+                })
+                .inc();
+            tracing::warn!(%peer, remote = %conn.remote_address(), "refused tunnel: not the gateway of a peer cluster");
+            conn.close(3u32.into(), b"not a peer gateway");
+            return;
+        }
+    };
     tracing::debug!(peer = %peer, remote = %conn.remote_address(), "tunnel accepted");
+    // While serving, every stream holds a drain watch. Once draining starts the connection
+    // stays open for the streams in flight, and new ones are refused with `Draining` at once
+    // so the peer moves to another cluster instead of waiting for a verdict.
+    let mut serving = Some(drain);
     loop {
-        let stream = tokio::select! {
-            _ = drain.signaled() => break,
-            s = conn.accept_bi() => s,
+        let accepted = match &serving {
+            Some(watch) => tokio::select! {
+                _ = watch.signaled() => {
+                    serving = None;
+                    continue;
+                }
+                s = conn.accept_bi() => s,
+            },
+            None => conn.accept_bi().await,
         };
-        let Ok((send, recv)) = stream else { break };
+        let Ok((send, recv)) = accepted else { break };
         let inbound = inbound.clone();
         let peer = peer.clone();
         let peer_cluster = peer_cluster.clone();
-        let watch = drain.clone();
-        tokio::spawn(async move {
-            serve_stream(send, recv, &inbound, &peer, &peer_cluster).await;
-            drop(watch);
-        });
+        match &serving {
+            Some(watch) => {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    serve_stream(send, recv, &inbound, &peer, &peer_cluster).await;
+                    drop(watch);
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    refuse_draining(send, &inbound, &peer_cluster).await;
+                });
+            }
+        }
     }
+}
+
+async fn refuse_draining(mut send: quinn::SendStream, inbound: &Inbound, peer_cluster: &str) {
+    count_refusal(inbound, peer_cluster, VerdictCode::Draining);
+    let verdict = Verdict::refused(
+        VerdictCode::Draining,
+        format!("gateway of {} is shutting down", inbound.cluster),
+    );
+    let _ = preamble::write_frame(&mut send, &verdict).await;
+    let _ = send.finish();
+}
+
+fn count_refusal(inbound: &Inbound, peer_cluster: &str, code: VerdictCode) {
+    inbound
+        .metrics
+        .stream_refusals
+        .get_or_create(&RefusalLabels {
+            peer_cluster: peer_cluster.to_string(),
+            reason: code.as_label(),
+        })
+        .inc();
 }
 
 async fn serve_stream(
@@ -122,16 +177,7 @@ async fn serve_stream(
     peer: &SpiffeId,
     peer_cluster: &str,
 ) {
-    let refuse = |code: VerdictCode| {
-        inbound
-            .metrics
-            .stream_refusals
-            .get_or_create(&RefusalLabels {
-                peer_cluster: peer_cluster.to_string(),
-                reason: code.as_label(),
-            })
-            .inc();
-    };
+    let refuse = |code: VerdictCode| count_refusal(inbound, peer_cluster, code);
     // A peer that opens a stream and never speaks must not hold it forever.
     let read = preamble::read_frame(&mut recv, inbound.max_preamble_bytes);
     let read = tokio::time::timeout(inbound.preamble_timeout, read)
@@ -193,7 +239,9 @@ async fn serve_stream(
             },
             Some(svc),
         ) => {
-            let Some(upstream) = connect_endpoint(&svc, &inbound.next_endpoint).await else {
+            let Some(upstream) =
+                connect_endpoint(&svc, &inbound.next_endpoint, inbound.preamble_timeout).await
+            else {
                 let verdict = Verdict::refused(
                     VerdictCode::EndpointUnavailable,
                     format!(
@@ -279,22 +327,31 @@ fn local_service(
             ),
         ));
     }
-    Ok(Arc::new(svc.clone()))
+    Ok(svc.clone())
 }
 
 /// Tries each endpoint once, starting from a rotating index so load spreads.
-pub(crate) async fn connect_endpoint(svc: &LocalService, next: &AtomicUsize) -> Option<TcpStream> {
+/// Tries each endpoint once (each for at most `timeout`, so a blackholed endpoint cannot hold
+/// the caller for the kernel's minutes), starting from a rotating index so load spreads.
+pub(crate) async fn connect_endpoint(
+    svc: &LocalService,
+    next: &AtomicUsize,
+    timeout: Duration,
+) -> Option<TcpStream> {
     let n = svc.endpoints.len();
     let start = next.fetch_add(1, Ordering::Relaxed);
     for i in 0..n {
         let addr: SocketAddr = svc.endpoints[(start + i) % n];
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Some(s);
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(service = %svc.key, endpoint = %addr, error = %e, "endpoint refused connection")
+            }
+            Err(_) => {
+                tracing::warn!(service = %svc.key, endpoint = %addr, ?timeout, "endpoint did not accept in time")
             }
         }
     }
@@ -387,6 +444,8 @@ async fn serve_http(
     // half_close: the opener may finish its side of the stream after the request and still
     // expects the response.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(inbound.preamble_timeout)
         .keep_alive(false)
         .half_close(true)
         .serve_connection(TokioIo::new(stream), service_fn);
@@ -419,12 +478,20 @@ fn catalog_of(snapshot: &Snapshot, cluster: &ClusterName) -> Catalog {
 }
 
 /// Reads a peer's catalog, skipping (and logging) entries this gateway cannot use.
+/// What one peer may export: generous for a real cluster, small enough that a misbehaving
+/// peer cannot make this gateway hold or listen on unbounded things.
+const MAX_EXPORTED_SERVICES: usize = 10_000;
+const MAX_PORTS_PER_SERVICE: usize = 64;
+
 pub(crate) fn exports_from_catalog(
     catalog: &Catalog,
     peer: &ClusterName,
 ) -> BTreeMap<ServiceKey, Vec<ServicePort>> {
     let mut exports = BTreeMap::new();
-    for svc in &catalog.services {
+    if catalog.services.len() > MAX_EXPORTED_SERVICES {
+        tracing::warn!(%peer, services = catalog.services.len(), max = MAX_EXPORTED_SERVICES, "peer exports too many services; ignoring the rest");
+    }
+    for svc in catalog.services.iter().take(MAX_EXPORTED_SERVICES) {
         let Ok(key) = svc.service.parse::<ServiceKey>() else {
             tracing::warn!(%peer, service = %svc.service, "peer exports an invalid service name; ignored");
             continue;
@@ -432,6 +499,7 @@ pub(crate) fn exports_from_catalog(
         let ports = svc
             .ports
             .iter()
+            .take(MAX_PORTS_PER_SERVICE)
             .filter_map(|p| {
                 let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
                 let protocol = match preamble::StreamProtocol::try_from(p.protocol).ok()? {

@@ -113,6 +113,7 @@ pub enum GatewayError {
 pub struct Gateway {
     addrs: BoundAddrs,
     endpoint: quinn::Endpoint,
+    server_identity: tunnel::ServerIdentity,
     trigger: drain::Trigger,
     tasks: JoinSet<()>,
     drain_timeout: Duration,
@@ -183,7 +184,7 @@ impl Gateway {
             local: settings
                 .services
                 .iter()
-                .map(|s| (s.key.clone(), s.clone()))
+                .map(|s| (s.key.clone(), Arc::new(s.clone())))
                 .collect(),
             peers: settings
                 .peers
@@ -219,8 +220,9 @@ impl Gateway {
             inbound,
             drain.clone(),
         ));
+        let server_identity = tunnel::ServerIdentity::new(endpoint.clone());
         tasks.spawn(tunnel::rotate_server_identity(
-            endpoint.clone(),
+            server_identity.clone(),
             svid.clone(),
             bundles.clone(),
             transport.clone(),
@@ -291,6 +293,7 @@ impl Gateway {
         Ok(Self {
             addrs,
             endpoint,
+            server_identity,
             trigger,
             tasks,
             drain_timeout: settings.drain_timeout,
@@ -307,14 +310,15 @@ impl Gateway {
     pub async fn shutdown(self) {
         let Self {
             endpoint,
+            server_identity,
             trigger,
             mut tasks,
             drain_timeout,
             dns_stop,
             ..
         } = self;
-        // New tunnel handshakes are refused from here on.
-        endpoint.set_server_config(None);
+        // New tunnel handshakes are refused from here on, even if a rotation is under way.
+        server_identity.close();
         let _ = dns_stop.send(());
         match tokio::time::timeout(drain_timeout, trigger.drain()).await {
             Ok(()) => tracing::info!("drained: every in-flight stream finished"),

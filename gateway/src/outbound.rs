@@ -12,17 +12,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use federation::identity::Svid;
-use federation::model::{ClusterName, Protocol, ServiceKey, ServicePort};
+use federation::model::{ClusterName, Protocol, ServiceKey};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{NoRoute, Snapshot, Target};
+use crate::catalog::{NoRoute, Snapshot, Target, TargetKind};
 use crate::drain;
 use crate::http::{self, Body, StatusCode};
 use crate::inbound::connect_endpoint;
@@ -129,7 +129,7 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
         );
     };
     let snapshot = outbound.snapshot.borrow().clone();
-    let (port, targets) =
+    let targets =
         match snapshot.targets(&route.service, Protocol::Http, None, route.cluster.as_ref()) {
             Ok(found) => found,
             Err(e) => {
@@ -153,15 +153,28 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    http::strip_hop_by_hop(req.headers_mut());
-    // Upstreams see the request as addressed to the service, whichever alias the client used.
+    let deadline = deadline_of(req.headers());
+    let headers = req.headers_mut();
+    http::strip_hop_by_hop(headers);
+    // Only the destination gateway may vouch for a caller; whatever a client sent is dropped,
+    // also on the path to a local endpoint.
+    headers.remove(crate::inbound::SOURCE_PRINCIPAL_HEADER);
+    headers.remove(crate::inbound::SOURCE_CLUSTER_HEADER);
     let mut req = Some(req.map(http::boxed));
     let start = outbound.next_target.fetch_add(1, Ordering::Relaxed);
     let mut last_error = String::new();
     for i in 0..targets.len() {
         let target = &targets[(start + i) % targets.len()];
         let dest = target.cluster(&outbound.cluster).to_string();
-        let io = match open(outbound, target, &route.service, port, traceparent.clone()).await {
+        let io = match open(
+            outbound,
+            target,
+            &route.service,
+            traceparent.clone(),
+            deadline,
+        )
+        .await
+        {
             Ok(io) => io,
             Err(e) => {
                 tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target unavailable; trying the next");
@@ -194,6 +207,22 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
             route.service
         ),
     )
+}
+
+/// Envoy's per-request timeout header, which Istio users already send.
+const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+
+/// The caller's deadline, from [`TIMEOUT_HEADER`] if present. It travels in the preamble and
+/// bounds the destination's call to its endpoint.
+fn deadline_of(headers: &::http::HeaderMap) -> Option<SystemTime> {
+    let ms: u64 = headers
+        .get(TIMEOUT_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (ms > 0).then(|| SystemTime::now() + std::time::Duration::from_millis(ms))
 }
 
 fn record(outbound: &Outbound, service: &ServiceKey, dest: &str, code: u16, started: Instant) {
@@ -280,45 +309,50 @@ pub(crate) async fn open(
     outbound: &Outbound,
     target: &Target,
     service: &ServiceKey,
-    port: ServicePort,
     traceparent: Option<String>,
+    deadline: Option<SystemTime>,
 ) -> Result<Upstream, OpenError> {
-    match target {
-        Target::Local(svc) => connect_endpoint(svc, &outbound.next_endpoint)
-            .await
-            .map(Upstream::Local)
-            .ok_or(OpenError::NoEndpoint),
-        Target::Remote { conn, .. } => {
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| OpenError::Tunnel(e.to_string()))?;
-            let request = StreamRequest::Proxy {
-                service: service.clone(),
-                port,
-                source: outbound.svid.borrow().id().clone(),
-                deadline: None,
-                traceparent,
-            };
-            preamble::write_frame(&mut send, &request.to_preamble())
-                .await
-                .map_err(|e| OpenError::Tunnel(e.to_string()))?;
-            let verdict =
-                tokio::time::timeout(outbound.verdict_timeout, preamble::read_verdict(&mut recv))
+    let opening = async {
+        match &target.kind {
+            TargetKind::Local(svc) => {
+                connect_endpoint(svc, &outbound.next_endpoint, outbound.verdict_timeout)
                     .await
-                    .map_err(|_| {
-                        OpenError::Tunnel(format!(
-                            "no verdict within {:?}",
-                            outbound.verdict_timeout
-                        ))
-                    })?
-                    .map_err(|e| OpenError::Tunnel(e.to_string()))?;
-            match verdict.decision() {
-                VerdictCode::Accepted => Ok(Upstream::Tunnel(tokio::io::join(recv, send))),
-                code => Err(OpenError::Refused(code, verdict.reason)),
+                    .map(Upstream::Local)
+                    .ok_or(OpenError::NoEndpoint)
+            }
+            TargetKind::Remote { conn, .. } => {
+                let tunnel = |e: &dyn std::fmt::Display| OpenError::Tunnel(e.to_string());
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| tunnel(&e))?;
+                let request = StreamRequest::Proxy {
+                    service: service.clone(),
+                    port: target.port,
+                    source: outbound.svid.borrow().id().clone(),
+                    deadline,
+                    traceparent,
+                };
+                preamble::write_frame(&mut send, &request.to_preamble())
+                    .await
+                    .map_err(|e| tunnel(&e))?;
+                let verdict = preamble::read_verdict(&mut recv)
+                    .await
+                    .map_err(|e| tunnel(&e))?;
+                match verdict.decision() {
+                    VerdictCode::Accepted => Ok(Upstream::Tunnel(tokio::io::join(recv, send))),
+                    code => Err(OpenError::Refused(code, verdict.reason)),
+                }
             }
         }
-    }
+    };
+    // Bounds every step, including waiting for stream credit on a saturated tunnel, so a stuck
+    // target costs one timeout and the request moves on to the next.
+    tokio::time::timeout(outbound.verdict_timeout, opening)
+        .await
+        .unwrap_or_else(|_| {
+            Err(OpenError::Tunnel(format!(
+                "no verdict within {:?}",
+                outbound.verdict_timeout
+            )))
+        })
 }
 
 /// Keeps one TCP listener per (service, TCP port) on the outbound address in step with the
@@ -413,7 +447,7 @@ async fn proxy_tcp(
 ) -> Result<(), String> {
     let _ = client.set_nodelay(true);
     let snapshot = outbound.snapshot.borrow().clone();
-    let (port, targets) = snapshot
+    let targets = snapshot
         .targets(service, Protocol::Tcp, Some(port), None)
         .map_err(|e| e.to_string())?;
     let start = outbound.next_target.fetch_add(1, Ordering::Relaxed);
@@ -421,7 +455,7 @@ async fn proxy_tcp(
     for i in 0..targets.len() {
         let target = &targets[(start + i) % targets.len()];
         let dest = target.cluster(&outbound.cluster).to_string();
-        match open(outbound, target, service, port, None).await {
+        match open(outbound, target, service, None, None).await {
             Ok(mut upstream) => {
                 let _open = outbound.metrics.open_tcp(TcpLabels {
                     reporter: Reporter::Source,

@@ -88,23 +88,36 @@ pub(crate) async fn run_connector(dialer: Arc<Dialer>, peer: Peer, drain: drain:
         match attempt {
             Ok(conn) => {
                 failures = 0;
-                dialer.metrics.tunnel_connects.get_or_create(&labels).inc();
-                dialer.metrics.tunnel_up.get_or_create(&labels).set(1);
-                tracing::info!(peer = %peer.cluster, addr = %peer.address, "tunnel up");
                 // Learn what the peer exports before routing to it, so a tunnel is never "up"
-                // with an unknown catalog.
-                match fetch_catalog(&dialer, &conn, &peer.cluster).await {
-                    Ok(catalog) => publish_peer(
-                        &dialer.snapshot,
-                        &peer.cluster,
-                        Some(conn.clone()),
-                        Some(catalog),
-                    ),
-                    Err(e) => {
+                // with an unknown catalog. A peer that never answers costs one timeout.
+                let fetched = tokio::select! {
+                    _ = drain.signaled() => return,
+                    r = tokio::time::timeout(dialer.settings.connect_timeout, fetch_catalog(&dialer, &conn, &peer.cluster)) => r,
+                };
+                let catalog = match fetched {
+                    Ok(Ok(catalog)) => catalog,
+                    Ok(Err(e)) => {
                         tracing::warn!(peer = %peer.cluster, error = %e, "catalog fetch failed; reconnecting");
                         conn.close(1u32.into(), b"catalog fetch failed");
+                        continue_after_backoff(&dialer, &drain, 1).await;
+                        continue;
                     }
-                }
+                    Err(_) => {
+                        tracing::warn!(peer = %peer.cluster, "peer sent no catalog in time; reconnecting");
+                        conn.close(1u32.into(), b"catalog timeout");
+                        continue_after_backoff(&dialer, &drain, 1).await;
+                        continue;
+                    }
+                };
+                dialer.metrics.tunnel_connects.get_or_create(&labels).inc();
+                dialer.metrics.tunnel_up.get_or_create(&labels).set(1);
+                tracing::info!(peer = %peer.cluster, addr = %peer.address, services = catalog.services.len(), "tunnel up");
+                publish_peer(
+                    &dialer.snapshot,
+                    &peer.cluster,
+                    Some(conn.clone()),
+                    Some(catalog),
+                );
                 let reason = tokio::select! {
                     _ = drain.signaled() => return,
                     reason = conn.closed() => reason,
@@ -120,11 +133,18 @@ pub(crate) async fn run_connector(dialer: Arc<Dialer>, peer: Peer, drain: drain:
                 }
             }
         }
-        let delay = backoff(failures, dialer.settings.reconnect_backoff_max);
-        tokio::select! {
-            _ = drain.signaled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !continue_after_backoff(&dialer, &drain, failures).await {
+            return;
         }
+    }
+}
+
+/// Sleeps before the next dial; false if draining started meanwhile.
+async fn continue_after_backoff(dialer: &Dialer, drain: &drain::Watch, failures: u32) -> bool {
+    let delay = backoff(failures, dialer.settings.reconnect_backoff_max);
+    tokio::select! {
+        _ = drain.signaled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -225,10 +245,49 @@ fn publish_peer(
     });
 }
 
+/// The endpoint's server config, behind a lock shared by rotation and shutdown so a rotation
+/// racing with shutdown can never re-open the endpoint to new handshakes.
+#[derive(Clone)]
+pub(crate) struct ServerIdentity {
+    endpoint: quinn::Endpoint,
+    closed: Arc<std::sync::Mutex<bool>>,
+}
+
+impl ServerIdentity {
+    pub fn new(endpoint: quinn::Endpoint) -> Self {
+        Self {
+            endpoint,
+            closed: Arc::default(),
+        }
+    }
+
+    /// Installs `config` unless the endpoint was closed to new handshakes.
+    fn install(&self, config: quinn::ServerConfig) -> bool {
+        let closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*closed {
+            self.endpoint.set_server_config(Some(config));
+        }
+        !*closed
+    }
+
+    /// Refuses every new handshake from now on.
+    pub fn close(&self) {
+        let mut closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *closed = true;
+        self.endpoint.set_server_config(None);
+    }
+}
+
 /// Swaps the endpoint's server config whenever the SVID rotates. Established connections keep
 /// their session; new handshakes see the new certificate.
 pub(crate) async fn rotate_server_identity(
-    endpoint: quinn::Endpoint,
+    server: ServerIdentity,
     mut svid: watch::Receiver<Arc<Svid>>,
     bundles: Arc<TrustBundles>,
     transport: Arc<quinn::TransportConfig>,
@@ -242,7 +301,9 @@ pub(crate) async fn rotate_server_identity(
         let current = svid.borrow_and_update().clone();
         match server_config(&current, &bundles, &transport) {
             Ok(config) => {
-                endpoint.set_server_config(Some(config));
+                if !server.install(config) {
+                    return;
+                }
                 tracing::info!(id = %current.id(), "tunnel server certificate rotated");
             }
             Err(e) => {
