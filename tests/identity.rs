@@ -72,17 +72,24 @@ async fn dial(
         .map_err(|e| e.to_string())?;
     // Under TLS 1.3 the server only judges the client certificate after the client finished,
     // so a refused client learns it on first use of the connection: probe with a stream.
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let probe = preamble::StreamRequest::Catalog {
         source: svid.id().clone(),
     }
     .to_preamble();
-    preamble::write_frame(&mut send, &probe)
-        .await
-        .map_err(|e| e.to_string())?;
-    preamble::read_verdict(&mut recv)
-        .await
-        .map_err(|e| e.to_string())?;
+    let probed = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        preamble::write_frame(&mut send, &probe)
+            .await
+            .map_err(|e| e.to_string())?;
+        preamble::read_verdict(&mut recv)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = probed.await {
+        // Report why the server closed the connection, not just that a stream failed.
+        let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        return Err(format!("{e}; connection closed: {reason:?}"));
+    }
     Ok(conn)
 }
 
@@ -470,7 +477,8 @@ async fn a_draining_gateway_refuses_new_streams_and_finishes_old_ones() {
     );
 
     let mut response = String::new();
-    recv.read_to_string(&mut response).await.unwrap();
+    let read = recv.read_to_string(&mut response).await;
+    assert!(read.is_ok(), "{read:?}\n{}", west.logs());
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("GET /slow/1500"), "{response}");
 }

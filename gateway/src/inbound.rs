@@ -23,6 +23,7 @@ use crate::catalog::Snapshot;
 use crate::drain;
 use crate::http;
 use crate::metrics::{HandshakeLabels, Metrics, RefusalLabels, Reporter, RequestLabels, TcpLabels};
+use crate::pool;
 use crate::preamble::{
     self, Catalog, CatalogPort, CatalogService, Preamble, StreamRequest, Verdict, VerdictCode,
 };
@@ -34,6 +35,8 @@ pub const SOURCE_CLUSTER_HEADER: &str = "x-causeway-source-cluster";
 
 pub(crate) struct Inbound {
     pub cluster: ClusterName,
+    /// Keep-alive connections to local HTTP endpoints, shared with the outbound side.
+    pub pool: Arc<pool::Pool>,
     /// How long a peer may take to send a stream's preamble before the stream is closed.
     pub preamble_timeout: Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -156,7 +159,7 @@ async fn refuse_draining(mut send: quinn::SendStream, inbound: &Inbound, peer_cl
         format!("gateway of {} is shutting down", inbound.cluster),
     );
     let _ = preamble::write_frame(&mut send, &verdict).await;
-    let _ = send.finish();
+    finish(&mut send, inbound.preamble_timeout).await;
 }
 
 fn count_refusal(inbound: &Inbound, peer_cluster: &str, code: VerdictCode) {
@@ -198,7 +201,7 @@ async fn serve_stream(
                 &Verdict::refused(VerdictCode::Malformed, e.to_string()),
             )
             .await;
-            let _ = send.finish();
+            finish(&mut send, inbound.preamble_timeout).await;
             let _ = recv.stop(1u32.into());
             return;
         }
@@ -218,7 +221,7 @@ async fn serve_stream(
             refuse(verdict.decision());
             tracing::info!(%peer, code = verdict.decision().as_label(), reason = %verdict.reason, "stream refused");
             let _ = preamble::write_frame(&mut send, &verdict).await;
-            let _ = send.finish();
+            finish(&mut send, inbound.preamble_timeout).await;
             return;
         }
     };
@@ -227,7 +230,7 @@ async fn serve_stream(
             let catalog = catalog_of(&snapshot, &inbound.cluster);
             let _ = preamble::write_frame(&mut send, &Verdict::accepted()).await;
             let _ = preamble::write_frame(&mut send, &catalog).await;
-            let _ = send.finish();
+            finish(&mut send, inbound.preamble_timeout).await;
         }
         (
             StreamRequest::Proxy {
@@ -239,9 +242,15 @@ async fn serve_stream(
             },
             Some(svc),
         ) => {
-            let Some(upstream) =
-                connect_endpoint(&svc, &inbound.next_endpoint, inbound.preamble_timeout).await
-            else {
+            let upstream = match port.protocol {
+                Protocol::Tcp => {
+                    connect_endpoint(&svc, &inbound.next_endpoint, inbound.preamble_timeout)
+                        .await
+                        .map(Local::Tcp)
+                }
+                Protocol::Http => inbound.pool.checkout(&svc).await.map(Local::Http),
+            };
+            let Some(upstream) = upstream else {
                 let verdict = Verdict::refused(
                     VerdictCode::EndpointUnavailable,
                     format!(
@@ -251,7 +260,7 @@ async fn serve_stream(
                 );
                 refuse(verdict.decision());
                 let _ = preamble::write_frame(&mut send, &verdict).await;
-                let _ = send.finish();
+                finish(&mut send, inbound.preamble_timeout).await;
                 return;
             };
             if preamble::write_frame(&mut send, &Verdict::accepted())
@@ -260,20 +269,20 @@ async fn serve_stream(
             {
                 return;
             }
-            let stream = tokio::io::join(recv, send);
-            match port.protocol {
-                Protocol::Tcp => {
+            let mut stream = tokio::io::join(recv, send);
+            match upstream {
+                Local::Tcp(mut upstream) => {
                     let _open = inbound.metrics.open_tcp(TcpLabels {
                         reporter: Reporter::Destination,
                         source_cluster: peer_cluster.to_string(),
                         destination_cluster: inbound.cluster.to_string(),
                         service: service.to_string(),
                     });
-                    let mut stream = stream;
-                    let mut upstream = upstream;
                     let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                    let (_, mut send) = stream.into_inner();
+                    finish(&mut send, inbound.preamble_timeout).await;
                 }
-                Protocol::Http => {
+                Local::Http(upstream) => {
                     let call = Call {
                         service: &service,
                         source: &source,
@@ -366,9 +375,15 @@ struct Call<'a> {
     deadline: Option<SystemTime>,
 }
 
+/// The local side of an accepted stream, ready before the verdict is sent.
+enum Local {
+    Tcp(TcpStream),
+    Http(pool::Conn),
+}
+
 async fn serve_http(
-    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    upstream: TcpStream,
+    stream: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+    upstream: pool::Conn,
     inbound: &Inbound,
     call: Call<'_>,
 ) {
@@ -404,10 +419,11 @@ async fn serve_http(
                 })
                 .unwrap_or(Duration::MAX);
             let response = match upstream {
-                Some(tcp) => {
-                    let sent = tokio::time::timeout(budget, http::send(tcp, req.map(http::boxed)));
+                Some(conn) => {
+                    let sent =
+                        tokio::time::timeout(budget, inbound.pool.send(conn, req.map(http::boxed)));
                     match sent.await {
-                        Ok(Ok(resp)) => resp.map(http::boxed),
+                        Ok(Ok(resp)) => resp,
                         Ok(Err(e)) => http::error_response(
                             http::StatusCode::BAD_GATEWAY,
                             &format!("upstream {service} failed: {e}"),
@@ -448,10 +464,24 @@ async fn serve_http(
         .header_read_timeout(inbound.preamble_timeout)
         .keep_alive(false)
         .half_close(true)
-        .serve_connection(TokioIo::new(stream), service_fn);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "tunnel HTTP stream ended with an error");
+        .serve_connection(TokioIo::new(stream), service_fn)
+        .without_shutdown();
+    match conn.await {
+        Ok(parts) => {
+            let (_, mut send) = parts.io.into_inner().into_inner();
+            finish(&mut send, inbound.preamble_timeout).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "tunnel HTTP stream ended with an error"),
     }
+}
+
+/// Ends our side of a stream and waits (bounded) until the peer has received all of it.
+///
+/// A stream is not finished when its last byte is buffered: closing the endpoint at the end
+/// of a drain would discard whatever the peer has not acknowledged yet.
+async fn finish(send: &mut quinn::SendStream, timeout: Duration) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(timeout, send.stopped()).await;
 }
 
 /// The services this cluster offers to others.

@@ -19,6 +19,7 @@ mod http;
 mod inbound;
 pub mod metrics;
 mod outbound;
+mod pool;
 pub mod preamble;
 mod tunnel;
 
@@ -202,8 +203,10 @@ impl Gateway {
         let (trigger, drain) = drain::channel();
         let mut tasks = JoinSet::new();
 
+        let endpoints = pool::Pool::new(settings.tunnel.connect_timeout);
         let inbound = Arc::new(inbound::Inbound {
             cluster: settings.cluster.clone(),
+            pool: endpoints.clone(),
             preamble_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
             clusters_by_domain: settings
@@ -244,6 +247,7 @@ impl Gateway {
 
         let outbound = Arc::new(outbound::Outbound {
             cluster: settings.cluster.clone(),
+            pool: endpoints,
             verdict_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
             svid,

@@ -27,10 +27,12 @@ use crate::drain;
 use crate::http::{self, Body, StatusCode};
 use crate::inbound::connect_endpoint;
 use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
+use crate::pool;
 use crate::preamble::{self, StreamRequest, VerdictCode};
 
 pub(crate) struct Outbound {
     pub cluster: ClusterName,
+    pub pool: Arc<pool::Pool>,
     /// How long a peer may take to answer a preamble with its verdict.
     pub verdict_timeout: std::time::Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -183,8 +185,12 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
             }
         };
         let Some(request) = req.take() else { break };
-        let response = match http::send(io, request).await {
-            Ok(resp) => resp.map(http::boxed),
+        let sent = match io {
+            Upstream::Pooled(conn) => outbound.pool.send(conn, request).await,
+            Upstream::Stream(io) => http::send(io, request).await.map(|r| r.map(http::boxed)),
+        };
+        let response = match sent {
+            Ok(resp) => resp,
             Err(e) => http::error_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("{} in {dest} failed: {e}", route.service),
@@ -244,32 +250,39 @@ fn record(outbound: &Outbound, service: &ServiceKey, dest: &str, code: u16, star
 /// A byte stream to `target` on which the payload may flow: a local endpoint connection, or a
 /// tunnel stream whose preamble the peer accepted.
 pub(crate) enum Upstream {
+    Stream(Stream),
+    /// A keep-alive connection to a local HTTP endpoint.
+    Pooled(pool::Conn),
+}
+
+/// A byte stream: TCP to a local endpoint, or an accepted tunnel stream.
+pub(crate) enum Stream {
     Local(TcpStream),
     Tunnel(tokio::io::Join<quinn::RecvStream, quinn::SendStream>),
 }
 
-impl tokio::io::AsyncRead for Upstream {
+impl tokio::io::AsyncRead for Stream {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Local(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Local(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tunnel(s) => std::pin::Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl tokio::io::AsyncWrite for Upstream {
+impl tokio::io::AsyncWrite for Stream {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Upstream::Local(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Local(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tunnel(s) => std::pin::Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(
@@ -277,8 +290,8 @@ impl tokio::io::AsyncWrite for Upstream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Local(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Local(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tunnel(s) => std::pin::Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(
@@ -286,8 +299,8 @@ impl tokio::io::AsyncWrite for Upstream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Local(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Upstream::Tunnel(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Local(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tunnel(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -314,10 +327,16 @@ pub(crate) async fn open(
 ) -> Result<Upstream, OpenError> {
     let opening = async {
         match &target.kind {
+            TargetKind::Local(svc) if target.port.protocol == Protocol::Http => outbound
+                .pool
+                .checkout(svc)
+                .await
+                .map(Upstream::Pooled)
+                .ok_or(OpenError::NoEndpoint),
             TargetKind::Local(svc) => {
                 connect_endpoint(svc, &outbound.next_endpoint, outbound.verdict_timeout)
                     .await
-                    .map(Upstream::Local)
+                    .map(|s| Upstream::Stream(Stream::Local(s)))
                     .ok_or(OpenError::NoEndpoint)
             }
             TargetKind::Remote { conn, .. } => {
@@ -337,7 +356,9 @@ pub(crate) async fn open(
                     .await
                     .map_err(|e| tunnel(&e))?;
                 match verdict.decision() {
-                    VerdictCode::Accepted => Ok(Upstream::Tunnel(tokio::io::join(recv, send))),
+                    VerdictCode::Accepted => Ok(Upstream::Stream(Stream::Tunnel(tokio::io::join(
+                        recv, send,
+                    )))),
                     code => Err(OpenError::Refused(code, verdict.reason)),
                 }
             }
@@ -456,7 +477,11 @@ async fn proxy_tcp(
         let target = &targets[(start + i) % targets.len()];
         let dest = target.cluster(&outbound.cluster).to_string();
         match open(outbound, target, service, None, None).await {
-            Ok(mut upstream) => {
+            Ok(Upstream::Pooled(_)) => {
+                // open() pools only HTTP targets; a TCP port never gets one.
+                errors.push(format!("{dest}: not a TCP target"));
+            }
+            Ok(Upstream::Stream(mut upstream)) => {
                 let _open = outbound.metrics.open_tcp(TcpLabels {
                     reporter: Reporter::Source,
                     source_cluster: outbound.cluster.to_string(),
