@@ -118,8 +118,14 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         peers,
         services: config.services.clone(),
     };
-    let (gateway_addrs, dataplane_stop, dataplane_done) =
-        start_dataplane(settings, svid, Arc::new(bundles), gateway_metrics).await?;
+    let (gateway_addrs, dataplane_stop, dataplane_done) = start_dataplane(
+        settings,
+        config.dataplane.worker_threads,
+        svid,
+        Arc::new(bundles),
+        gateway_metrics,
+    )
+    .await?;
 
     let admin_listener = tokio::net::TcpListener::bind(config.listen.admin)
         .await
@@ -177,6 +183,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
 /// Runs the data plane on its own runtime in its own thread, and returns once it is bound.
 async fn start_dataplane(
     settings: gateway::Settings,
+    worker_threads: u32,
     svid: watch::Receiver<Arc<federation::identity::Svid>>,
     bundles: Arc<TrustBundles>,
     metrics: gateway::metrics::Metrics,
@@ -184,7 +191,7 @@ async fn start_dataplane(
     let (bound_tx, bound_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = worker_threads as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name(format!("dataplane-{}", settings.cluster))
