@@ -319,3 +319,59 @@ fn local_endpoints_are_served_too_and_clients_cannot_forge_identity() {
         );
     }
 }
+
+#[test]
+fn a_refusing_cluster_is_skipped_for_small_and_large_requests_alike() {
+    let net = Net::new(16);
+    // West exports echo.demo but nothing listens at its endpoint: it refuses every stream.
+    let dead = std::net::TcpListener::bind((net.ip(2).as_str(), 0)).unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let live = backend::http_echo(&net.ip(3), "edge-v2");
+    let west = Spec::new("west", 2)
+        .peer("east", 1)
+        .http_service("echo.demo", dead_addr)
+        .start(&net);
+    let _edge = Spec::new("edge", 3)
+        .peer("east", 1)
+        .http_service("echo.demo", live)
+        .start(&net);
+    let east = Spec::new("east", 1)
+        .peer("west", 2)
+        .peer("edge", 3)
+        .start(&net);
+    eventually("both tunnels up", UP, || {
+        let up = |c| east.metric("causeway_tunnel_up", &[("peer_cluster", c)]) == Some(1.0);
+        (up("west") && up("edge")).then_some(())
+    });
+
+    // Small requests (sent right behind the preamble) and a large one (verdict first): every
+    // one ends at edge, whichever cluster the round-robin tried first.
+    let small = vec![b's'; 512];
+    let large = vec![b'l'; 256 * 1024];
+    for (method, body) in [
+        ("GET", &b""[..]),
+        ("POST", &small[..]),
+        ("DELETE", &b""[..]),
+        ("POST", &large[..]),
+    ] {
+        for _ in 0..2 {
+            let (status, _, reply) =
+                support::http_request(east.outbound, method, "echo.demo", "/", &[], body);
+            assert_eq!(status, 200, "{method}: {reply}");
+            assert!(reply.starts_with("edge-v2"), "{method}: {reply}");
+            assert!(
+                reply.contains(&format!("body-bytes: {}", body.len())),
+                "{method}: {reply}"
+            );
+        }
+    }
+    let refused = west.metric(
+        "causeway_stream_refusals_total",
+        &[("reason", "endpoint_unavailable")],
+    );
+    assert!(
+        refused.unwrap_or(0.0) >= 3.0,
+        "west refused {refused:?} streams"
+    );
+}

@@ -15,6 +15,7 @@
 mod catalog;
 pub mod dns;
 pub mod drain;
+mod early;
 mod http;
 mod inbound;
 pub mod metrics;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::catalog::{NoRoute, Snapshot, Target, TargetKind};
 use crate::drain;
+use crate::early::{Replayable, VerdictFirst};
 use crate::http::{self, Body, StatusCode};
 use crate::inbound::connect_endpoint;
 use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
@@ -162,32 +163,76 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
     // also on the path to a local endpoint.
     headers.remove(crate::inbound::SOURCE_PRINCIPAL_HEADER);
     headers.remove(crate::inbound::SOURCE_CLUSTER_HEADER);
-    let mut req = Some(req.map(http::boxed));
+    // A small request is buffered so that it can ride right behind its preamble and be
+    // replayed on the next cluster if refused (see `early`); others wait for the verdict.
+    let mut req = match Replayable::buffer(req).await {
+        Ok(Ok(replayable)) => Pending::Replayable(replayable),
+        Ok(Err(streaming)) => Pending::Streaming(Some(streaming)),
+        Err(e) => {
+            record(outbound, &route.service, "unknown", 400, started);
+            return http::error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body failed: {e}"),
+            );
+        }
+    };
     let start = outbound.next_target.fetch_add(1, Ordering::Relaxed);
     let mut last_error = String::new();
     for i in 0..targets.len() {
         let target = &targets[(start + i) % targets.len()];
         let dest = target.cluster(&outbound.cluster).to_string();
-        let io = match open(
-            outbound,
-            target,
-            &route.service,
-            traceparent.clone(),
-            deadline,
-        )
-        .await
-        {
-            Ok(io) => io,
-            Err(e) => {
-                tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target unavailable; trying the next");
-                last_error = format!("{dest}: {e}");
-                continue;
+        let sent = match (&target.kind, &mut req) {
+            (TargetKind::Remote { conn, .. }, Pending::Replayable(r)) => {
+                match send_early(
+                    outbound,
+                    conn,
+                    target,
+                    &route.service,
+                    r,
+                    traceparent.clone(),
+                    deadline,
+                )
+                .await
+                {
+                    Early::Answered(resp) => Ok(resp),
+                    Early::Failed(e) => Err(e),
+                    Early::TryNext(e) => {
+                        tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target refused; trying the next");
+                        last_error = format!("{dest}: {e}");
+                        continue;
+                    }
+                }
             }
-        };
-        let Some(request) = req.take() else { break };
-        let sent = match io {
-            Upstream::Pooled(conn) => outbound.pool.send(conn, request).await,
-            Upstream::Stream(io) => http::send(io, request).await.map(|r| r.map(http::boxed)),
+            (_, pending) => {
+                let io = match open(
+                    outbound,
+                    target,
+                    &route.service,
+                    traceparent.clone(),
+                    deadline,
+                )
+                .await
+                {
+                    Ok(io) => io,
+                    Err(e) => {
+                        tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target unavailable; trying the next");
+                        last_error = format!("{dest}: {e}");
+                        continue;
+                    }
+                };
+                let Some(request) = pending.take() else { break };
+                match io {
+                    Upstream::Pooled(conn) => outbound
+                        .pool
+                        .send(conn, request)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Upstream::Stream(io) => http::send(io, request)
+                        .await
+                        .map(|r| r.map(http::boxed))
+                        .map_err(|e| e.to_string()),
+                }
+            }
         };
         let response = match sent {
             Ok(resp) => resp,
@@ -213,6 +258,84 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
             route.service
         ),
     )
+}
+
+/// A request not yet sent: replayable (buffered), or streaming (sent once, verdict first).
+enum Pending {
+    Replayable(Replayable),
+    Streaming(Option<http::Request<Body>>),
+}
+
+impl Pending {
+    fn take(&mut self) -> Option<http::Request<Body>> {
+        match self {
+            Pending::Replayable(r) => Some(r.request()),
+            Pending::Streaming(req) => req.take(),
+        }
+    }
+}
+
+/// How an early request ended.
+enum Early {
+    /// The peer accepted and answered.
+    Answered(http::Response<Body>),
+    /// Refused, or failed before the peer could have acted on it: the next cluster may try.
+    TryNext(String),
+    /// Accepted (or possibly acted on) and then failed: not to be sent again.
+    Failed(String),
+}
+
+/// Sends a replayable request right behind its preamble; see `early`.
+async fn send_early(
+    outbound: &Outbound,
+    conn: &quinn::Connection,
+    target: &Target,
+    service: &ServiceKey,
+    replayable: &Replayable,
+    traceparent: Option<String>,
+    deadline: Option<SystemTime>,
+) -> Early {
+    let opened = tokio::time::timeout(outbound.verdict_timeout, async {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let request = StreamRequest::Proxy {
+            service: service.clone(),
+            port: target.port,
+            source: outbound.svid.borrow().id().clone(),
+            deadline,
+            traceparent,
+        };
+        preamble::write_frame(&mut send, &request.to_preamble())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((send, recv))
+    })
+    .await;
+    let (send, recv) = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Early::TryNext(format!("tunnel: {e}")),
+        Err(_) => {
+            return Early::TryNext(format!(
+                "tunnel: no stream within {:?}",
+                outbound.verdict_timeout
+            ));
+        }
+    };
+    let (recv, seen) = VerdictFirst::new(recv, outbound.verdict_timeout);
+    let result = http::send(tokio::io::join(recv, send), replayable.request()).await;
+    let verdict = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match (result, verdict) {
+        (Ok(resp), _) => Early::Answered(resp.map(http::boxed)),
+        (Err(_), Some(v)) if v.decision() != VerdictCode::Accepted => Early::TryNext(format!(
+            "refused by the peer gateway ({}): {}",
+            v.decision().as_label(),
+            v.reason
+        )),
+        (Err(e), None) if replayable.idempotent() => Early::TryNext(format!("tunnel: {e}")),
+        (Err(e), _) => Early::Failed(e.to_string()),
+    }
 }
 
 /// Envoy's per-request timeout header, which Istio users already send.
