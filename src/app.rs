@@ -192,8 +192,16 @@ async fn start_dataplane(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel();
     let workers = worker_threads as usize;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // One worker: a current-thread runtime on the data plane's own thread, which then drives
+    // every task and all I/O itself, with no hand-offs between threads.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = builder
         .thread_name(format!("dataplane-{}", settings.cluster))
         .enable_all()
         .build()
