@@ -1305,4 +1305,35 @@ mod tests {
         let defaults = parse("").unwrap();
         assert_eq!(parse(&defaults.to_toml()).unwrap(), defaults);
     }
+
+    /// Fuzz-style: mutations of the example file never panic the parser; every refusal names
+    /// at least one problem, each with a message.
+    #[test]
+    fn mutated_files_parse_or_report_never_panic() {
+        let example = include_str!("../deploy/causeway.example.toml")
+            .as_bytes()
+            .to_vec();
+        let mut state: u64 = 0xc0ffee;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let noise = b"=\"[]{}.,0123456789azAZ_- \n#:";
+        for _ in 0..3_000 {
+            let mut bytes = example.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                bytes[at] = noise[(next() % noise.len() as u64) as usize];
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) =
+                Config::from_toml_str(&text, Path::new("/etc/causeway"), &Overrides::default())
+            {
+                assert!(!e.errors.is_empty());
+                assert!(e.errors.iter().all(|f| !f.message.is_empty()), "{e}");
+            }
+        }
+    }
 }

@@ -349,4 +349,34 @@ mod tests {
         );
         assert!(Wrapper::deserialize(bad).is_err());
     }
+
+    /// Fuzz-style: arbitrary strings never panic the parsers, and whatever parses prints back
+    /// to itself.
+    #[test]
+    fn arbitrary_strings_parse_or_fail_cleanly() {
+        let alphabet: Vec<char> = "spiffe:/.-_aZ09%?#@[]: \u{e9}\u{0}".chars().collect();
+        let mut state: u64 = 0x5eed;
+        let mut next = move || {
+            // xorshift: deterministic, no dependency.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let mut s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if i % 3 == 0 {
+                s = format!("spiffe://{s}");
+            }
+            if let Ok(id) = SpiffeId::parse(&s) {
+                assert_eq!(id.to_string(), s);
+            }
+            if let Ok(td) = TrustDomain::parse(&s) {
+                assert_eq!(td.as_str(), s);
+            }
+        }
+    }
 }
