@@ -67,19 +67,25 @@ pub(crate) async fn accept_loop(
             match incoming.await {
                 Ok(conn) => serve_connection(conn, inbound, drain).await,
                 Err(e) => {
-                    inbound
-                        .metrics
-                        .tunnel_handshake_failures
-                        .get_or_create(&HandshakeLabels {
-                            peer_cluster: "unknown".into(),
-                            direction: "inbound",
-                        })
-                        .inc();
+                    count_refused_connection(&inbound);
                     tracing::warn!(%remote, error = %e, "refused tunnel handshake");
                 }
             }
         });
     }
+}
+
+/// An incoming connection refused before it could carry streams. Its cluster is unknown: the
+/// peer either failed the handshake or is not a peer cluster's gateway.
+fn count_refused_connection(inbound: &Inbound) {
+    inbound
+        .metrics
+        .tunnel_handshake_failures
+        .get_or_create(&HandshakeLabels {
+            peer_cluster: "unknown".into(),
+            direction: "inbound",
+        })
+        .inc();
 }
 
 fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
@@ -102,14 +108,7 @@ async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain:
     let peer_cluster = match inbound.clusters_by_domain.get(peer.trust_domain()) {
         Some(cluster) if peer.path().starts_with("/gateway/") => cluster.to_string(),
         _ => {
-            inbound
-                .metrics
-                .tunnel_handshake_failures
-                .get_or_create(&HandshakeLabels {
-                    peer_cluster: "unknown".into(),
-                    direction: "inbound",
-                })
-                .inc();
+            count_refused_connection(&inbound);
             tracing::warn!(%peer, remote = %conn.remote_address(), "refused tunnel: not the gateway of a peer cluster");
             conn.close(3u32.into(), b"not a peer gateway");
             return;

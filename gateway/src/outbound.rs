@@ -285,6 +285,35 @@ enum Early {
     Failed(String),
 }
 
+/// The preamble for proxying to `target`, on behalf of this gateway's callers.
+fn proxy_request(
+    outbound: &Outbound,
+    target: &Target,
+    service: &ServiceKey,
+    traceparent: Option<String>,
+    deadline: Option<SystemTime>,
+) -> StreamRequest {
+    StreamRequest::Proxy {
+        service: service.clone(),
+        port: target.port,
+        source: outbound.svid.borrow().id().clone(),
+        deadline,
+        traceparent,
+    }
+}
+
+/// Opens a tunnel stream and writes its preamble.
+async fn open_stream(
+    conn: &quinn::Connection,
+    request: &StreamRequest,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    preamble::write_frame(&mut send, &request.to_preamble())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((send, recv))
+}
+
 /// Sends a replayable request right behind its preamble; see `early`.
 async fn send_early(
     outbound: &Outbound,
@@ -295,21 +324,8 @@ async fn send_early(
     traceparent: Option<String>,
     deadline: Option<SystemTime>,
 ) -> Early {
-    let opened = tokio::time::timeout(outbound.verdict_timeout, async {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let request = StreamRequest::Proxy {
-            service: service.clone(),
-            port: target.port,
-            source: outbound.svid.borrow().id().clone(),
-            deadline,
-            traceparent,
-        };
-        preamble::write_frame(&mut send, &request.to_preamble())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, recv))
-    })
-    .await;
+    let request = proxy_request(outbound, target, service, traceparent, deadline);
+    let opened = tokio::time::timeout(outbound.verdict_timeout, open_stream(conn, &request)).await;
     let (send, recv) = match opened {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Early::TryNext(format!("tunnel: {e}")),
@@ -463,21 +479,13 @@ pub(crate) async fn open(
                     .ok_or(OpenError::NoEndpoint)
             }
             TargetKind::Remote { conn, .. } => {
-                let tunnel = |e: &dyn std::fmt::Display| OpenError::Tunnel(e.to_string());
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| tunnel(&e))?;
-                let request = StreamRequest::Proxy {
-                    service: service.clone(),
-                    port: target.port,
-                    source: outbound.svid.borrow().id().clone(),
-                    deadline,
-                    traceparent,
-                };
-                preamble::write_frame(&mut send, &request.to_preamble())
+                let request = proxy_request(outbound, target, service, traceparent, deadline);
+                let (send, mut recv) = open_stream(conn, &request)
                     .await
-                    .map_err(|e| tunnel(&e))?;
+                    .map_err(OpenError::Tunnel)?;
                 let verdict = preamble::read_verdict(&mut recv)
                     .await
-                    .map_err(|e| tunnel(&e))?;
+                    .map_err(|e| OpenError::Tunnel(e.to_string()))?;
                 match verdict.decision() {
                     VerdictCode::Accepted => Ok(Upstream::Stream(Stream::Tunnel(tokio::io::join(
                         recv, send,
