@@ -1,9 +1,11 @@
-//! Causeway's admin surface on the admin port: `/metrics`, `/healthz`, `/readyz`.
+//! Causeway's admin surface on the admin port: `/metrics`, `/healthz`, `/readyz`; and the Raft
+//! transport between gateways ([`raft`]: gRPC over mutual TLS).
 //!
 //! The REST resources of the mesh arrive with the store; health and metrics stay
 //! unauthenticated so that kubelets and Prometheus can reach them.
 #![forbid(unsafe_code)]
 
+pub mod raft;
 mod readiness;
 
 use std::future::Future;

@@ -118,12 +118,18 @@ impl NodeConfig {
             max_inflight_msgs: self.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            // A leader whose quorum is slow stops taking proposals (they fail as dropped)
+            // instead of growing its log and pending map without bound.
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
             // Reads are confirmed by a quorum round, not by a lease that trusts clocks.
             read_only_option: ReadOnlyOption::Safe,
             ..raft::Config::default()
         }
     }
 }
+
+/// Bytes of proposed-but-uncommitted entries a leader accepts before refusing more.
+const MAX_UNCOMMITTED_BYTES: u64 = 64 << 20;
 
 /// Why a request to the node did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,7 +203,7 @@ struct Proposal {
     reply: Reply<(u64, Vec<u8>)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MembershipChange {
     AddLearner(u64),
     Promote(u64),
@@ -321,6 +327,12 @@ pub fn start<S: LogStore, M: StateMachine>(
     bootstrap(&config, &mut storage, &machine)?;
     let snapshot = storage.latest_snapshot();
     let snapshot_index = snapshot.get_metadata().index;
+    // raft-rs replays every committed entry after `applied` (the snapshot index, below), conf
+    // changes included, on top of the stored membership. That must therefore be the membership
+    // *at the snapshot*: the one stored last may already include changes that are about to be
+    // replayed, and applying a change twice can yield a different group (e.g. a removal that was
+    // refused the first time and is accepted on replay).
+    storage.set_conf_state(snapshot.get_metadata().get_conf_state())?;
     if snapshot_index > 0 {
         machine
             .restore(snapshot.get_data())
@@ -358,6 +370,7 @@ pub fn start<S: LogStore, M: StateMachine>(
         reads: Reads::default(),
         snapshots_sent: Vec::new(),
         membership_changed: false,
+        leaving_joint: Vec::new(),
         ticks: 0,
         leader: raft::INVALID_ID,
     };
@@ -505,8 +518,9 @@ struct Reads {
     next: u64,
     /// Asked, not yet answered: context → (tick asked, reply).
     asked: HashMap<u128, (u64, Reply<u64>)>,
-    /// Answered with a read index; waiting for `applied` to reach it.
-    waiting: Vec<(u64, Reply<u64>)>,
+    /// Answered with a read index; waiting for `applied` to reach it: (read index, tick
+    /// answered, reply).
+    waiting: Vec<(u64, u64, Reply<u64>)>,
 }
 
 struct Inputs {
@@ -538,6 +552,8 @@ struct Owner<S: LogStore, M: StateMachine> {
     snapshots_sent: Vec<u64>,
     /// A membership change applied since the last compaction.
     membership_changed: bool,
+    /// Membership changes applied as a joint configuration, answered once it is left.
+    leaving_joint: Vec<Waiter>,
     ticks: u64,
     /// The leader last seen; unanswered reads fail when it changes.
     leader: u64,
@@ -599,6 +615,14 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
         {
             let _ = reply.send(Err(ProposeError::Dropped));
         }
+        // A node cut off after learning its read index may never apply up to it.
+        for (_, _, reply) in self
+            .reads
+            .waiting
+            .extract_if(.., |(_, answered, _)| now - *answered >= timeout)
+        {
+            let _ = reply.send(Err(ProposeError::Dropped));
+        }
     }
 
     fn step(&mut self, msg: Message) {
@@ -606,6 +630,19 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
         // a bug or a forgery: refuse it rather than replicate it.
         if msg.get_msg_type() == MessageType::MsgPropose {
             tracing::debug!(from = msg.from, "refused a proposal forwarded by a peer");
+            return;
+        }
+        // raft-rs aborts when told to commit past its log, which only happens if this node's
+        // storage lost acknowledged entries. Refuse the message and say so, rather than crash
+        // on every heartbeat; the leader's appends then find where the logs diverge.
+        let last = self.raw.raft.raft_log.last_index();
+        if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
+            tracing::error!(
+                from = msg.from,
+                commit = msg.commit,
+                last,
+                "leader says entries are committed that this node's log lacks; was the data dir rolled back?"
+            );
             return;
         }
         if let Err(e) = self.raw.step(msg) {
@@ -716,6 +753,13 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
         {
             return waiter.fail(e);
         }
+        // A leader that removes itself keeps leading a group it is not in (raft-rs does not step
+        // it down): move leadership first.
+        if change == MembershipChange::Remove(self.raw.raft.id) {
+            return waiter.fail(ProposeError::Rejected {
+                reason: "the leader cannot remove itself; transfer leadership first".into(),
+            });
+        }
         // raft-rs would turn a second change into an empty entry; say so now instead.
         if self.raw.raft.has_pending_conf() {
             return waiter.fail(ProposeError::Dropped);
@@ -761,12 +805,15 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone())?;
         }
-        // Raft only hands out committed entries that are already durable here.
-        self.apply(ready.take_committed_entries())?;
-        self.note_read_states(ready.take_read_states());
+        // New entries and the hard state (whose commit index covers the committed entries
+        // below) are durable before anything applies, so a restart never finds the machine
+        // ahead of the stored commit index.
         if !ready.entries().is_empty() || ready.hs().is_some() {
             self.raw.mut_store().append(ready.entries(), ready.hs())?;
         }
+        // Raft only hands out committed entries that are already durable here.
+        self.apply(ready.take_committed_entries())?;
+        self.note_read_states(ready.take_read_states());
         self.send(ready.take_persisted_messages());
 
         let mut light = self.raw.advance(ready);
@@ -854,18 +901,30 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
         } else {
             Applied::Command(self.machine.apply(entry.index, &entry.data))
         };
-        self.settle(entry.index, ProposalId::decode(&entry.context), applied);
+        self.settle(
+            entry.index,
+            entry.term,
+            ProposalId::decode(&entry.context),
+            applied,
+        );
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), StoreError> {
         // A change raft-rs refuses is refused identically on every member (same entry, same
         // membership), so skipping it keeps the members in agreement.
+        let mut joint = false;
         let outcome = match decode_conf_change(entry) {
             Ok(change) => match self.raw.apply_conf_change(&change) {
                 Ok(conf_state) => {
                     self.raw.mut_store().set_conf_state(&conf_state)?;
                     self.membership_changed = true;
-                    tracing::info!(index = entry.index, ?conf_state, "membership changed");
+                    joint = !conf_state.voters_outgoing.is_empty();
+                    tracing::info!(
+                        index = entry.index,
+                        ?conf_state,
+                        joint,
+                        "membership changed"
+                    );
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),
@@ -876,28 +935,50 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
             tracing::warn!(index = entry.index, %reason, "membership change not applied");
         }
         let id = ProposalId::decode(&entry.context);
-        self.settle(entry.index, id, Applied::Membership(outcome));
+        let proposer = self.take_proposer(entry.index, entry.term, id);
+        match (proposer, joint) {
+            // Entered the joint configuration: the change is done only once the group has left
+            // it (raft-rs proposes that by itself), so the next change can follow at once.
+            (Some(waiter), true) => self.leaving_joint.push(waiter),
+            (Some(waiter), false) => waiter.settle(entry.index, Applied::Membership(outcome)),
+            (None, _) => {}
+        }
+        if !joint {
+            for waiter in mem::take(&mut self.leaving_joint) {
+                waiter.settle(entry.index, Applied::Membership(Ok(())));
+            }
+        }
         Ok(())
     }
 
     /// Answers whoever waits for the entry at `index`. Anyone still waiting at or below it holds
     /// a proposal whose entry a newer leader overwrote.
-    fn settle(&mut self, index: u64, id: Option<ProposalId>, applied: Applied) {
+    ///
+    /// Index *and term* identify the entry: proposal ids restart with the process, so an entry
+    /// an earlier incarnation appended at the same index with the same id must not answer a
+    /// proposal made now. A node leads at most one term, so the term tells them apart.
+    fn settle(&mut self, index: u64, term: u64, id: Option<ProposalId>, applied: Applied) {
+        if let Some(waiter) = self.take_proposer(index, term, id) {
+            waiter.settle(index, applied);
+        }
+    }
+
+    /// Removes and returns the proposer of the entry at `index` (see [`Self::settle`]), failing
+    /// everyone still waiting at or below it.
+    fn take_proposer(&mut self, index: u64, term: u64, id: Option<ProposalId>) -> Option<Waiter> {
         let mut proposer = None;
         while let Some(entry) = self.proposals.first_entry() {
             if *entry.key() > index {
                 break;
             }
             let (at, pending) = entry.remove_entry();
-            if at == index && Some(pending.id) == id {
+            if at == index && pending.term == term && Some(pending.id) == id {
                 proposer = Some(pending.waiter);
             } else {
                 pending.waiter.fail(ProposeError::Dropped);
             }
         }
-        if let Some(waiter) = proposer {
-            waiter.settle(index, applied);
-        }
+        proposer
     }
 
     fn note_read_states(&mut self, states: Vec<ReadState>) {
@@ -906,7 +987,7 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
                 continue;
             };
             if let Some((_, reply)) = self.reads.asked.remove(&u128::from_be_bytes(context)) {
-                self.reads.waiting.push((state.index, reply));
+                self.reads.waiting.push((state.index, self.ticks, reply));
             }
         }
     }
@@ -915,10 +996,10 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
     fn after_apply(&mut self) -> Result<(), StoreError> {
         self.fail_deposed();
         let applied = self.applied;
-        for (index, reply) in self
+        for (index, _, reply) in self
             .reads
             .waiting
-            .extract_if(.., |(index, _)| *index <= applied)
+            .extract_if(.., |(index, _, _)| *index <= applied)
         {
             let _ = reply.send(Ok(index));
         }
@@ -1009,8 +1090,8 @@ fn check_change(conf: &ConfState, change: MembershipChange) -> Result<(), Propos
     }
 }
 
-/// One change at a time with `Auto`: raft-rs makes a single change directly and enters (and
-/// automatically leaves) a joint configuration for anything larger.
+/// Every change goes through a joint configuration (`Implicit`: raft-rs enters it, and leaves it
+/// by itself once it is committed), so old and new majorities must both agree during the switch.
 fn conf_change(change: MembershipChange) -> ConfChangeV2 {
     let (change_type, node_id) = match change {
         MembershipChange::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
@@ -1021,7 +1102,7 @@ fn conf_change(change: MembershipChange) -> ConfChangeV2 {
     single.set_change_type(change_type);
     single.node_id = node_id;
     let mut cc = ConfChangeV2::default();
-    cc.set_transition(ConfChangeTransition::Auto);
+    cc.set_transition(ConfChangeTransition::Implicit);
     cc.mut_changes().push(single);
     cc
 }
@@ -1516,5 +1597,31 @@ mod tests {
         })
         .await;
         cluster.node(target).propose(set("a", "1")).await.unwrap();
+    }
+
+    #[test]
+    fn every_membership_change_goes_through_a_joint_configuration() {
+        use MembershipChange::*;
+        for change in [AddLearner(4), Promote(4), Remove(4)] {
+            // Some(true): enter a joint configuration, and leave it automatically.
+            assert_eq!(conf_change(change).enter_joint(), Some(true), "{change:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_cannot_remove_itself_but_can_remove_a_follower() {
+        let ids = [1, 2, 3];
+        let cluster = Cluster::in_memory(&ids, 10_000);
+        let leader = cluster.leader(&ids).await;
+        let refused = cluster.node(leader).remove(leader).await;
+        assert!(
+            matches!(refused, Err(ProposeError::Rejected { .. })),
+            "{refused:?}"
+        );
+        let follower = follower_of(leader, &ids);
+        cluster.node(leader).remove(follower).await.unwrap();
+        let status = cluster.status(leader).await;
+        assert!(!status.voters.contains(&follower), "{status:?}");
+        assert!(status.outgoing_voters.is_empty(), "still joint: {status:?}");
     }
 }

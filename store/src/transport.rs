@@ -46,6 +46,9 @@ pub enum DeliverError {
     /// The node has stopped.
     #[error("node {0} has stopped")]
     Stopped(u64),
+    /// The message claims to come from another node than the authenticated sender.
+    #[error("message claims to come from node {claimed} but was sent by node {sender}")]
+    Forged { claimed: u64, sender: u64 },
 }
 
 /// Where a transport delivers the messages addressed to one node. Cheap to clone.
@@ -81,6 +84,21 @@ impl NodeInbox {
     }
 
     /// Decodes a message received from the network and queues it without waiting.
+    /// Like [`Self::deliver_encoded`], for a network transport that authenticated the sending
+    /// node: a message claiming any other sender is refused, so one member cannot forge
+    /// another's votes or appends.
+    pub fn deliver_encoded_from(&self, bytes: &[u8], sender: u64) -> Result<(), DeliverError> {
+        let msg =
+            Message::parse_from_bytes(bytes).map_err(|e| DeliverError::Decode(e.to_string()))?;
+        if msg.from != sender {
+            return Err(DeliverError::Forged {
+                claimed: msg.from,
+                sender,
+            });
+        }
+        self.deliver(msg)
+    }
+
     pub fn deliver_encoded(&self, bytes: &[u8]) -> Result<(), DeliverError> {
         let msg =
             Message::parse_from_bytes(bytes).map_err(|e| DeliverError::Decode(e.to_string()))?;
@@ -230,5 +248,13 @@ mod tests {
             inbox.deliver(heartbeat(1, 3)),
             Err(DeliverError::Misrouted { to: 3, node: 2 })
         );
+        assert_eq!(
+            inbox.deliver_encoded_from(&encoded(3, 2), 1),
+            Err(DeliverError::Forged {
+                claimed: 3,
+                sender: 1
+            })
+        );
+        assert_eq!(inbox.deliver_encoded_from(&encoded(1, 2), 1), Ok(()));
     }
 }

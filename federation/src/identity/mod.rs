@@ -31,4 +31,6 @@ pub use ca::CertificateAuthority;
 pub use error::IdentityError;
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use svid::{Svid, peer_spiffe_id};
-pub use verifier::{ALPN, client_config, server_config};
+pub use verifier::{
+    ALPN, client_config, client_config_with_alpn, server_config, server_config_with_alpn,
+};

@@ -38,6 +38,16 @@ pub fn server_config(
     svid: &Svid,
     bundles: Arc<TrustBundles>,
 ) -> Result<ServerConfig, IdentityError> {
+    server_config_with_alpn(svid, bundles, &[ALPN])
+}
+
+/// [`server_config`] offering the ALPN protocols `alpn` instead of [`ALPN`] (e.g. `h2` for the
+/// Raft transport's gRPC); the SPIFFE verification is the same.
+pub fn server_config_with_alpn(
+    svid: &Svid,
+    bundles: Arc<TrustBundles>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SpiffeClientVerifier(SpiffeVerifier::new(
         bundles, &provider,
@@ -53,7 +63,7 @@ pub fn server_config(
             id: svid.id().clone(),
             source,
         })?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // A resumed session skips certificate verification; every connection must instead be
     // judged against the bundles and the clock of its own handshake.
     config.session_storage = Arc::new(NoServerSessionStorage {});
@@ -67,6 +77,17 @@ pub fn client_config(
     svid: &Svid,
     bundles: Arc<TrustBundles>,
     expected_peer: &TrustDomain,
+) -> Result<ClientConfig, IdentityError> {
+    client_config_with_alpn(svid, bundles, expected_peer, &[ALPN])
+}
+
+/// [`client_config`] offering the ALPN protocols `alpn` instead of [`ALPN`] (e.g. `h2` for the
+/// Raft transport's gRPC); the SPIFFE verification is the same.
+pub fn client_config_with_alpn(
+    svid: &Svid,
+    bundles: Arc<TrustBundles>,
+    expected_peer: &TrustDomain,
+    alpn: &[&[u8]],
 ) -> Result<ClientConfig, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SpiffeServerVerifier {
@@ -85,7 +106,7 @@ pub fn client_config(
             id: svid.id().clone(),
             source,
         })?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // As on the server: no resumption, so no connection is accepted on an old verification.
     config.resumption = Resumption::disabled();
     Ok(config)
@@ -605,6 +626,30 @@ mod tests {
         let server_seen_by_client = peer_spiffe_id(client.peer_certificates().unwrap()).unwrap();
         assert_eq!(&client_seen_by_server, west_gw.id());
         assert_eq!(&server_seen_by_client, east_gw.id());
+    }
+
+    #[test]
+    fn alpn_variants_negotiate_the_given_protocol_with_the_same_verification() {
+        let mesh = mesh();
+        let east_gw = gateway(&mesh.east, "east-1");
+        let west_gw = gateway(&mesh.west, "west-1");
+        let h2: &[&[u8]] = &[b"h2"];
+        let (client, server, result) = run(
+            server_config_with_alpn(&east_gw, mesh.bundles.clone(), h2).unwrap(),
+            client_config_with_alpn(&west_gw, mesh.bundles.clone(), &td("east"), h2).unwrap(),
+        );
+        result.unwrap();
+        assert_eq!(client.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
+        let client_seen_by_server = peer_spiffe_id(server.peer_certificates().unwrap()).unwrap();
+        assert_eq!(&client_seen_by_server, west_gw.id());
+
+        // Still SPIFFE-verified: a west server where east was dialled is refused.
+        let (_, _, result) = run(
+            server_config_with_alpn(&west_gw, mesh.bundles.clone(), h2).unwrap(),
+            client_config_with_alpn(&east_gw, mesh.bundles.clone(), &td("east"), h2).unwrap(),
+        );
+        assert_refused_with(result, "expected trust domain east");
     }
 
     #[test]

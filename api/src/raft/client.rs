@@ -1,0 +1,254 @@
+//! The sending end: [`GrpcTransport`], one bounded queue and one sender task per peer.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use federation::identity::{TrustDomain, peer_spiffe_id};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use store::Transport;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::proto::Batch;
+use super::proto::raft_client::RaftClient;
+use super::{MAX_BATCH_BYTES, MAX_GRPC_MESSAGE_BYTES, Peer, PeerTable};
+
+/// Batches (one [`Transport::send`] each) queued for one peer before new ones are dropped.
+const QUEUE_CAPACITY: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A call not answered by then fails, and the sender backs off.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The TLS client config to dial a peer of a trust domain with, or `None` if that domain is not
+/// trusted. Called on every (re)connect, so renewed SVIDs are picked up by new connections.
+/// The configs should come from `federation::identity::client_config_with_alpn` with
+/// [`super::ALPN`].
+pub type ClientTls = Arc<dyn Fn(&TrustDomain) -> Option<Arc<ClientConfig>> + Send + Sync>;
+
+/// Sends Raft messages to peers over gRPC and mutual TLS.
+///
+/// Each peer has its own bounded queue and sender task, so a slow or dead peer only loses its
+/// own messages (dropped when its queue is full; Raft retransmits) and never delays the others
+/// or the node task.
+pub struct GrpcTransport {
+    local: u64,
+    tls: ClientTls,
+    runtime: Handle,
+    senders: Mutex<HashMap<u64, PeerSender>>,
+}
+
+struct PeerSender {
+    peer: Peer,
+    queue: mpsc::Sender<Vec<Vec<u8>>>,
+}
+
+impl GrpcTransport {
+    /// A transport for node `local`, dialling the other nodes of `peers`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (its sender tasks run on the current one).
+    pub fn new(local: u64, peers: &PeerTable, tls: ClientTls) -> Arc<Self> {
+        let transport = Arc::new(Self {
+            local,
+            tls,
+            runtime: Handle::current(),
+            senders: Mutex::default(),
+        });
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Dials the nodes of `peers` from now on: new peers get a sender, removed ones lose theirs
+    /// (after its call in flight), and a peer whose identity or address changed is redialled.
+    pub fn set_peers(&self, peers: &PeerTable) {
+        let mut senders = self.senders();
+        senders.retain(|node, sender| peers.get(*node) == Some(&sender.peer));
+        for (node, peer) in peers.iter() {
+            if node == self.local || senders.contains_key(&node) {
+                continue;
+            }
+            let (queue, batches) = mpsc::channel(QUEUE_CAPACITY);
+            let channel = channel(peer.clone(), self.tls.clone());
+            self.runtime
+                .spawn(run_sender(self.local, node, peer.clone(), channel, batches));
+            senders.insert(
+                node,
+                PeerSender {
+                    peer: peer.clone(),
+                    queue,
+                },
+            );
+        }
+    }
+
+    fn senders(&self) -> MutexGuard<'_, HashMap<u64, PeerSender>> {
+        // Every update is one insert or remove, so a panicked holder leaves a consistent map.
+        self.senders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, to: u64, msgs: Vec<Vec<u8>>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let senders = self.senders();
+        let Some(sender) = senders.get(&to) else {
+            tracing::trace!(to, "dropped raft messages for a node not in the peer table");
+            return;
+        };
+        if let Err(e) = sender.queue.try_send(msgs) {
+            tracing::trace!(to, error = %e, "dropped raft messages");
+        }
+    }
+}
+
+/// A lazily connected channel to `peer` over our TLS; tonic redials it after a failure.
+pub(super) fn channel(peer: Peer, tls: ClientTls) -> Channel {
+    // The URI only names the authority for HTTP/2; the connector below does the dialling.
+    let endpoint = Endpoint::from(
+        http::Uri::builder()
+            .scheme("http")
+            .authority(peer.addr.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default(),
+    )
+    .connect_timeout(CONNECT_TIMEOUT)
+    .timeout(CALL_TIMEOUT)
+    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+    .keep_alive_while_idle(true);
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+        let peer = peer.clone();
+        let tls = tls.clone();
+        async move { connect(&peer, &tls).await }
+    }))
+}
+
+/// TCP, then TLS with the client config for the peer's trust domain, then a check that the
+/// server is the very SPIFFE ID the peer table names (the verifier checked only its domain).
+async fn connect(peer: &Peer, tls: &ClientTls) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
+    let result = async {
+        let domain = peer.id.trust_domain();
+        let config = tls(domain).ok_or_else(|| {
+            io::Error::other(format!("no TLS client config for trust domain {domain}"))
+        })?;
+        let host = peer
+            .addr
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        // The SPIFFE verifier ignores the name; rustls needs one for SNI.
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tcp = TcpStream::connect(peer.addr.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        let stream = TlsConnector::from(config).connect(name, tcp).await?;
+        let answered = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(peer_spiffe_id)
+            .transpose()
+            .map_err(io::Error::other)?;
+        if answered.as_ref() != Some(&peer.id) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{answered:?} answered where {} was expected", peer.id),
+            ));
+        }
+        Ok(TokioIo::new(stream))
+    }
+    .await;
+    match &result {
+        Ok(_) => tracing::info!(peer = %peer.id, addr = %peer.addr, "connected to raft peer"),
+        Err(e) => {
+            tracing::debug!(peer = %peer.id, addr = %peer.addr, error = %e, "cannot connect to raft peer");
+        }
+    }
+    result
+}
+
+/// Sends what is queued for one peer, one call at a time, folding whatever queued while a call
+/// was in flight into the next. Ends when the transport drops the peer's queue.
+async fn run_sender(
+    local: u64,
+    to: u64,
+    peer: Peer,
+    channel: Channel,
+    mut queue: mpsc::Receiver<Vec<Vec<u8>>>,
+) {
+    let mut client = RaftClient::new(channel)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let mut backoff = INITIAL_BACKOFF;
+    let mut healthy = true;
+    // A batch taken from the queue that did not fit into the previous call.
+    let mut carried: Option<Vec<Vec<u8>>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(batch) => batch,
+            None => match queue.recv().await {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let mut messages = Vec::new();
+        let mut size = 0;
+        for batch in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+            let batch_size: usize = batch.iter().map(Vec::len).sum();
+            if size > 0 && size + batch_size > MAX_BATCH_BYTES {
+                carried = Some(batch);
+                break;
+            }
+            size += batch_size;
+            messages.extend(batch);
+        }
+        if size > MAX_BATCH_BYTES {
+            // One message larger than any batch may be: a snapshot too big to send whole.
+            tracing::warn!(to, size, "dropped raft messages larger than a batch may be");
+            continue;
+        }
+        let batch = Batch {
+            from: local,
+            to,
+            messages,
+        };
+        match client.send(batch).await {
+            Ok(_) => {
+                if !healthy {
+                    tracing::info!(to, peer = %peer.id, "raft peer reachable again");
+                }
+                healthy = true;
+                backoff = INITIAL_BACKOFF;
+            }
+            Err(status) => {
+                if healthy {
+                    tracing::warn!(
+                        to, peer = %peer.id, code = ?status.code(), message = status.message(),
+                        "raft peer unreachable or refusing; backing off"
+                    );
+                }
+                healthy = false;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                // What queued meanwhile is stale; Raft resends what still matters.
+                carried = None;
+                while queue.try_recv().is_ok() {}
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The receiving end: a gRPC server behind our own TLS accept, so every request carries the
+//! SPIFFE ID its connection authenticated with.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use federation::identity::{SpiffeId, peer_spiffe_id};
+use store::NodeInbox;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+
+use super::proto::raft_server::{Raft, RaftServer};
+use super::proto::{Ack, Batch};
+use super::{MAX_GRPC_MESSAGE_BYTES, PeerTable, RaftTransportError};
+
+/// A peer that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond this, accepting waits (the kernel backlog queues).
+const MAX_HANDSHAKES: usize = 64;
+/// Authenticated connections waiting for the gRPC server to take them.
+const ACCEPTED_BACKLOG: usize = 64;
+/// Concurrent calls on one connection: a sender has one call in flight, so this only caps a
+/// misbehaving peer.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// A call not answered by then is cancelled (delivery never waits, so only a stalled upload
+/// takes this long).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pings on idle connections find peers that vanished without closing.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of a connection, as its TLS handshake proved. Tonic puts it in
+/// every request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// From the peer's verified X.509-SVID.
+    pub spiffe_id: SpiffeId,
+    pub remote: SocketAddr,
+}
+
+/// Serves the Raft transport for the node behind `inbox` on `listener` until `shutdown`
+/// resolves, then finishes the calls in flight.
+///
+/// `tls` must require client certificates and verify them as SVIDs
+/// (`federation::identity::server_config_with_alpn` with [`super::ALPN`]). `peers` says which
+/// SPIFFE ID speaks for which node; send a new table to change the membership.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    peers: watch::Receiver<PeerTable>,
+    inbox: NodeInbox,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RaftTransportError> {
+    let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
+    let acceptor = tokio::spawn(accept(listener, TlsAcceptor::from(tls), accepted_tx));
+    let incoming = futures::stream::unfold(accepted, |mut accepted| async move {
+        let conn = accepted.recv().await?;
+        Some((Ok::<_, io::Error>(conn), accepted))
+    });
+    let service = RaftServer::new(RaftService { peers, inbox })
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    acceptor.abort();
+    Ok(served?)
+}
+
+/// Accepts TCP connections and completes their TLS handshakes off the accept path, so a slow
+/// or hostile handshake delays no one else. Ends when the server stops taking connections.
+async fn accept(listener: TcpListener, tls: TlsAcceptor, accepted: mpsc::Sender<TlsConn>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, remote) = tokio::select! {
+            () = accepted.closed() => return,
+            result = listener.accept() => match result {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "raft transport cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let tls = tls.clone();
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(conn) = handshake(tls, tcp, remote).await {
+                // Fails only when the server is shutting down.
+                let _ = accepted.send(conn).await;
+            }
+        });
+    }
+}
+
+async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConn> {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(%remote, error = %e, "cannot set TCP_NODELAY");
+    }
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "refused raft peer: TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "refused raft peer: TLS handshake timed out");
+            return None;
+        }
+    };
+    // The verifier has accepted the chain, so this only fails if rustls and we disagree.
+    let spiffe_id = match stream.get_ref().1.peer_certificates().map(peer_spiffe_id) {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "refused raft peer: no SPIFFE ID");
+            return None;
+        }
+        None => {
+            tracing::warn!(%remote, "refused raft peer: no client certificate");
+            return None;
+        }
+    };
+    tracing::info!(%remote, peer = %spiffe_id, "raft peer connected");
+    Some(TlsConn {
+        stream,
+        peer: PeerIdentity { spiffe_id, remote },
+    })
+}
+
+/// An authenticated connection, handed to tonic with the identity its handshake proved.
+struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        tracing::info!(remote = %self.peer.remote, peer = %self.peer.spiffe_id, "raft peer disconnected");
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+struct RaftService {
+    peers: watch::Receiver<PeerTable>,
+    inbox: NodeInbox,
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
+        let Some(peer) = request.extensions().get::<PeerIdentity>().cloned() else {
+            // Only reachable if the server were wired without our TLS accept.
+            return Err(Status::unauthenticated("no authenticated peer"));
+        };
+        let batch = request.into_inner();
+        let speaks_for = self.peers.borrow().node_of(&peer.spiffe_id);
+        match speaks_for {
+            Some(node) if node == batch.from => {}
+            Some(node) => {
+                tracing::warn!(
+                    peer = %peer.spiffe_id, remote = %peer.remote, node, claimed = batch.from,
+                    "refused raft batch: peer speaks for another node"
+                );
+                return Err(Status::permission_denied(format!(
+                    "{} speaks for raft node {node}, not {}",
+                    peer.spiffe_id, batch.from
+                )));
+            }
+            None => {
+                tracing::warn!(
+                    peer = %peer.spiffe_id, remote = %peer.remote, claimed = batch.from,
+                    "refused raft batch: peer is not a member"
+                );
+                return Err(Status::permission_denied(format!(
+                    "{} is not a raft member",
+                    peer.spiffe_id
+                )));
+            }
+        }
+        let node = self.inbox.node();
+        if batch.to != node {
+            return Err(Status::invalid_argument(format!(
+                "batch for raft node {} reached node {node}",
+                batch.to
+            )));
+        }
+        let mut delivered: u32 = 0;
+        for bytes in &batch.messages {
+            // batch.from is the authenticated sender (checked above); every message inside
+            // must claim it too.
+            match self.inbox.deliver_encoded_from(bytes, batch.from) {
+                Ok(()) => delivered = delivered.saturating_add(1),
+                Err(e) => tracing::debug!(from = batch.from, error = %e, "dropped raft message"),
+            }
+        }
+        Ok(Response::new(Ack { delivered }))
+    }
+}
