@@ -5,7 +5,10 @@
 //! Every successful write in every test is followed by a simulated crash: the sled harness copies
 //! the data dir as it is at that instant (the store still open, nothing flushed on drop) and
 //! opens the copy, which must answer every read exactly as before. Every refused write must leave
-//! the store's answers unchanged, before and after a restart. `mem_and_sled_agree` then drives
+//! the store's answers unchanged, before and after a restart. `set_applied` alone is not durable
+//! when it returns (the stored applied index is advisory and may lag after a crash): it is
+//! checked on a crash copy that may lag, and every later write must make it durable.
+//! `mem_and_sled_agree` then drives
 //! both implementations through the same pseudo-random operations and compares every answer.
 
 use std::path::Path;
@@ -15,8 +18,8 @@ use raft::{GetEntriesContext, NO_LIMIT, Storage, StorageError};
 use tempfile::TempDir;
 
 use super::sled_store::{
-    APPLIED_KEY, CONF_STATE_KEY, FORMAT_KEY, HARD_STATE_KEY, LOG_PREFIX, SENTINEL, SNAPSHOT_KEY,
-    TREE, log_key,
+    APPLIED_KEY, BLOBS_DIR, CONF_STATE_KEY, FORMAT_KEY, FORMAT_V1, HARD_STATE_KEY, LOG_PREFIX,
+    SENTINEL, SNAPSHOT_KEY, SNAPSHOTS_TREE, TREE, log_key, snapshot_key,
 };
 use super::{LogStore, MemStore, SledStore};
 use crate::StoreError;
@@ -28,6 +31,9 @@ trait Harness {
     fn store(&mut self) -> &mut Self::Store;
     /// Replaces the store with one opened from what is durable right now, as after a crash.
     fn restart(&mut self);
+    /// What a store opened from what is durable right now would answer, leaving this one be;
+    /// `None` if nothing is durable.
+    fn answers_after_crash(&self) -> Option<Answers>;
 }
 
 struct Mem(MemStore);
@@ -45,6 +51,10 @@ impl Harness for Mem {
 
     /// Nothing is durable; the store carries on as it is.
     fn restart(&mut self) {}
+
+    fn answers_after_crash(&self) -> Option<Answers> {
+        None
+    }
 }
 
 struct Sled {
@@ -70,6 +80,13 @@ impl Harness for Sled {
         copy_dir(self.dir.path(), crashed.path());
         self.store = SledStore::open(crashed.path()).expect("reopen after a crash");
         self.dir = crashed;
+    }
+
+    fn answers_after_crash(&self) -> Option<Answers> {
+        let crashed = tempfile::tempdir().expect("temp dir");
+        copy_dir(self.dir.path(), crashed.path());
+        let store = SledStore::open(crashed.path()).expect("reopen after a crash");
+        Some(answers(&store))
     }
 }
 
@@ -144,6 +161,29 @@ fn write<H: Harness>(
         before,
         "{what}: answers changed across a restart"
     );
+}
+
+/// Sets the applied index, which need not be durable yet: a crash may keep an older value but
+/// must change nothing else. The store carries on (the next write must make it durable).
+fn write_applied<H: Harness>(h: &mut H, index: u64) {
+    let before = answers(h.store());
+    if let Err(error) = h.store().set_applied(index) {
+        panic!("set_applied {index}: {error}");
+    }
+    assert_eq!(h.store().applied(), index);
+    if let Some(mut after) = h.answers_after_crash() {
+        assert!(
+            after.applied <= before.applied.max(index),
+            "set_applied {index}: a crash kept applied {} (before {})",
+            after.applied,
+            before.applied
+        );
+        after.applied = before.applied;
+        assert_eq!(
+            after, before,
+            "set_applied {index} changed more than applied"
+        );
+    }
 }
 
 /// Runs a write that must be refused, and returns why; the store must not change.
@@ -634,11 +674,19 @@ fn apply_snapshot_out_of_date<H: Harness>() {
 fn applied_round_trip<H: Harness>() {
     let mut h = H::new();
     seed(&mut h, 8, 8);
-    write(&mut h, "applied", |s| s.set_applied(3));
+    write_applied(&mut h, 3);
     assert_eq!(h.store().applied(), 3);
-    write(&mut h, "applied", |s| s.set_applied(8));
-    assert_eq!(h.store().applied(), 8);
-    write(&mut h, "compact", |s| s.compact(8, vec![]));
+    // Any other write makes it durable (`write` restarts and compares `applied` too).
+    write(&mut h, "hard state", |s| {
+        s.set_hard_state(&hard_state(4, 1, 8))
+    });
+    assert_eq!(h.store().applied(), 3);
+    write_applied(&mut h, 8);
+    write_applied(&mut h, 7);
+    write(&mut h, "compact", |s| s.compact(7, vec![]));
+    assert_eq!(h.store().applied(), 7);
+    write_applied(&mut h, 8);
+    write(&mut h, "append", |s| s.append(&entries(9..=9, 4), None));
     assert_eq!(h.store().applied(), 8);
 }
 
@@ -779,6 +827,12 @@ fn mem_and_sled_agree() {
         );
         if step % 7 == 0 {
             sled.restart();
+            // The stored applied index may lag after a crash (it is advisory): it is one that
+            // was set, and both stores carry on from it.
+            let kept = sled.store().applied();
+            if kept != mem.store().applied() {
+                mem.store().set_applied(kept).unwrap();
+            }
         }
         assert_eq!(
             answers(mem.store()),
@@ -815,6 +869,8 @@ mod sled_only {
         s.set_conf_state(&conf_state(&[1, 2, 3], &[])).unwrap();
         s.compact(2, b"state at 2".to_vec()).unwrap();
         s.set_applied(5).unwrap();
+        // Makes the applied index durable.
+        s.set_hard_state(&hard_state(1, 1, 5)).unwrap();
         drop(s);
         dir
     }
@@ -1050,5 +1106,165 @@ mod sled_only {
             Err(StoreError::Io { path: p, .. }) => assert!(p.ends_with("raft")),
             other => panic!("expected an io error, got {other:?}"),
         }
+    }
+
+    /// Opens the raw database of a [`populated`] store, lets `tamper` change it and flushes.
+    fn tamper_db(dir: &Path, tamper: impl FnOnce(&::sled::Db)) {
+        let db = ::sled::open(dir).expect("raw open");
+        tamper(&db);
+        db.flush().expect("flush");
+    }
+
+    #[test]
+    fn snapshot_data_lives_outside_the_main_tree() {
+        let dir = populated();
+        tamper_db(dir.path(), |db| {
+            let tree = db.open_tree(TREE).unwrap();
+            let meta: Snapshot =
+                protobuf::Message::parse_from_bytes(&tree.get(SNAPSHOT_KEY).unwrap().unwrap())
+                    .unwrap();
+            assert_eq!(meta.get_metadata().index, 2);
+            assert!(meta.data.is_empty(), "the main tree holds metadata only");
+            let data = db.open_tree(SNAPSHOTS_TREE).unwrap();
+            assert_eq!(
+                data.get(snapshot_key(2)).unwrap().as_deref(),
+                Some(&b"state at 2"[..])
+            );
+        });
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(&s.latest_snapshot().data[..], b"state at 2");
+        assert_eq!(s.stored_snapshot_indexes(), vec![2]);
+    }
+
+    /// A crash after step (1) of a compaction (the data is in `snapshots`) but before step (2)
+    /// (the metadata naming it): the old snapshot stands and the stray data goes.
+    #[test]
+    fn crash_between_snapshot_data_and_metadata() {
+        let dir = populated();
+        tamper_db(dir.path(), |db| {
+            let data = db.open_tree(SNAPSHOTS_TREE).unwrap();
+            data.insert(snapshot_key(5), &b"state at 5, never recorded"[..])
+                .unwrap();
+            // And a crash during step (4) of an earlier compaction.
+            data.insert(snapshot_key(1), &b"state at 1"[..]).unwrap();
+        });
+        let mut s = SledStore::open(dir.path()).expect("open after the crash");
+        let snap = s.latest_snapshot();
+        assert_eq!(snap.get_metadata().index, 2);
+        assert_eq!(&snap.data[..], b"state at 2");
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (3, 6));
+        assert_eq!(s.stored_snapshot_indexes(), vec![2], "strays removed");
+        // Still works: compaction replaces the data and removes the old.
+        s.compact(5, b"state at 5".to_vec()).unwrap();
+        assert_eq!(s.stored_snapshot_indexes(), vec![5]);
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(&s.latest_snapshot().data[..], b"state at 5");
+        assert_eq!(s.stored_snapshot_indexes(), vec![5]);
+    }
+
+    #[test]
+    fn missing_snapshot_data_is_corrupt() {
+        let dir = populated();
+        tamper_db(dir.path(), |db| {
+            db.open_tree(SNAPSHOTS_TREE)
+                .unwrap()
+                .remove(snapshot_key(2))
+                .unwrap();
+        });
+        let error = SledStore::open(dir.path()).expect_err("opened without snapshot data");
+        assert_corrupt(error, "snapshot data at index 2");
+    }
+
+    /// A store written before snapshot data moved out of the main tree still opens, and its
+    /// next compaction moves it to the new layout.
+    #[test]
+    fn v1_store_opens_and_migrates() {
+        let dir = populated();
+        tamper_db(dir.path(), |db| {
+            let tree = db.open_tree(TREE).unwrap();
+            let full = snapshot(2, 1, &[1, 2, 3], "state at 2");
+            tree.insert(
+                SNAPSHOT_KEY,
+                protobuf::Message::write_to_bytes(&full).unwrap(),
+            )
+            .unwrap();
+            tree.insert(FORMAT_KEY, FORMAT_V1).unwrap();
+            db.drop_tree(SNAPSHOTS_TREE).unwrap();
+        });
+        let mut s = SledStore::open(dir.path()).expect("open v1");
+        assert_eq!(
+            s.latest_snapshot(),
+            snapshot(2, 1, &[1, 2, 3], "state at 2")
+        );
+        s.compact(4, b"state at 4".to_vec()).unwrap();
+        drop(s);
+        let s = SledStore::open(dir.path()).expect("open migrated");
+        assert_eq!(&s.latest_snapshot().data[..], b"state at 4");
+        assert_eq!(s.stored_snapshot_indexes(), vec![4]);
+    }
+
+    /// sled's flush ends in `sync_file_range`, which leaves data in the disk's cache: every
+    /// write but `set_applied` must also sync the data file.
+    #[test]
+    fn every_durable_write_syncs_the_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SledStore::open(dir.path()).unwrap();
+        type Op = Box<dyn Fn(&mut SledStore) -> Result<(), StoreError>>;
+        let ops: Vec<(&str, Op, bool)> = vec![
+            (
+                "append",
+                Box::new(|s| s.append(&entries(1..=4, 1), None)),
+                true,
+            ),
+            (
+                "set_hard_state",
+                Box::new(|s| s.set_hard_state(&hard_state(1, 1, 4))),
+                true,
+            ),
+            (
+                "set_conf_state",
+                Box::new(|s| s.set_conf_state(&conf_state(&[1], &[]))),
+                true,
+            ),
+            ("set_applied", Box::new(|s| s.set_applied(3)), false),
+            ("compact", Box::new(|s| s.compact(2, b"two".to_vec())), true),
+            (
+                "apply_snapshot",
+                Box::new(|s| s.apply_snapshot(snapshot(9, 2, &[1], "nine"))),
+                true,
+            ),
+        ];
+        for (what, op, syncs) in ops {
+            let before = s.syncs();
+            op(&mut s).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let after = s.syncs();
+            if syncs {
+                assert!(after > before, "{what} did not sync the data file");
+            } else {
+                assert_eq!(after, before, "{what} should not wait for the disk");
+            }
+        }
+        assert!(dir.path().join("db").is_file(), "sled's data file");
+    }
+
+    /// A snapshot larger than sled's blob threshold goes to a file of its own, which sled does
+    /// not sync: the store must.
+    #[test]
+    fn large_snapshots_in_blob_files_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SledStore::open(dir.path()).unwrap();
+        s.append(&entries(1..=4, 1), Some(&hard_state(1, 1, 4)))
+            .unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        s.compact(3, data.clone()).unwrap();
+        let blobs = std::fs::read_dir(dir.path().join(BLOBS_DIR))
+            .map(|listing| listing.count())
+            .unwrap_or(0);
+        assert!(blobs > 0, "a 1 MiB value should be a blob file");
+        assert!(s.synced_blobs() > 0, "the blob file was not synced");
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(&s.latest_snapshot().data[..], &data[..]);
     }
 }

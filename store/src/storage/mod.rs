@@ -4,8 +4,14 @@
 //!
 //! Everything a gateway needs after a restart lives here: log entries, hard state (term, vote,
 //! commit), conf state, the last snapshot (state machine bytes plus its index, term and conf
-//! state) and the applied index. Writes are durable when the method returns: sled syncs only
-//! every half second by itself, so the sled store flushes before returning.
+//! state) and the applied index. Writes other than `set_applied` are durable when the method
+//! returns: sled syncs only every half second by itself, so the sled store flushes before
+//! returning, and then `fdatasync`s sled's files. sled 0.34's `Db::flush` ends, on Linux, in
+//! `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)`, which only starts and waits for the
+//! write-out of dirty pages: it neither flushes the disk's volatile write-back cache nor writes
+//! file metadata, so a write it "acknowledged" can still be lost in a power failure.
+//! `fdatasync` issues the cache flush (FUA/flush command) as well; etcd, for comparison, does
+//! one per write.
 
 #[cfg(test)]
 mod conformance;
@@ -27,7 +33,8 @@ use crate::StoreError;
 ///   suffix from an old leader), and persists entries and hard state in one durable batch;
 /// * `apply_snapshot` replaces the log with the snapshot (entries up to its index are gone);
 /// * `compact` keeps the entries after `index` and records a snapshot at `index`;
-/// * after reopening, every method answers what it answered before the process stopped;
+/// * after reopening, every method answers what it answered before the process stopped, except
+///   `applied`, which may lag (see `set_applied`);
 /// * `snapshot_index <= hard_state.commit <= last_index()` (raft-rs panics at start otherwise).
 ///
 /// Errors: a write raft-rs would never ask for (a gap, rewriting committed entries, a commit
@@ -54,9 +61,15 @@ pub trait LogStore: raft::Storage + Send + 'static {
     /// Records `data` (the state machine at `index`) as the snapshot and drops entries up to
     /// `index`. `index` must be applied and within the log.
     fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), StoreError>;
-    /// Persists how far the state machine has applied.
+    /// Records how far the state machine has applied, without waiting for the disk: the value
+    /// becomes durable with the next write that is (any other write method), so after a crash
+    /// the stored applied index may lag behind the last one set. It is advisory: a node does not
+    /// rebuild its state from it (it restores the snapshot and replays the committed log), so a
+    /// lagging value costs nothing but information. Flushing it on every batch of applied
+    /// entries would cost a disk flush per write for no safety.
     fn set_applied(&mut self, index: u64) -> Result<(), StoreError>;
-    /// How far the state machine had applied when last persisted.
+    /// How far the state machine had applied when last set (after a restart: when last made
+    /// durable, which may lag; see `set_applied`).
     fn applied(&self) -> u64;
     /// The stored snapshot (empty data and index 0 if none), whatever raft-rs asks for.
     fn latest_snapshot(&self) -> Snapshot;

@@ -1,14 +1,38 @@
-//! The [`LogStore`] gateways run: one sled tree, flushed before every write returns.
+//! The [`LogStore`] gateways run: sled, flushed and then fdatasync'd before every write
+//! returns (see "Durability" below).
 //!
 //! ```text
 //!  tree "raft"
 //!   log/<index: u64 big-endian>  -> Entry        indexes snapshot index + 1 ..= last, no gaps
 //!   meta/hard_state              -> HardState
 //!   meta/conf_state              -> ConfState
-//!   meta/snapshot                -> Snapshot     data and metadata (index, term, conf state)
-//!   meta/applied                 -> u64 big-endian
-//!   meta/format                  -> "causeway raft log v1"
+//!   meta/snapshot                -> Snapshot     metadata only (index, term, conf state), no data
+//!   meta/applied                 -> u64 big-endian (advisory, may lag after a crash)
+//!   meta/format                  -> "causeway raft log v2"
+//!  tree "snapshots"
+//!   <index: u64 big-endian>      -> the state machine bytes of the snapshot at that index
 //! ```
+//!
+//! Why the snapshot's data has a tree of its own: `meta/hard_state` (and `meta/applied`) are
+//! rewritten on nearly every write, and sled rewrites a whole page when one of its keys changes;
+//! with megabytes of snapshot in the same page, every 256-byte write cost a multi-megabyte page
+//! write. The main tree keeps the metadata, which is the source of truth; the data lives under
+//! its index in `snapshots`. `compact`/`apply_snapshot` (1) insert the new data in `snapshots`,
+//! (2) apply the main tree's batch (metadata, log removal, hard state), (3) flush and sync, and
+//! (4) remove older data (flushed with a later write). sled recovers a prefix of its log, so a
+//! crash leaves either the old metadata (and maybe a newer, stray data key) or the new metadata
+//! with its data. At open the metadata's index picks the data: if it is missing the store is
+//! `Corrupt`; any other key in `snapshots` is garbage from a crash and is removed.
+//! A `v1` store (snapshot data inline in `meta/snapshot`) still opens; its first compaction
+//! writes the `v2` layout and marker in the same batch.
+//!
+//! Durability: `Db::flush` in sled 0.34 ends with `sync_file_range(WAIT_BEFORE | WRITE |
+//! WAIT_AFTER)` on Linux, which writes the pages out but does not flush the disk's write-back
+//! cache (nor file metadata such as a grown size), so an acknowledged write could be lost on a
+//! power failure. After every flush the store therefore `fdatasync`s sled's data file (`db`),
+//! and before that every value file in `blobs/` it has not synced yet (sled writes values larger
+//! than about an eighth of a segment, e.g. snapshots, to their own files without syncing them)
+//! together with the `blobs` directory.
 //!
 //! Beside sled's files, `CAUSEWAY_RAFT_LOG` marks a store that has been created, because sled
 //! opens a garbage `db` file as an empty database: without the mark, a gateway whose files were
@@ -26,7 +50,9 @@
 //! but `Compacted`/`Unavailable`), never touches the disk. All of it is loaded and checked at
 //! open; `entries()` reads sled.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsString;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,8 +65,13 @@ use super::LogStore;
 use super::mem::{Bounds, hard_state_after_snapshot, new_snapshot, snapshot_for};
 use crate::StoreError;
 
-/// Name of the one sled tree the store uses.
+/// Name of the sled tree holding the log and the metadata.
 pub(super) const TREE: &str = "raft";
+/// Name of the sled tree holding snapshot data, keyed by the snapshot's big-endian index.
+pub(super) const SNAPSHOTS_TREE: &str = "snapshots";
+/// sled 0.34's data file and its directory of large values, inside the store's dir.
+pub(super) const DB_FILE: &str = "db";
+pub(super) const BLOBS_DIR: &str = "blobs";
 /// Prefix of log entry keys; the index follows as 8 big-endian bytes, so keys sort by index.
 pub(super) const LOG_PREFIX: &[u8] = b"log/";
 pub(super) const HARD_STATE_KEY: &[u8] = b"meta/hard_state";
@@ -49,7 +80,9 @@ pub(super) const SNAPSHOT_KEY: &[u8] = b"meta/snapshot";
 pub(super) const APPLIED_KEY: &[u8] = b"meta/applied";
 /// Written when the store is created; a tree without it was not written by this store.
 pub(super) const FORMAT_KEY: &[u8] = b"meta/format";
-const FORMAT: &[u8] = b"causeway raft log v1";
+const FORMAT: &[u8] = b"causeway raft log v2";
+/// The first layout: snapshot data inline in `meta/snapshot`, no `snapshots` tree.
+pub(super) const FORMAT_V1: &[u8] = b"causeway raft log v1";
 /// A file beside sled's, written once the tree holds [`FORMAT_KEY`]. sled opens a `db` file of
 /// random bytes as an empty database; a member that came back empty would forget its votes and
 /// log, so a store that has this file but an empty tree refuses to open.
@@ -60,6 +93,13 @@ pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    snapshots: sled::Tree,
+    /// sled's data file, `fdatasync`ed after every flush.
+    db_file: File,
+    /// Blob files already synced (pruned to what exists at every sync).
+    synced_blobs: HashSet<OsString>,
+    /// How many times the data file was synced: a test hook.
+    syncs: u64,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot: Snapshot,
@@ -105,10 +145,16 @@ impl SledStore {
         };
         let db = open_db(dir).map_err(open_error)?;
         let tree = db.open_tree(TREE).map_err(open_error)?;
+        let snapshots = db.open_tree(SNAPSHOTS_TREE).map_err(open_error)?;
+        let db_file = File::open(dir.join(DB_FILE)).map_err(io_error)?;
         let mut store = SledStore {
             path: dir.to_owned(),
             db,
             tree,
+            snapshots,
+            db_file,
+            synced_blobs: HashSet::new(),
+            syncs: 0,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             snapshot: Snapshot::default(),
@@ -117,26 +163,35 @@ impl SledStore {
         };
         store
             .check_format(created_before)
-            .and_then(|()| store.load())
+            .and_then(|v1| store.load(v1))
             .map_err(|error| match error {
                 StoreError::Sled(error) => open_error(error),
                 other => other,
             })?;
         if !created_before {
+            // sled writes its `conf` file once, without syncing it.
+            let conf = dir.join("conf");
+            if conf.try_exists().map_err(io_error)? {
+                File::open(conf)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_error)?;
+            }
             write_sentinel(dir, &sentinel).map_err(io_error)?;
         }
         tracing::debug!(store = ?store, "opened raft log");
         Ok(store)
     }
 
-    /// Checks the tree was written by this store, or makes it so if it is new.
-    fn check_format(&self, created_before: bool) -> Result<(), StoreError> {
+    /// Checks the tree was written by this store, or makes it so if it is new. `Ok(true)` is a
+    /// store in the `v1` layout.
+    fn check_format(&mut self, created_before: bool) -> Result<bool, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             what: format!("sled database at {}", self.path.display()),
             reason,
         };
         match self.tree.get(FORMAT_KEY)? {
-            Some(format) if format == FORMAT => Ok(()),
+            Some(format) if format == FORMAT => Ok(false),
+            Some(format) if format == FORMAT_V1 => Ok(true),
             Some(format) => Err(corrupt(format!(
                 "unknown format {:?}",
                 String::from_utf8_lossy(&format)
@@ -150,17 +205,45 @@ impl SledStore {
             ))),
             None => {
                 self.tree.insert(FORMAT_KEY, FORMAT)?;
-                self.db.flush()?;
-                Ok(())
+                self.flush()?;
+                Ok(false)
             }
         }
     }
 
     /// Fills the caches from the tree: the metadata first, then every key in order (the log's
-    /// sort first), checking the log against the snapshot it follows.
-    fn load(&mut self) -> Result<(), StoreError> {
+    /// sort first), checking the log against the snapshot it follows. The snapshot's data comes
+    /// from the `snapshots` tree (inline in `v1`), whose other keys are removed.
+    fn load(&mut self, v1: bool) -> Result<(), StoreError> {
         if let Some(bytes) = self.tree.get(SNAPSHOT_KEY)? {
             self.snapshot = decode(&bytes, "snapshot")?;
+            let index = self.snapshot.get_metadata().index;
+            if !v1 {
+                if !self.snapshot.data.is_empty() {
+                    return Err(StoreError::Corrupt {
+                        what: "snapshot".to_owned(),
+                        reason: "holds data inline, which only a v1 store does".to_owned(),
+                    });
+                }
+                let data = self.snapshots.get(snapshot_key(index))?.ok_or_else(|| {
+                    StoreError::Corrupt {
+                        what: format!("snapshot data at index {index}"),
+                        reason: format!("missing from the {SNAPSHOTS_TREE} tree"),
+                    }
+                })?;
+                self.snapshot.data = data.to_vec().into();
+            }
+        }
+        // Data a crash left behind (a newer snapshot whose metadata was never written, or an
+        // older one not yet removed); removed lazily, with the next flushed write.
+        let keep = (!v1 && self.tree.contains_key(SNAPSHOT_KEY)?)
+            .then(|| snapshot_key(self.snapshot.get_metadata().index));
+        for key in self.snapshots.iter().keys() {
+            let key = key?;
+            if keep.as_ref().is_none_or(|keep| key != keep[..]) {
+                tracing::info!(key = ?key, "removing snapshot data a crash left behind");
+                self.snapshots.remove(key)?;
+            }
         }
         if let Some(bytes) = self.tree.get(HARD_STATE_KEY)? {
             self.hard_state = decode(&bytes, "hard_state")?;
@@ -254,10 +337,97 @@ impl SledStore {
     /// Applies `batch` atomically and returns once it is on disk. The caches are updated by the
     /// caller after this returns `Ok`; on `Err` the store must not be used again (the batch may
     /// or may not be durable).
-    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
         self.tree.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Makes everything written so far durable: sled's flush, which ends in `sync_file_range`
+    /// and so leaves the data in the disk's write-back cache, then `fdatasync` of new blob files
+    /// (and their directory) and of the data file.
+    fn flush(&mut self) -> Result<(), StoreError> {
         self.db.flush()?;
+        self.sync_blobs()?;
+        self.db_file.sync_data().map_err(|source| StoreError::Io {
+            path: self.path.join(DB_FILE).display().to_string(),
+            source,
+        })?;
+        self.syncs += 1;
         Ok(())
+    }
+
+    /// Syncs the blob files not synced yet, before the data file that points at them.
+    fn sync_blobs(&mut self) -> Result<(), StoreError> {
+        let dir = self.path.join(BLOBS_DIR);
+        let io_error = |path: &Path, source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let listing = match std::fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(&dir, error)),
+        };
+        let mut present = HashSet::new();
+        let mut synced_new = false;
+        for item in listing {
+            let name = item.map_err(|e| io_error(&dir, e))?.file_name();
+            if !self.synced_blobs.contains(&name) {
+                let path = dir.join(&name);
+                match File::open(&path).and_then(|file| file.sync_data()) {
+                    Ok(()) => synced_new = true,
+                    // sled removed it (garbage collection) since the listing.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(io_error(&path, error)),
+                }
+            }
+            present.insert(name);
+        }
+        if synced_new {
+            File::open(&dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| io_error(&dir, e))?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+
+    /// Step (1) of a snapshot write: its data, under its index, before the metadata names it.
+    fn insert_snapshot_data(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let index = snapshot.get_metadata().index;
+        self.snapshots
+            .insert(snapshot_key(index), &snapshot.data[..])?;
+        Ok(())
+    }
+
+    /// Step (4): data of snapshots older than the one now recorded; durable with a later flush.
+    fn remove_snapshot_data_before(&self, index: u64) -> Result<(), StoreError> {
+        for key in self.snapshots.range(..snapshot_key(index)).keys() {
+            self.snapshots.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// How many times the data file has been synced.
+    #[cfg(test)]
+    pub(super) fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// How many blob files are known to be synced.
+    #[cfg(test)]
+    pub(super) fn synced_blobs(&self) -> usize {
+        self.synced_blobs.len()
+    }
+
+    /// The indexes the `snapshots` tree holds data for.
+    #[cfg(test)]
+    pub(super) fn stored_snapshot_indexes(&self) -> Vec<u64> {
+        self.snapshots
+            .iter()
+            .keys()
+            .map(|key| decode_u64(&key.expect("read key")).expect("8-byte key"))
+            .collect()
     }
 }
 
@@ -395,14 +565,17 @@ impl LogStore for SledStore {
         let hard_state = hard_state_after_snapshot(&self.hard_state, meta);
         let conf_state = meta.get_conf_state().clone();
 
+        self.insert_snapshot_data(&snapshot)?;
         let mut batch = Batch::default();
         for index in bounds.first()..=bounds.last {
             batch.remove(&log_key(index));
         }
-        batch.insert(SNAPSHOT_KEY, encode(&snapshot)?);
+        batch.insert(SNAPSHOT_KEY, encode(&metadata_only(&snapshot))?);
         batch.insert(HARD_STATE_KEY, encode(&hard_state)?);
         batch.insert(CONF_STATE_KEY, encode(&conf_state)?);
+        batch.insert(FORMAT_KEY, FORMAT);
         self.commit(batch)?;
+        self.remove_snapshot_data_before(meta.index)?;
 
         self.terms.clear();
         self.snapshot = snapshot;
@@ -420,22 +593,24 @@ impl LogStore for SledStore {
         let term = self.terms[dropped - 1];
         let snapshot = new_snapshot(index, term, &self.conf_state, data);
 
+        self.insert_snapshot_data(&snapshot)?;
         let mut batch = Batch::default();
         for index in bounds.first()..=index {
             batch.remove(&log_key(index));
         }
-        batch.insert(SNAPSHOT_KEY, encode(&snapshot)?);
+        batch.insert(SNAPSHOT_KEY, encode(&metadata_only(&snapshot))?);
+        batch.insert(FORMAT_KEY, FORMAT);
         self.commit(batch)?;
+        self.remove_snapshot_data_before(index)?;
 
         self.terms.drain(..dropped);
         self.snapshot = snapshot;
         Ok(())
     }
 
+    /// Not flushed: durable with the next flushed write (see the trait).
     fn set_applied(&mut self, index: u64) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.insert(APPLIED_KEY, &index.to_be_bytes());
-        self.commit(batch)?;
+        self.tree.insert(APPLIED_KEY, &index.to_be_bytes())?;
         self.applied = index;
         Ok(())
     }
@@ -491,6 +666,18 @@ pub(super) fn log_key(index: u64) -> [u8; 12] {
     key[..4].copy_from_slice(LOG_PREFIX);
     key[4..].copy_from_slice(&index.to_be_bytes());
     key
+}
+
+/// Key of a snapshot's data in the `snapshots` tree.
+pub(super) fn snapshot_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// What the main tree stores of a snapshot: everything but the data.
+fn metadata_only(snapshot: &Snapshot) -> Snapshot {
+    let mut stored = Snapshot::default();
+    stored.set_metadata(snapshot.get_metadata().clone());
+    stored
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
