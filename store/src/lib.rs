@@ -13,10 +13,12 @@
 #![forbid(unsafe_code)]
 
 mod logging;
+pub mod metrics;
 pub mod node;
 pub mod storage;
 pub mod transport;
 
+pub use metrics::RaftMetrics;
 pub use node::{Node, NodeConfig, NodeFailure, ProposeError, Role, Status, start};
 pub use transport::{LocalTransport, NodeInbox, Transport};
 

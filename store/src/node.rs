@@ -53,6 +53,7 @@ use tokio::time::{self, MissedTickBehavior};
 use tracing::Instrument as _;
 
 use crate::logging;
+use crate::metrics::{Observer, ProposalOutcome, RaftMetrics};
 use crate::storage::LogStore;
 use crate::transport::{NodeInbox, Transport};
 use crate::{StateMachine, StoreError};
@@ -91,6 +92,8 @@ pub struct NodeConfig {
     pub max_inflight_msgs: usize,
     /// Compact the log into a snapshot once this many applied entries are in it.
     pub snapshot_every: u64,
+    /// Where to publish this node's metrics (see [`crate::metrics`]); none by default.
+    pub metrics: Option<RaftMetrics>,
 }
 
 impl NodeConfig {
@@ -105,6 +108,7 @@ impl NodeConfig {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             snapshot_every: 10_000,
+            metrics: None,
         }
     }
 
@@ -166,7 +170,7 @@ pub enum NodeFailure {
 }
 
 /// A node's part in the group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Follower,
     /// Asking for pre-votes: would it win an election? (It does not raise the term yet.)
@@ -227,6 +231,7 @@ pub struct Node {
     shutdown: Arc<watch::Sender<bool>>,
     applied: watch::Receiver<u64>,
     exit: watch::Receiver<Option<Result<(), NodeFailure>>>,
+    metrics: Option<RaftMetrics>,
 }
 
 impl Node {
@@ -238,7 +243,12 @@ impl Node {
     /// Replicates `command` and returns its log index and the state machine's result once it has
     /// applied on this node. Only the leader takes proposals; forwarding is the caller's job.
     pub async fn propose(&self, command: Vec<u8>) -> Result<(u64, Vec<u8>), ProposeError> {
-        request(&self.proposals, |reply| Proposal { command, reply }).await
+        let started = time::Instant::now();
+        let result = request(&self.proposals, |reply| Proposal { command, reply }).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_proposal(ProposalOutcome::of(&result), started.elapsed());
+        }
+        result
     }
 
     /// A linearizable read barrier: returns an index that was committed when the read was asked,
@@ -373,6 +383,7 @@ pub fn start<S: LogStore, M: StateMachine>(
         leaving_joint: Vec::new(),
         ticks: 0,
         leader: raft::INVALID_ID,
+        observer: config.metrics.clone().map(Observer::new),
     };
     let inputs = Inputs {
         proposals,
@@ -410,6 +421,7 @@ pub fn start<S: LogStore, M: StateMachine>(
         shutdown: Arc::new(shutdown_tx),
         applied: applied_rx,
         exit: exit_rx,
+        metrics: config.metrics,
     };
     Ok((node, inbox))
 }
@@ -557,6 +569,8 @@ struct Owner<S: LogStore, M: StateMachine> {
     ticks: u64,
     /// The leader last seen; unanswered reads fail when it changes.
     leader: u64,
+    /// Publishes the metrics, if the node has any.
+    observer: Option<Observer>,
 }
 
 impl<S: LogStore, M: StateMachine> Owner<S, M> {
@@ -796,7 +810,30 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
                 self.raw.report_snapshot(to, SnapshotStatus::Finish);
             }
         }
-        self.after_apply()
+        self.after_apply()?;
+        self.observe();
+        Ok(())
+    }
+
+    /// Publishes where the node stands: after every batch, which includes every tick.
+    fn observe(&mut self) {
+        let Some(observer) = &mut self.observer else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        observer.state(
+            raft.term,
+            role(raft.state),
+            raft.leader_id,
+            raft.raft_log.committed,
+            self.applied,
+        );
+        let peers = raft
+            .prs()
+            .iter()
+            .filter(|&(&id, _)| id != self.id && raft.state == StateRole::Leader)
+            .map(|(&id, pr)| (id, pr.matched));
+        observer.lag(raft.raft_log.last_index(), peers);
     }
 
     fn handle_ready(&mut self) -> Result<(), StoreError> {
@@ -836,6 +873,9 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
             // transport; it must keep delivering a snapshot as one Message to the inbox.
             if msg.get_msg_type() == MessageType::MsgSnapshot {
                 self.snapshots_sent.push(msg.to);
+                if let Some(observer) = &self.observer {
+                    observer.metrics.snapshots_sent.inc();
+                }
             }
             by_peer.entry(msg.to).or_default().push(msg);
         }
@@ -866,6 +906,9 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
             })?;
         self.raw.mut_store().apply_snapshot(snapshot)?;
         self.applied = index;
+        if let Some(observer) = &self.observer {
+            observer.metrics.snapshots_received.inc();
+        }
         // Entries inside the snapshot never apply one by one here: their outcome is unknown.
         let leader = known(self.raw.raft.leader_id);
         while let Some(entry) = self.proposals.first_entry() {
@@ -1060,6 +1103,9 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
         let data = self.machine.snapshot();
         self.raw.mut_store().compact(self.applied, data)?;
         self.membership_changed = false;
+        if let Some(observer) = &self.observer {
+            observer.metrics.log_compactions.inc();
+        }
         tracing::debug!(index = self.applied, "compacted the log into a snapshot");
         Ok(())
     }
@@ -1147,6 +1193,8 @@ mod tests {
     use std::sync::Mutex;
 
     use tokio::time::{Instant, sleep, timeout};
+
+    use prometheus_client::registry::Registry;
 
     use super::*;
     use crate::storage::{MemStore, SledStore};
@@ -1304,6 +1352,156 @@ mod tests {
             })
             .await
         }
+    }
+
+    /// Founding members `ids` on MemStores, each publishing metrics to its own registry.
+    fn with_metrics(ids: &[u64], snapshot_every: u64) -> (Cluster, BTreeMap<u64, Registry>) {
+        let mut cluster = Cluster::new();
+        let mut registries = BTreeMap::new();
+        for &id in ids {
+            let mut registry = Registry::default();
+            let metrics = RaftMetrics::register(registry.sub_registry_with_prefix("causeway"));
+            let mut config = NodeConfig::new(id, ids.to_vec());
+            config.snapshot_every = snapshot_every;
+            config.metrics = Some(metrics);
+            cluster.start(config, MemStore::new());
+            registries.insert(id, registry);
+        }
+        (cluster, registries)
+    }
+
+    /// The value of the series `series` (name and labels, as exposed), if it is exposed.
+    fn sample(registry: &Registry, series: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_show_the_role_indexes_proposals_and_peer_lag() {
+        let ids = [1, 2, 3];
+        let (cluster, registries) = with_metrics(&ids, 10_000);
+        let leader = cluster.leader(&ids).await;
+        let mut index = 0;
+        for i in 0..5 {
+            (index, _) = cluster
+                .node(leader)
+                .propose(set(&format!("k{i}"), "v"))
+                .await
+                .unwrap();
+        }
+        cluster.converged(&ids).await;
+        let metrics = &registries[&leader];
+        eventually("the leader's indexes", async || {
+            let commit = sample(metrics, "causeway_raft_commit_index")?;
+            let applied = sample(metrics, "causeway_raft_applied_index")?;
+            (commit >= index as f64 && applied >= index as f64).then_some(())
+        })
+        .await;
+        let term = cluster.status(leader).await.term;
+        assert_eq!(sample(metrics, "causeway_raft_term"), Some(term as f64));
+
+        let leading: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                sample(&registries[id], r#"causeway_raft_role{role="leader"}"#) == Some(1.0)
+            })
+            .collect();
+        assert_eq!(leading, vec![leader]);
+        for &id in &ids {
+            let registry = &registries[&id];
+            let follower = sample(registry, r#"causeway_raft_role{role="follower"}"#);
+            assert_eq!(
+                follower,
+                Some(if id == leader { 0.0 } else { 1.0 }),
+                "node {id}"
+            );
+            assert!(sample(registry, "causeway_raft_leader_changes_total") >= Some(1.0));
+        }
+
+        let ok = |series: &str| sample(metrics, &format!(r#"{series}{{outcome="ok"}}"#));
+        assert!(ok("causeway_raft_proposal_duration_seconds_count") >= Some(5.0));
+        assert!(ok("causeway_raft_proposals_total") >= Some(5.0));
+
+        for &id in &ids {
+            let lag = format!(r#"causeway_raft_peer_lag_entries{{peer="{id}"}}"#);
+            if id == leader {
+                assert_eq!(sample(metrics, &lag), None, "no lag for itself");
+            } else {
+                eventually("a caught-up follower's lag", async || {
+                    (sample(metrics, &lag)? == 0.0).then_some(())
+                })
+                .await;
+                for (&other, registry) in &registries {
+                    if other != leader {
+                        assert_eq!(sample(registry, &lag), None, "lag on follower {other}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_count_a_followers_refused_proposal() {
+        let ids = [1, 2, 3];
+        let (cluster, registries) = with_metrics(&ids, 10_000);
+        let leader = cluster.leader(&ids).await;
+        let follower = follower_of(leader, &ids);
+        let refused = cluster.node(follower).propose(set("a", "1")).await;
+        assert!(matches!(refused, Err(ProposeError::NotLeader { .. })));
+        let metrics = &registries[&follower];
+        let not_leader =
+            |series: &str| sample(metrics, &format!(r#"{series}{{outcome="not_leader"}}"#));
+        assert_eq!(not_leader("causeway_raft_proposals_total"), Some(1.0));
+        assert_eq!(
+            not_leader("causeway_raft_proposal_duration_seconds_count"),
+            Some(1.0)
+        );
+        let ok = r#"causeway_raft_proposals_total{outcome="ok"}"#;
+        assert_eq!(sample(metrics, ok), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_count_compactions_and_snapshots() {
+        let ids = [1, 2, 3];
+        let (cluster, registries) = with_metrics(&ids, 4);
+        let leader = cluster.leader(&ids).await;
+        let behind = follower_of(leader, &ids);
+        let compactions = "causeway_raft_log_compactions_total";
+        assert_eq!(sample(&registries[&leader], compactions), Some(0.0));
+        cluster.transport.isolate(behind);
+        for i in 0..12 {
+            cluster
+                .node(leader)
+                .propose(set(&format!("k{i}"), "v"))
+                .await
+                .unwrap();
+        }
+        assert!(sample(&registries[&leader], compactions) >= Some(1.0));
+
+        cluster.transport.heal(behind);
+        cluster.converged(&ids).await;
+        assert!(sample(&registries[&leader], "causeway_raft_snapshots_sent_total") >= Some(1.0));
+        assert!(
+            sample(
+                &registries[&behind],
+                "causeway_raft_snapshots_received_total"
+            ) >= Some(1.0)
+        );
+        let other = *ids
+            .iter()
+            .find(|&&id| id != leader && id != behind)
+            .unwrap();
+        assert_eq!(
+            sample(
+                &registries[&other],
+                "causeway_raft_snapshots_received_total"
+            ),
+            Some(0.0)
+        );
     }
 
     #[test]
