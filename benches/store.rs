@@ -387,7 +387,7 @@ impl Cluster {
             let (stop_server, stopped) = oneshot::channel::<()>();
             let server = tokio::spawn(serve(
                 listener,
-                Arc::new(server_tls),
+                tokio::sync::watch::channel(Arc::new(server_tls)).1,
                 watch::channel(table.clone()).1,
                 inbox,
                 async move {

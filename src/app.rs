@@ -4,6 +4,11 @@
 //!  control runtime (caller's)            data plane runtime (own thread)
 //!   admin API  /metrics /readyz            gateway: tunnels, outbound, inbound, DNS
 //!   identity owner --watch<Svid>-------->  (reads the newest SVID on every handshake)
+//!   store (optional, `[store]`):
+//!     raft node task (sled at <data_dir>/raft, MeshLog)
+//!     raft gRPC server (listen.raft, mTLS) ──► node inbox
+//!     GrpcTransport ──► other members' listen.raft
+//!     status watcher: logs leader changes, releases the "store" readiness blocker
 //! ```
 //!
 //! Every port is bound before `build` returns, so with port 0 the caller learns the real
@@ -13,14 +18,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use federation::identity::{TrustBundles, TrustDomain};
+use api::raft::{ClientTls, GrpcTransport, PeerTable};
+use federation::identity::{Svid, TrustBundles, TrustDomain};
 use gateway::{BoundAddrs, Gateway};
 use prometheus_client::registry::Registry;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, StoreSettings};
 use crate::identity::IdentityOwner;
+use crate::replicated::MeshLog;
+
+/// How long a leader that is shutting down waits for a voter to take over before it stops anyway.
+const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the Raft server may take to finish its calls in flight at shutdown.
+const RAFT_SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the status watcher asks the node where it stands.
+const STORE_STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +54,25 @@ pub enum AppError {
     /// The data plane thread or runtime could not start.
     #[error("cannot start the data plane: {0}")]
     Runtime(std::io::Error),
+    /// The Raft listener could not bind.
+    #[error("cannot listen on raft {addr}: {source}")]
+    RaftBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The Raft log in the data dir could not be opened, or the node could not start on it.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// A store member cannot be a Raft peer (e.g. two members share a SPIFFE ID).
+    #[error("raft transport: {0}")]
+    RaftTransport(#[from] api::raft::RaftTransportError),
 }
 
 /// A running gateway: its bound addresses and the means to stop it.
 pub struct Bound {
     pub admin: SocketAddr,
     pub gateway: BoundAddrs,
+    store: Option<StoreParts>,
     dataplane_stop: oneshot::Sender<()>,
     dataplane_done: oneshot::Receiver<()>,
     control_stop: watch::Sender<bool>,
@@ -54,10 +81,14 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Graceful stop: readiness goes red, the data plane drains (bounded by its deadline),
-    /// then the admin API and the identity owner stop.
+    /// Graceful stop: readiness goes red; a leading store hands leadership to another voter
+    /// (bounded) and stops with its Raft server; the data plane drains (bounded by its
+    /// deadline); then the admin API and the identity owner stop.
     pub async fn shutdown(self) {
         let _draining = self.readiness.block("shutdown");
+        if let Some(store) = self.store {
+            store.shutdown().await;
+        }
         let _ = self.dataplane_stop.send(());
         let _ = self.dataplane_done.await;
         let _ = self.control_stop.send(true);
@@ -99,7 +130,13 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         });
     }
     let gateway_metrics = gateway::metrics::Metrics::register(metrics_root);
+    let raft_metrics = config
+        .store
+        .as_ref()
+        .map(|_| store::RaftMetrics::register(metrics_root));
     let registry = Arc::new(registry);
+    let bundles = Arc::new(bundles);
+    let store_svid = svid.clone();
 
     let settings = gateway::Settings {
         cluster: config.cluster.clone(),
@@ -122,7 +159,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         settings,
         config.dataplane.worker_threads,
         svid,
-        Arc::new(bundles),
+        bundles.clone(),
         gateway_metrics,
     )
     .await?;
@@ -148,6 +185,36 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         }
     };
     let mut control_tasks = JoinSet::new();
+    let mut raft = None;
+    let mut store = None;
+    if let (Some(settings), Some(metrics)) = (&config.store, raft_metrics) {
+        let listener = tokio::net::TcpListener::bind(config.listen.raft)
+            .await
+            .map_err(|source| AppError::RaftBind {
+                addr: config.listen.raft,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| AppError::RaftBind {
+            addr: config.listen.raft,
+            source,
+        })?;
+        let parts = start_store(
+            settings,
+            &config.data_dir,
+            listener,
+            addr,
+            store_svid,
+            bundles,
+            metrics,
+        )?;
+        control_tasks.spawn(watch_store(
+            parts.node.clone(),
+            readiness.block("store"),
+            stopped(),
+        ));
+        raft = Some(addr);
+        store = Some(parts);
+    }
     let state = api::AdminState {
         registry,
         readiness: readiness.clone(),
@@ -161,23 +228,261 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     control_tasks.spawn(owner.run(stopped()));
     listeners_ready.ready();
 
-    tracing::info!(
-        cluster = %config.cluster,
-        tunnel = %gateway_addrs.tunnel,
-        outbound = %gateway_addrs.outbound,
-        dns = %gateway_addrs.dns_udp,
-        admin = %admin,
-        "gateway ready"
-    );
+    match raft {
+        Some(raft) => tracing::info!(
+            cluster = %config.cluster,
+            tunnel = %gateway_addrs.tunnel,
+            outbound = %gateway_addrs.outbound,
+            dns = %gateway_addrs.dns_udp,
+            admin = %admin,
+            raft = %raft,
+            "gateway ready"
+        ),
+        None => tracing::info!(
+            cluster = %config.cluster,
+            tunnel = %gateway_addrs.tunnel,
+            outbound = %gateway_addrs.outbound,
+            dns = %gateway_addrs.dns_udp,
+            admin = %admin,
+            "gateway ready"
+        ),
+    }
     Ok(Bound {
         admin,
         gateway: gateway_addrs,
+        store,
         dataplane_stop,
         dataplane_done,
         control_stop,
         control_tasks,
         readiness,
     })
+}
+
+/// The running store: the Raft node and the gRPC server that feeds it peers' messages.
+struct StoreParts {
+    node: store::Node,
+    server_stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    /// Kept so the server's view of the membership stays open; membership changes will send
+    /// new tables through it.
+    _peers: watch::Sender<PeerTable>,
+}
+
+impl StoreParts {
+    async fn shutdown(self) {
+        hand_over_leadership(&self.node).await;
+        if let Err(e) = self.node.shutdown().await {
+            tracing::error!(error = %e, "raft node had failed before shutdown");
+        }
+        let _ = self.server_stop.send(());
+        let mut server = self.server;
+        if tokio::time::timeout(RAFT_SERVER_STOP_TIMEOUT, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft server did not stop in time; aborting it");
+            server.abort();
+        }
+        tracing::info!("store stopped");
+    }
+}
+
+/// Rebuilds the Raft listener's TLS config whenever the SVID rotates, so new handshakes never
+/// see an expired certificate; ends when the listener is gone.
+async fn rotate_raft_server_identity(
+    mut svid: watch::Receiver<Arc<Svid>>,
+    bundles: Arc<TrustBundles>,
+    configs: watch::Sender<Arc<rustls::ServerConfig>>,
+) {
+    loop {
+        tokio::select! {
+            () = configs.closed() => return,
+            changed = svid.changed() => if changed.is_err() { return },
+        }
+        let current = svid.borrow_and_update().clone();
+        match federation::identity::server_config_with_alpn(
+            &current,
+            bundles.clone(),
+            &[api::raft::ALPN],
+        ) {
+            Ok(config) => {
+                configs.send_replace(Arc::new(config));
+                tracing::debug!(id = %current.id(), "raft listener certificate rotated");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rotated SVID unusable for the raft listener; keeping the previous one")
+            }
+        }
+    }
+}
+
+/// Opens the Raft log, starts the node on the current (control) runtime and serves its
+/// transport on `listener`.
+fn start_store(
+    settings: &StoreSettings,
+    data_dir: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    svid: watch::Receiver<Arc<Svid>>,
+    bundles: Arc<TrustBundles>,
+    metrics: store::RaftMetrics,
+) -> Result<StoreParts, AppError> {
+    let own_id = svid.borrow().id().clone();
+    let mut table = PeerTable::new();
+    table.insert(settings.node_id, own_id.clone(), &addr.to_string())?;
+    for member in &settings.members {
+        table.insert(
+            member.id,
+            member.gateway.clone(),
+            &member.address.to_string(),
+        )?;
+    }
+
+    // Read the watch on every (re)connect, so renewed SVIDs reach new connections.
+    let client_svid = svid.clone();
+    let client_bundles = bundles.clone();
+    let client_tls: ClientTls = Arc::new(move |domain: &TrustDomain| {
+        client_bundles.roots(domain)?;
+        let svid = client_svid.borrow().clone();
+        let config = federation::identity::client_config_with_alpn(
+            &svid,
+            client_bundles.clone(),
+            domain,
+            &[api::raft::ALPN],
+        );
+        match config {
+            Ok(config) => Some(Arc::new(config)),
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "no TLS client config for a raft peer");
+                None
+            }
+        }
+    });
+    let server_tls = federation::identity::server_config_with_alpn(
+        &svid.borrow(),
+        bundles.clone(),
+        &[api::raft::ALPN],
+    )?;
+    let (server_tls_tx, server_tls) = watch::channel(Arc::new(server_tls));
+    tokio::spawn(rotate_raft_server_identity(
+        svid.clone(),
+        bundles,
+        server_tls_tx,
+    ));
+
+    let storage = store::storage::SledStore::open(&data_dir.join("raft"))?;
+    let transport = GrpcTransport::new(settings.node_id, &table, client_tls);
+    let mut node_config = store::NodeConfig::new(settings.node_id, settings.voters.clone());
+    node_config.tick = settings.tick;
+    node_config.election_tick = settings.election_tick as usize;
+    node_config.metrics = Some(metrics);
+    let (node, inbox) = store::start(node_config, storage, MeshLog::new(), transport)?;
+
+    let (peers_tx, peers) = watch::channel(table);
+    let (server_stop, server_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let stop = async move {
+            let _ = server_stopped.await;
+        };
+        if let Err(e) = api::raft::serve(listener, server_tls, peers, inbox, stop).await {
+            tracing::error!(error = %e, "raft server failed");
+        }
+    });
+    tracing::info!(
+        node_id = settings.node_id,
+        id = %own_id,
+        voters = ?settings.voters,
+        members = settings.members.len(),
+        "store started"
+    );
+    Ok(StoreParts {
+        node,
+        server_stop,
+        server,
+        _peers: peers_tx,
+    })
+}
+
+/// Logs leader changes and releases `ready` once a leader is known. Ends when the node stops.
+async fn watch_store(
+    node: store::Node,
+    ready: api::Blocker,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut ready = Some(ready);
+    let mut leader = None;
+    loop {
+        let Ok(status) = node.status().await else {
+            return;
+        };
+        if status.leader != leader {
+            match status.leader {
+                Some(new) => tracing::info!(
+                    leader = new,
+                    term = status.term,
+                    role = ?status.role,
+                    "raft leader elected"
+                ),
+                None => tracing::info!(
+                    term = status.term,
+                    previous = ?leader,
+                    "raft leader lost"
+                ),
+            }
+            leader = status.leader;
+        }
+        if leader.is_some()
+            && let Some(ready) = ready.take()
+        {
+            ready.ready();
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(STORE_STATUS_INTERVAL) => {}
+        }
+    }
+}
+
+/// If this node leads, asks the most caught-up other voter to take over and waits (bounded)
+/// until it has, so the group does not sit through an election timeout. Best effort.
+async fn hand_over_leadership(node: &store::Node) {
+    let Ok(status) = node.status().await else {
+        return;
+    };
+    if status.role != store::Role::Leader {
+        return;
+    }
+    let matched = |v: &u64| status.matched.get(v).copied().unwrap_or(0);
+    let Some(to) = status
+        .voters
+        .iter()
+        .copied()
+        .filter(|&v| v != status.id)
+        .max_by_key(matched)
+    else {
+        return;
+    };
+    let moved = tokio::time::timeout(LEADER_TRANSFER_TIMEOUT, async {
+        node.transfer_leader(to).await?;
+        loop {
+            let now = node.status().await?;
+            if now.role != store::Role::Leader {
+                return Ok::<_, store::ProposeError>(now.leader);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    match moved {
+        Ok(Ok(leader)) => tracing::info!(to, ?leader, "handed raft leadership over"),
+        Ok(Err(e)) => tracing::warn!(to, error = %e, "raft leadership transfer failed"),
+        Err(_) => tracing::warn!(
+            to,
+            "raft leadership did not move within {LEADER_TRANSFER_TIMEOUT:?}; stopping anyway"
+        ),
+    }
 }
 
 /// Runs the data plane on its own runtime in its own thread, and returns once it is bound.

@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use federation::identity::SpiffeId;
 use federation::model::{
     ClusterName, LocalService, Protocol, ServiceKey, ServicePort, check_dns_label,
 };
@@ -31,6 +32,7 @@ const TUNNEL_PORT: u16 = 15443;
 const OUTBOUND_PORT: u16 = 15001;
 const DNS_PORT: u16 = 15053;
 const ADMIN_PORT: u16 = 15000;
+const RAFT_PORT: u16 = 15012;
 
 /// The effective configuration of one gateway: file, then overrides, then defaults, all checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +51,9 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub shutdown: ShutdownSettings,
     pub dataplane: DataplaneSettings,
+    /// The replicated store; `None` runs the gateway without one (no Raft listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSettings>,
     pub peers: Vec<PeerConfig>,
     /// Serialized in the file's shape (`name`, `namespace`, ...) so `to_toml` output loads again.
     #[serde(serialize_with = "services_as_file")]
@@ -66,6 +71,8 @@ pub struct Listen {
     pub dns: SocketAddr,
     /// TCP: admin API and metrics.
     pub admin: SocketAddr,
+    /// TCP: Raft between gateways (gRPC over mutual TLS); bound only with a `[store]` section.
+    pub raft: SocketAddr,
 }
 
 /// QUIC tunnel tuning. Invariant: `0 < keep_alive < idle_timeout`, or idle peers would be dropped.
@@ -141,6 +148,35 @@ impl Default for DataplaneSettings {
     }
 }
 
+/// This gateway's membership in the mesh's Raft group.
+///
+/// Invariants: `node_id >= 1`; `voters` is non-empty, contains `node_id`, and names only this
+/// node and `members`; member ids are unique and not `node_id`; member SPIFFE IDs are unique
+/// (one ID speaks for one node on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreSettings {
+    pub node_id: u64,
+    /// The founding voters, used only to bootstrap an empty data dir.
+    pub voters: Vec<u64>,
+    /// Raft's logical clock period.
+    #[serde(serialize_with = "human")]
+    pub tick: Duration,
+    /// Ticks without a leader before an election; at least 2 (heartbeats go every tick).
+    pub election_tick: u32,
+    /// Every other member of the group.
+    pub members: Vec<StoreMember>,
+}
+
+/// Another member of the Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreMember {
+    pub id: u64,
+    /// The member's Raft listener (its `listen.raft`).
+    pub address: SocketAddr,
+    /// The SPIFFE ID the member's gateway authenticates with; it speaks for `id` only.
+    pub gateway: SpiffeId,
+}
+
 /// Another cluster's gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerConfig {
@@ -186,6 +222,9 @@ pub struct Overrides {
     /// Admin API and metrics listener (TCP) [default: <bind>:15000]
     #[arg(long, env = "CAUSEWAY_ADMIN_ADDR", value_name = "ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// Raft listener between gateways (TCP), used with a [store] section [default: <bind>:15012]
+    #[arg(long, env = "CAUSEWAY_RAFT_ADDR", value_name = "ADDR")]
+    pub raft_addr: Option<SocketAddr>,
 }
 
 /// Every problem found, each with its path.
@@ -294,7 +333,7 @@ impl Config {
         let file_data_dir = r.take(&mut root, "", "data_dir", path);
         let file_bind = r.take(&mut root, "", "bind", ip_addr);
         let mut t = r.section(&mut root, "listen");
-        let [tunnel, outbound, dns, admin] = ["tunnel", "outbound", "dns", "admin"]
+        let [tunnel, outbound, dns, admin, raft] = ["tunnel", "outbound", "dns", "admin", "raft"]
             .map(|key| r.take(&mut t, "listen", key, socket_addr));
         r.finish(t, "listen");
         let tunnel_settings = read_tunnel(&mut r, &mut root);
@@ -320,6 +359,9 @@ impl Config {
                 .unwrap_or(DataplaneSettings::default().worker_threads),
         };
         r.finish(t, "dataplane");
+        // The Raft listener exists only with a store, so only then can it clash.
+        let has_store = root.contains_key("store");
+        let store = read_store(&mut r, &mut root);
         let peers = read_peers(&mut r, &mut root, base_dir);
         let services = read_services(&mut r, &mut root);
         r.finish(root, "");
@@ -372,8 +414,9 @@ impl Config {
             outbound: at(ov.outbound_addr, outbound, OUTBOUND_PORT),
             dns: at(ov.dns_addr, dns, DNS_PORT),
             admin: at(ov.admin_addr, admin, ADMIN_PORT),
+            raft: at(ov.raft_addr, raft, RAFT_PORT),
         };
-        check_listen(&mut r, &listen);
+        check_listen(&mut r, &listen, has_store);
         check_peers(
             &mut r,
             &peers,
@@ -396,6 +439,7 @@ impl Config {
                 identity,
                 shutdown,
                 dataplane,
+                store,
                 // Entries are `None` only when something in them was reported.
                 peers: peers.into_iter().flatten().collect(),
                 services: services.into_iter().flatten().collect(),
@@ -450,6 +494,100 @@ fn read_tunnel(r: &mut Reader, root: &mut Table) -> TunnelSettings {
         );
     }
     settings
+}
+
+/// `[store]`: absent is `None`. Returns `None` too when anything in it was reported.
+fn read_store(r: &mut Reader, root: &mut Table) -> Option<StoreSettings> {
+    let p = "store";
+    let value = r.take(root, "", p, Ok)?;
+    let mut t = r.table(value, p)?;
+    let defaults = store::NodeConfig::new(0, Vec::new());
+    r.missing(&t, p, &["node_id", "voters"]);
+    let node_id = r.take(&mut t, p, "node_id", raft_node_id);
+    let voters = r.list(&mut t, p, "voters", |r, v, p| r.value(v, p, raft_node_id));
+    let tick = r.take(&mut t, p, "tick", positive);
+    let election_tick = r.take(&mut t, p, "election_tick", int_in(2u32, 1000));
+    let members = r.list(&mut t, p, "members", |r, value, p| {
+        let mut t = r.table(value, p)?;
+        r.missing(&t, p, &["id", "address", "gateway"]);
+        let id = r.take(&mut t, p, "id", raft_node_id);
+        let address = r.take(&mut t, p, "address", socket_addr);
+        let gateway = r.take(&mut t, p, "gateway", spiffe_id);
+        r.finish(t, p);
+        Some(StoreMember {
+            id: id?,
+            address: address?,
+            gateway: gateway?,
+        })
+    });
+    r.finish(t, p);
+    let members = members.unwrap_or_default();
+    for (i, member) in members.iter().enumerate() {
+        let Some(member) = member else { continue };
+        if node_id == Some(member.id) {
+            r.error(
+                format!("store.members[{i}].id"),
+                format!("{} is this node's own store.node_id", member.id),
+            );
+        }
+        let earlier = |same: &dyn Fn(&StoreMember) -> bool| {
+            members[..i]
+                .iter()
+                .position(|e| e.as_ref().is_some_and(same))
+        };
+        if let Some(j) = earlier(&|e| e.id == member.id) {
+            r.error(
+                format!("store.members[{i}].id"),
+                format!("duplicate member {} (also store.members[{j}])", member.id),
+            );
+        }
+        if let Some(j) = earlier(&|e| e.gateway == member.gateway) {
+            r.error(
+                format!("store.members[{i}].gateway"),
+                format!("{} already speaks for store.members[{j}]", member.gateway),
+            );
+        }
+    }
+    let listed = voters.as_deref().unwrap_or_default();
+    // Against a bad node_id or member, "not a member" would only echo that error.
+    let members_known = node_id.is_some() && members.iter().all(Option::is_some);
+    if voters.as_ref().is_some_and(Vec::is_empty) {
+        r.error("store.voters", "must list at least one voter");
+    }
+    for (i, voter) in listed.iter().enumerate() {
+        let Some(voter) = voter else { continue };
+        if listed[..i].contains(&Some(*voter)) {
+            r.error(
+                format!("store.voters[{i}]"),
+                format!("duplicate voter {voter}"),
+            );
+        } else if members_known
+            && node_id != Some(*voter)
+            && !members.iter().flatten().any(|m| m.id == *voter)
+        {
+            r.error(
+                format!("store.voters[{i}]"),
+                format!("{voter} is neither store.node_id nor in store.members"),
+            );
+        }
+    }
+    if let Some(id) = node_id
+        && !listed.is_empty()
+        && !listed.contains(&Some(id))
+    {
+        r.error(
+            "store.voters",
+            format!("must contain this node's store.node_id ({id})"),
+        );
+    }
+    Some(StoreSettings {
+        node_id: node_id?,
+        voters: voters?.into_iter().collect::<Option<_>>()?,
+        tick: tick.unwrap_or(defaults.tick),
+        election_tick: election_tick
+            .unwrap_or(u32::try_from(defaults.election_tick).unwrap_or(u32::MAX)),
+        members: members.into_iter().collect::<Option<_>>()?,
+    })
 }
 
 fn read_peers(r: &mut Reader, root: &mut Table, base_dir: &Path) -> Vec<Option<PeerConfig>> {
@@ -579,7 +717,7 @@ fn read_services(r: &mut Reader, root: &mut Table) -> Vec<Option<LocalService>> 
     services
 }
 
-fn check_listen(r: &mut Reader, listen: &Listen) {
+fn check_listen(r: &mut Reader, listen: &Listen, has_store: bool) {
     // UDP and TCP listeners could share an address, but doing so is almost always a copy-paste
     // slip. Port 0 is exempt: every such listener gets its own free port.
     let all = [
@@ -587,7 +725,9 @@ fn check_listen(r: &mut Reader, listen: &Listen) {
         ("listen.outbound", listen.outbound),
         ("listen.dns", listen.dns),
         ("listen.admin", listen.admin),
+        ("listen.raft", listen.raft),
     ];
+    let all = if has_store { &all[..] } else { &all[..4] };
     for (i, (path, addr)) in all.iter().enumerate() {
         if let Some((other, _)) = all[..i].iter().find(|(_, a)| a == addr && addr.port() != 0) {
             r.error(*path, format!("{addr} is also {other}"));
@@ -753,6 +893,26 @@ fn socket_addr(value: Value) -> Result<SocketAddr, String> {
     let s = string(value, "a socket address like \"127.0.0.1:15443\"")?;
     s.parse()
         .map_err(|_| format!("invalid socket address {s:?}"))
+}
+
+/// A Raft node id: 0 means "none" to Raft.
+fn raft_node_id(value: Value) -> Result<u64, String> {
+    match value {
+        Value::Integer(n) if n >= 1 => Ok(n as u64),
+        Value::Integer(n) => Err(format!("must be at least 1, got {n}")),
+        other => Err(format!(
+            "expected a node id (an integer), got {}",
+            other.type_str()
+        )),
+    }
+}
+
+fn spiffe_id(value: Value) -> Result<SpiffeId, String> {
+    let s = string(
+        value,
+        "a SPIFFE ID like \"spiffe://west.mesh/gateway/west-1\"",
+    )?;
+    SpiffeId::parse(&s).map_err(|e| e.to_string())
 }
 
 fn ip_addr(value: Value) -> Result<IpAddr, String> {
@@ -929,8 +1089,10 @@ mod tests {
                 outbound: addr("127.0.0.1:15001"),
                 dns: addr("127.0.0.1:15053"),
                 admin: addr("127.0.0.1:15000"),
+                raft: addr("127.0.0.1:15012"),
             }
         );
+        assert_eq!(config.store, None);
         assert_eq!(config.tunnel, TunnelSettings::default());
         assert_eq!(config.identity.svid_ttl, Duration::from_secs(3600));
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(10));
@@ -1067,7 +1229,7 @@ mod tests {
         let message = message(parse("[listen]\ndsn = \"x\""), "listen.dsn");
         assert_eq!(
             message,
-            "unknown field (expected one of: tunnel, outbound, dns, admin)"
+            "unknown field (expected one of: tunnel, outbound, dns, admin, raft)"
         );
     }
 
@@ -1250,6 +1412,149 @@ mod tests {
             message(parse(text), "listen.admin"),
             "127.0.0.1:9000 is also listen.tunnel"
         );
+    }
+
+    const STORE: &str = r#"
+        [store]
+        node_id = 1
+        voters = [1, 2, 3]
+        [[store.members]]
+        id = 2
+        address = "127.0.0.2:15012"
+        gateway = "spiffe://west.mesh/gateway/west-1"
+        [[store.members]]
+        id = 3
+        address = "127.0.0.3:15012"
+        gateway = "spiffe://edge.mesh/gateway/edge-1"
+    "#;
+
+    #[test]
+    fn store_section_parses_with_defaults() {
+        let config = parse(STORE).unwrap();
+        let store = config.store.as_ref().expect("a store");
+        let defaults = store::NodeConfig::new(1, vec![1]);
+        assert_eq!(
+            (store.node_id, store.voters.as_slice()),
+            (1, &[1, 2, 3][..])
+        );
+        assert_eq!(store.tick, defaults.tick);
+        assert_eq!(store.election_tick as usize, defaults.election_tick);
+        assert_eq!(store.members.len(), 2);
+        assert_eq!(store.members[1].address, addr("127.0.0.3:15012"));
+        assert_eq!(
+            store.members[0].gateway.as_str(),
+            "spiffe://west.mesh/gateway/west-1"
+        );
+        assert_eq!(config.listen.raft, addr("127.0.0.1:15012"));
+        assert_eq!(parse(&config.to_toml()).unwrap(), config);
+
+        let tuned =
+            parse("[store]\nnode_id = 7\nvoters = [7]\ntick = \"50ms\"\nelection_tick = 4\n")
+                .unwrap()
+                .store
+                .unwrap();
+        assert_eq!(tuned.tick, Duration::from_millis(50));
+        assert_eq!(tuned.election_tick, 4);
+        assert!(tuned.members.is_empty());
+        let zero = parse("[listen]\nraft = \"127.0.0.1:0\"\n[store]\nnode_id = 1\nvoters = [1]\n");
+        assert_eq!(zero.unwrap().listen.raft, addr("127.0.0.1:0"));
+    }
+
+    /// The example's commented-out `[store]` block, uncommented, is a valid store section.
+    #[test]
+    fn example_store_block_parses_when_uncommented() {
+        let start = EXAMPLE.find("# [store]\n").expect("a [store] example");
+        let block: String = EXAMPLE[start..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = parse(&format!("{EXAMPLE}\n{block}")).unwrap();
+        let store = config.store.expect("the store block");
+        assert_eq!((store.node_id, store.voters), (1, vec![1, 2, 3]));
+        assert_eq!(store.members.len(), 2);
+        assert_eq!(config.listen.raft, addr("127.0.0.1:15012"));
+    }
+
+    #[test]
+    fn every_bad_store_field_is_reported_with_its_path() {
+        let text = r#"
+            [listen]
+            admin = "127.0.0.1:15012"
+            [store]
+            voters = [2, 2, 0, 9]
+            tick = "0s"
+            election_tick = 1
+            colour = "blue"
+            [[store.members]]
+            id = 2
+            address = "nowhere"
+            gateway = "https://west"
+            [[store.members]]
+            id = 3
+            address = "127.0.0.3:15012"
+            gateway = "spiffe://edge.mesh/gateway/edge-1"
+            [[store.members]]
+            id = 3
+            address = "127.0.0.4:15012"
+            gateway = "spiffe://edge.mesh/gateway/edge-1"
+        "#;
+        assert_eq!(
+            paths(parse(text)),
+            [
+                "listen.raft",
+                "store.colour",
+                "store.election_tick",
+                "store.members[0].address",
+                "store.members[0].gateway",
+                "store.members[2].gateway",
+                "store.members[2].id",
+                "store.node_id",
+                "store.tick",
+                "store.voters[1]",
+                "store.voters[2]",
+            ]
+        );
+        assert_eq!(
+            message(parse(text), "store.node_id"),
+            "missing required field"
+        );
+        assert_eq!(
+            message(parse(text), "listen.raft"),
+            "127.0.0.1:15012 is also listen.admin"
+        );
+
+        let text = r#"
+            [store]
+            node_id = 1
+            voters = [2]
+            [[store.members]]
+            id = 1
+            address = "127.0.0.2:15012"
+            gateway = "spiffe://west.mesh/gateway/west-1"
+        "#;
+        assert_eq!(
+            paths(parse(text)),
+            ["store.members[0].id", "store.voters", "store.voters[0]"]
+        );
+        assert_eq!(
+            message(parse(text), "store.voters"),
+            "must contain this node's store.node_id (1)"
+        );
+        assert_eq!(
+            message(parse(text), "store.voters[0]"),
+            "2 is neither store.node_id nor in store.members"
+        );
+        assert_eq!(
+            message(parse(text), "store.members[0].id"),
+            "1 is this node's own store.node_id"
+        );
+        assert_eq!(
+            paths(parse("[store]\nnode_id = 1\nvoters = []\n")),
+            ["store.voters"]
+        );
+        assert_eq!(paths(parse("store = 1\n")), ["store"]);
     }
 
     #[test]

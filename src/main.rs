@@ -13,6 +13,7 @@ mod config;
 mod demo;
 mod echo;
 mod identity;
+mod replicated;
 mod signal;
 
 /// Causeway: a federation gateway for service meshes.

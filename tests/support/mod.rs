@@ -79,6 +79,17 @@ pub struct Spec<'a> {
     pub peers: Vec<(&'a str, u8)>,
     /// Extra TOML appended verbatim (services, tunnel settings...).
     pub extra: String,
+    /// A `[store]` section, rendered with the net's addresses.
+    pub store: Option<StoreSpec<'a>>,
+}
+
+/// This gateway's Raft membership: its node id, the founding voters, and the other members as
+/// (node id, cluster, host). Members listen on `<their ip>:15012` and present the default
+/// gateway identity `spiffe://<cluster>.mesh/gateway/<cluster>-1`.
+pub struct StoreSpec<'a> {
+    pub node_id: u64,
+    pub voters: Vec<u64>,
+    pub members: Vec<(u64, &'a str, u8)>,
 }
 
 impl<'a> Spec<'a> {
@@ -88,7 +99,16 @@ impl<'a> Spec<'a> {
             host,
             peers: Vec::new(),
             extra: String::new(),
+            store: None,
         }
+    }
+    pub fn store(mut self, node_id: u64, voters: &[u64], members: &[(u64, &'a str, u8)]) -> Self {
+        self.store = Some(StoreSpec {
+            node_id,
+            voters: voters.to_vec(),
+            members: members.to_vec(),
+        });
+        self
     }
     pub fn peer(mut self, cluster: &'a str, host: u8) -> Self {
         self.peers.push((cluster, host));
@@ -125,6 +145,18 @@ impl<'a> Spec<'a> {
                 net.bundle(peer).display()
             );
         }
+        if let Some(store) = &self.store {
+            toml += &format!(
+                "\n[store]\nnode_id = {}\nvoters = {:?}\n",
+                store.node_id, store.voters
+            );
+            for (id, cluster, host) in &store.members {
+                toml += &format!(
+                    "[[store.members]]\nid = {id}\naddress = \"{}:15012\"\ngateway = \"spiffe://{cluster}.mesh/gateway/{cluster}-1\"\n",
+                    net.ip(*host)
+                );
+            }
+        }
         toml + "\n" + &self.extra
     }
 
@@ -155,6 +187,8 @@ pub struct Gateway {
     pub outbound: SocketAddr,
     pub dns: SocketAddr,
     pub admin: SocketAddr,
+    /// The Raft listener, when the gateway runs a store.
+    pub raft: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -194,6 +228,7 @@ impl Gateway {
             outbound: unspecified(),
             dns: unspecified(),
             admin: unspecified(),
+            raft: None,
         };
         let line = eventually("the gateway ready line", Duration::from_secs(30), || {
             if let Ok(Some(status)) = gw.child.try_wait() {
@@ -211,6 +246,7 @@ impl Gateway {
         gw.outbound = field(&line, "outbound");
         gw.dns = field(&line, "dns");
         gw.admin = field(&line, "admin");
+        gw.raft = line.contains(" raft=").then(|| field(&line, "raft"));
         gw
     }
 

@@ -56,13 +56,13 @@ pub struct PeerIdentity {
 /// SPIFFE ID speaks for which node; send a new table to change the membership.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     peers: watch::Receiver<PeerTable>,
     inbox: NodeInbox,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RaftTransportError> {
     let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
-    let acceptor = tokio::spawn(accept(listener, TlsAcceptor::from(tls), accepted_tx));
+    let acceptor = tokio::spawn(accept(listener, tls, accepted_tx));
     let incoming = futures::stream::unfold(accepted, |mut accepted| async move {
         let conn = accepted.recv().await?;
         Some((Ok::<_, io::Error>(conn), accepted))
@@ -84,7 +84,13 @@ pub async fn serve(
 
 /// Accepts TCP connections and completes their TLS handshakes off the accept path, so a slow
 /// or hostile handshake delays no one else. Ends when the server stops taking connections.
-async fn accept(listener: TcpListener, tls: TlsAcceptor, accepted: mpsc::Sender<TlsConn>) {
+/// Each connection is accepted with the newest TLS config, so a rotated SVID reaches every new
+/// handshake while established connections keep theirs.
+async fn accept(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    accepted: mpsc::Sender<TlsConn>,
+) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
@@ -102,7 +108,7 @@ async fn accept(listener: TcpListener, tls: TlsAcceptor, accepted: mpsc::Sender<
                 }
             },
         };
-        let tls = tls.clone();
+        let tls = TlsAcceptor::from(tls.borrow().clone());
         let accepted = accepted.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -193,7 +193,7 @@ fn member(
     let (stop_server, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
-        Arc::new(server_tls),
+        watch::channel(Arc::new(server_tls)).1,
         watch::channel(table.clone()).1,
         inbox,
         async move {

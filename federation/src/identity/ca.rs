@@ -147,6 +147,8 @@ impl CertificateAuthority {
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
             not_before,
             not_after,
+            // Within the window even for certificates issued for the past or the future.
+            issued_at: SystemTime::now().clamp(not_before, not_after),
         })
     }
 

@@ -19,6 +19,8 @@ pub struct Svid {
     /// As encoded in the certificate (whole seconds).
     pub(super) not_before: SystemTime,
     pub(super) not_after: SystemTime,
+    /// When it was issued: `not_before` is backdated for clock skew, so it cannot tell.
+    pub(super) issued_at: SystemTime,
 }
 
 impl Svid {
@@ -43,14 +45,16 @@ impl Svid {
         self.not_after
     }
 
-    /// Half-way through the validity window: late enough not to churn, early enough that a
-    /// failing CA leaves half the lifetime to recover before peers start refusing us.
+    /// Half-way through the lifetime it was issued with: late enough not to churn, early
+    /// enough that a failing CA leaves half the lifetime to recover before peers start refusing
+    /// us. Measured from issuance, not from `not_before`, which is backdated for clock skew: a
+    /// short-lived SVID would otherwise be due for renewal the moment it is issued.
     pub fn renew_at(&self) -> SystemTime {
         let lifetime = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.issued_at)
             .unwrap_or_default();
-        self.not_before + lifetime / 2
+        self.issued_at + lifetime / 2
     }
 }
 
@@ -62,6 +66,7 @@ impl Clone for Svid {
             key: self.key.clone_key(),
             not_before: self.not_before,
             not_after: self.not_after,
+            issued_at: self.issued_at,
         }
     }
 }
@@ -118,4 +123,25 @@ pub(super) fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>
                 .collect()
         })
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::*;
+
+    #[test]
+    fn short_lived_svids_renew_half_way_through_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = super::super::TrustDomain::parse("east.mesh").unwrap();
+        let ca = super::super::CertificateAuthority::load_or_create(dir.path(), &td).unwrap();
+        let id = SpiffeId::gateway(&td, "east-1").unwrap();
+        let before = SystemTime::now();
+        let svid = ca
+            .issue_for(&id, std::time::Duration::from_secs(4))
+            .unwrap();
+        // Backdated not_before must not pull renewal into the past.
+        assert!(svid.renew_at() >= before + std::time::Duration::from_millis(1500));
+        assert!(svid.renew_at() < svid.not_after());
+        assert_eq!(svid.clone().renew_at(), svid.renew_at());
+    }
 }
