@@ -18,6 +18,10 @@
 //! `cargo bench` passes `--bench`; without it (`cargo test --benches` or `--all-targets`) the
 //! bench does a quick smoke run instead, so it cannot rot but does not slow test runs down.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{cpu_ticks, env_or, ms, percentile, ratio};
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -142,19 +146,6 @@ impl Settings {
             warmup: phase.min(WARMUP),
             writers,
         })
-    }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -852,15 +843,6 @@ impl Phase {
     }
 }
 
-/// The `p`-quantile (0..=1) of sorted samples, nearest-rank.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Closed loop: every writer writes back to back, for the warm-up and then the measured phase.
 /// A write counts if it started in the measured window.
 async fn run_phase(
@@ -994,16 +976,6 @@ impl UsageClock {
     }
 }
 
-/// utime + stime of a process, in clock ticks, from /proc.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Sum of `write_bytes` from /proc/PID/io.
 fn total_write_bytes(pids: &[u32]) -> Option<u64> {
     pids.iter()
@@ -1050,18 +1022,6 @@ fn clock_ticks_per_second() -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // Output.
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.2}x", a / b)
-    } else {
-        "n/a".into()
-    }
-}
 
 fn verdict(settings: &Settings, met: bool) -> &'static str {
     match (settings.smoke, met) {

@@ -21,6 +21,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{cpu_ticks, env_or, ms, percentile, ratio};
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -156,19 +160,6 @@ impl Settings {
             max_conns,
             bulk_bytes: bulk_mb << 20,
         })
-    }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -512,15 +503,6 @@ impl Phase {
     }
 }
 
-/// The `p`-quantile (0..=1) of sorted samples, nearest-rank.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 struct Bulk {
     elapsed: Duration,
     usage: Usage,
@@ -832,16 +814,6 @@ fn udp_receive_drops() -> Option<u64> {
     values.split_whitespace().nth(column)?.parse().ok()
 }
 
-/// utime + stime of a process, in clock ticks, from /proc.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// user + nice + system time of the whole machine, in clock ticks: the same kinds of time as
 /// `cpu_ticks` counts, so the difference is other processes' share.
 fn machine_ticks() -> Option<u64> {
@@ -870,21 +842,9 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
-}
-
 /// Signed difference in milliseconds.
 fn added_ms(via: Duration, direct: Duration) -> f64 {
     (via.as_secs_f64() - direct.as_secs_f64()) * 1e3
-}
-
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.2}x", a / b)
-    } else {
-        "n/a".into()
-    }
 }
 
 fn usage_columns(u: &Usage) -> String {
