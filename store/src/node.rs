@@ -90,8 +90,12 @@ pub struct NodeConfig {
     pub max_size_per_msg: u64,
     /// Append messages in flight to one follower during optimistic replication.
     pub max_inflight_msgs: usize,
-    /// Compact the log into a snapshot once this many applied entries are in it.
+    /// Compact the log into a snapshot once this many applied entries are in it...
     pub snapshot_every: u64,
+    /// ...or once the commands applied since the last compaction add up to this many bytes,
+    /// whichever comes first. (Counted from this process's start: after a restart the log may
+    /// hold up to twice this before the next compaction.)
+    pub snapshot_bytes: u64,
     /// Where to publish this node's metrics (see [`crate::metrics`]); none by default.
     pub metrics: Option<RaftMetrics>,
 }
@@ -108,6 +112,7 @@ impl NodeConfig {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             snapshot_every: 10_000,
+            snapshot_bytes: 64 << 20,
             metrics: None,
         }
     }
@@ -371,6 +376,8 @@ pub fn start<S: LogStore, M: StateMachine>(
         machine,
         transport,
         snapshot_every: config.snapshot_every,
+        snapshot_bytes: config.snapshot_bytes,
+        applied_bytes: 0,
         read_timeout_ticks: READ_TIMEOUT_ELECTIONS * config.election_tick as u64,
         applied: snapshot_index,
         applied_persisted: snapshot_index,
@@ -551,6 +558,9 @@ struct Owner<S: LogStore, M: StateMachine> {
     machine: M,
     transport: Arc<dyn Transport>,
     snapshot_every: u64,
+    snapshot_bytes: u64,
+    /// Command bytes applied since the last compaction.
+    applied_bytes: u64,
     read_timeout_ticks: u64,
     /// Highest index applied to `machine`.
     applied: u64,
@@ -932,6 +942,7 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
                 }
             }
             self.applied = entry.index;
+            self.applied_bytes = self.applied_bytes.saturating_add(entry.data.len() as u64);
         }
         Ok(())
     }
@@ -1097,12 +1108,14 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
             return Ok(());
         }
         let long = self.applied - first + 1 >= self.snapshot_every;
-        if !(long || self.membership_changed) {
+        let big = self.applied_bytes >= self.snapshot_bytes;
+        if !(long || big || self.membership_changed) {
             return Ok(());
         }
         let data = self.machine.snapshot();
         self.raw.mut_store().compact(self.applied, data)?;
         self.membership_changed = false;
+        self.applied_bytes = 0;
         if let Some(observer) = &self.observer {
             observer.metrics.log_compactions.inc();
         }
@@ -1821,5 +1834,33 @@ mod tests {
         let status = cluster.status(leader).await;
         assert!(!status.voters.contains(&follower), "{status:?}");
         assert!(status.outgoing_voters.is_empty(), "still joint: {status:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_log_is_compacted_by_size_as_well_as_by_count() {
+        let ids = [1];
+        let mut cluster = Cluster::new();
+        let mut registry = Registry::default();
+        let mut config = NodeConfig::new(1, ids.to_vec());
+        config.snapshot_every = 1_000_000;
+        config.snapshot_bytes = 4096;
+        config.metrics = Some(RaftMetrics::register(
+            registry.sub_registry_with_prefix("causeway"),
+        ));
+        cluster.start(config, MemStore::new());
+        let leader = cluster.leader(&ids).await;
+        let compactions = "causeway_raft_log_compactions_total";
+        let before = sample(&registry, compactions).unwrap();
+        // 32 commands of ~300 bytes: well past 4 KiB, far below the entry count.
+        let value = "v".repeat(300);
+        for i in 0..32 {
+            cluster
+                .node(leader)
+                .propose(set(&format!("k{i}"), &value))
+                .await
+                .unwrap();
+        }
+        let after = sample(&registry, compactions).unwrap();
+        assert!(after >= before + 2.0, "{before} -> {after} compactions");
     }
 }
