@@ -15,11 +15,15 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-use super::proto::Batch;
 use super::proto::raft_client::RaftClient;
-use super::{MAX_BATCH_BYTES, MAX_GRPC_MESSAGE_BYTES, Peer, PeerTable};
+use super::proto::{Batch, Chunk};
+use super::{
+    CHUNK_BYTES, MAX_BATCH_BYTES, MAX_GRPC_MESSAGE_BYTES, MAX_LARGE_MESSAGE_BYTES,
+    MESSAGE_FRAMING_BYTES, Peer, PeerTable,
+};
 
 /// Batches (one [`Transport::send`] each) queued for one peer before new ones are dropped.
 const QUEUE_CAPACITY: usize = 1024;
@@ -196,7 +200,7 @@ async fn run_sender(
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let mut backoff = INITIAL_BACKOFF;
     let mut healthy = true;
-    // A batch taken from the queue that did not fit into the previous call.
+    // A batch taken from the queue that did not fit into the previous round.
     let mut carried: Option<Vec<Vec<u8>>> = None;
     loop {
         let first = match carried.take() {
@@ -206,10 +210,12 @@ async fn run_sender(
                 None => return,
             },
         };
+        // A round: what queued meanwhile, up to about a batch's worth of bytes (large messages
+        // included, so a round holds few of them), sent in Raft's order.
         let mut messages = Vec::new();
         let mut size = 0;
         for batch in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
-            let batch_size: usize = batch.iter().map(Vec::len).sum();
+            let batch_size: usize = batch.iter().map(|m| m.len() + MESSAGE_FRAMING_BYTES).sum();
             if size > 0 && size + batch_size > MAX_BATCH_BYTES {
                 carried = Some(batch);
                 break;
@@ -217,18 +223,8 @@ async fn run_sender(
             size += batch_size;
             messages.extend(batch);
         }
-        if size > MAX_BATCH_BYTES {
-            // One message larger than any batch may be: a snapshot too big to send whole.
-            tracing::warn!(to, size, "dropped raft messages larger than a batch may be");
-            continue;
-        }
-        let batch = Batch {
-            from: local,
-            to,
-            messages,
-        };
-        match client.send(batch).await {
-            Ok(_) => {
+        match send_round(&mut client, local, to, messages).await {
+            Ok(()) => {
                 if !healthy {
                     tracing::info!(to, peer = %peer.id, "raft peer reachable again");
                 }
@@ -251,4 +247,82 @@ async fn run_sender(
             }
         }
     }
+}
+
+/// Sends `messages` in order: runs of small ones as batches of at most [`MAX_BATCH_BYTES`],
+/// each large one (over [`CHUNK_BYTES`]) alone through `SendLarge`, after the batch of the
+/// small ones before it. Stops at the first failed call; the rest of the round is dropped.
+async fn send_round(
+    client: &mut RaftClient<Channel>,
+    local: u64,
+    to: u64,
+    messages: Vec<Vec<u8>>,
+) -> Result<(), Status> {
+    let mut pending = Vec::new();
+    let mut pending_size = 0;
+    for message in messages {
+        if message.len() > CHUNK_BYTES {
+            send_batch(client, local, to, std::mem::take(&mut pending)).await?;
+            pending_size = 0;
+            send_large(client, local, to, message).await?;
+            continue;
+        }
+        let size = message.len() + MESSAGE_FRAMING_BYTES;
+        if pending_size + size > MAX_BATCH_BYTES {
+            send_batch(client, local, to, std::mem::take(&mut pending)).await?;
+            pending_size = 0;
+        }
+        pending_size += size;
+        pending.push(message);
+    }
+    send_batch(client, local, to, pending).await
+}
+
+async fn send_batch(
+    client: &mut RaftClient<Channel>,
+    local: u64,
+    to: u64,
+    messages: Vec<Vec<u8>>,
+) -> Result<(), Status> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let batch = Batch {
+        from: local,
+        to,
+        messages,
+    };
+    client.send(batch).await.map(drop)
+}
+
+/// Streams one large message in [`CHUNK_BYTES`] pieces, each copied out only as the stream
+/// asks for it.
+async fn send_large(
+    client: &mut RaftClient<Channel>,
+    local: u64,
+    to: u64,
+    message: Vec<u8>,
+) -> Result<(), Status> {
+    let total = message.len();
+    if total > MAX_LARGE_MESSAGE_BYTES {
+        // The peer would refuse it; Raft will have to do without (and log compaction keeps it
+        // trying, so say so loudly).
+        tracing::warn!(
+            to,
+            size = total,
+            "dropped a raft message larger than a peer accepts"
+        );
+        return Ok(());
+    }
+    let chunks = futures::stream::iter((0..total).step_by(CHUNK_BYTES).map(move |start| Chunk {
+        from: local,
+        to,
+        total: total as u64,
+        data: message[start..(start + CHUNK_BYTES).min(total)].to_vec(),
+    }));
+    let ack = client.send_large(chunks).await?.into_inner();
+    if ack.delivered == 0 {
+        tracing::debug!(to, size = total, "peer dropped a large raft message");
+    }
+    Ok(())
 }

@@ -11,6 +11,13 @@
 //!            refuse unless it is batch.from ─► NodeInbox(B)::deliver_encoded, each message
 //! ```
 //!
+//! A message larger than [`CHUNK_BYTES`] (a snapshot) does not ride in a batch: the sender first
+//! sends the batch of what Raft queued before it, then streams it alone through
+//! `Raft.SendLarge(stream Chunk)` in [`CHUNK_BYTES`] pieces, then carries on, so the peer still
+//! sees the messages in Raft's order. The receiver authenticates the stream like a batch,
+//! reassembles it up to [`MAX_LARGE_MESSAGE_BYTES`] and delivers it whole; one sending node may
+//! have one such stream open at a time.
+//!
 //! Authentication is the TLS handshake's (the SPIFFE verifiers in `federation::identity`);
 //! authorisation is the [`PeerTable`]: an SVID speaks for exactly one Raft node, so a gateway
 //! cannot forge another member's messages at the batch level. (Each message's own `from` is
@@ -39,13 +46,27 @@ pub mod proto {
 /// `federation::identity::{server,client}_config_with_alpn`.
 pub const ALPN: &[u8] = b"h2";
 
-/// Largest batch a peer may send or receive, in bytes of encoded Raft messages. Snapshots travel
-/// as one Raft message, so this also bounds a snapshot; chunked snapshot streaming is future
-/// work.
-pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Encoded Raft messages larger than this (snapshots, typically) do not travel inside a batch
+/// but alone, through `Raft.SendLarge`, streamed in chunks of at most this many bytes.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
 
-/// The gRPC message limit: a full batch plus the protobuf framing of its fields.
-const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BATCH_BYTES + 1024 * 1024;
+/// Largest batch a peer may send or receive, in bytes of encoded Raft messages (each at most
+/// [`CHUNK_BYTES`], plus their framing). Large messages are streamed instead, so this bounds
+/// only how many small ones share a call.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest single Raft message (a snapshot) a peer may stream, in encoded bytes. The receiver
+/// refuses a stream announcing more before it allocates anything, and the sender drops such a
+/// message rather than start a stream bound to be refused.
+pub const MAX_LARGE_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The gRPC message limit, both ways: a full batch plus the protobuf framing of its fields.
+/// A chunk (at most [`CHUNK_BYTES`] of data and three integers) fits with room to spare.
+const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
+
+/// Protobuf framing counted per message in a batch (a tag and a length prefix), so a batch of
+/// many tiny messages cannot outgrow [`MAX_GRPC_MESSAGE_BYTES`] either.
+const MESSAGE_FRAMING_BYTES: usize = 16;
 
 /// Why the Raft transport could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,12 @@
 //! The receiving end: a gRPC server behind our own TLS accept, so every request carries the
 //! SPIFFE ID its connection authenticated with.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,11 +18,11 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::raft_server::{Raft, RaftServer};
-use super::proto::{Ack, Batch};
-use super::{MAX_GRPC_MESSAGE_BYTES, PeerTable, RaftTransportError};
+use super::proto::{Ack, Batch, Chunk};
+use super::{MAX_GRPC_MESSAGE_BYTES, MAX_LARGE_MESSAGE_BYTES, PeerTable, RaftTransportError};
 
 /// A peer that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +36,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// A call not answered by then is cancelled (delivery never waits, so only a stalled upload
 /// takes this long).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a `SendLarge` reassembly reserves up front; it grows as chunks arrive.
+const INITIAL_REASSEMBLY_BYTES: usize = 16 * 1024 * 1024;
 /// Pings on idle connections find peers that vanished without closing.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,9 +70,13 @@ pub async fn serve(
         let conn = accepted.recv().await?;
         Some((Ok::<_, io::Error>(conn), accepted))
     });
-    let service = RaftServer::new(RaftService { peers, inbox })
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let service = RaftServer::new(RaftService {
+        peers,
+        inbox,
+        streaming: Arc::default(),
+    })
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let served = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .timeout(CALL_TIMEOUT)
@@ -217,33 +224,31 @@ impl AsyncWrite for TlsConn {
 struct RaftService {
     peers: watch::Receiver<PeerTable>,
     inbox: NodeInbox,
+    /// The sending nodes with a `SendLarge` stream open: one each, so a member can make this
+    /// node hold at most one [`MAX_LARGE_MESSAGE_BYTES`] reassembly at a time.
+    streaming: Arc<Mutex<HashSet<u64>>>,
 }
 
-#[tonic::async_trait]
-impl Raft for RaftService {
-    async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
-        let Some(peer) = request.extensions().get::<PeerIdentity>().cloned() else {
-            // Only reachable if the server were wired without our TLS accept.
-            return Err(Status::unauthenticated("no authenticated peer"));
-        };
-        let batch = request.into_inner();
+impl RaftService {
+    /// Refuses a call unless `peer` speaks for node `from` and the call is for this node.
+    fn authorize(&self, peer: &PeerIdentity, from: u64, to: u64) -> Result<(), Status> {
         let speaks_for = self.peers.borrow().node_of(&peer.spiffe_id);
         match speaks_for {
-            Some(node) if node == batch.from => {}
+            Some(node) if node == from => {}
             Some(node) => {
                 tracing::warn!(
-                    peer = %peer.spiffe_id, remote = %peer.remote, node, claimed = batch.from,
-                    "refused raft batch: peer speaks for another node"
+                    peer = %peer.spiffe_id, remote = %peer.remote, node, claimed = from,
+                    "refused raft call: peer speaks for another node"
                 );
                 return Err(Status::permission_denied(format!(
-                    "{} speaks for raft node {node}, not {}",
-                    peer.spiffe_id, batch.from
+                    "{} speaks for raft node {node}, not {from}",
+                    peer.spiffe_id
                 )));
             }
             None => {
                 tracing::warn!(
-                    peer = %peer.spiffe_id, remote = %peer.remote, claimed = batch.from,
-                    "refused raft batch: peer is not a member"
+                    peer = %peer.spiffe_id, remote = %peer.remote, claimed = from,
+                    "refused raft call: peer is not a member"
                 );
                 return Err(Status::permission_denied(format!(
                     "{} is not a raft member",
@@ -252,12 +257,56 @@ impl Raft for RaftService {
             }
         }
         let node = self.inbox.node();
-        if batch.to != node {
+        if to != node {
             return Err(Status::invalid_argument(format!(
-                "batch for raft node {} reached node {node}",
-                batch.to
+                "raft messages for node {to} reached node {node}"
             )));
         }
+        Ok(())
+    }
+}
+
+fn authenticated<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+    // Missing only if the server were wired without our TLS accept.
+    request
+        .extensions()
+        .get::<PeerIdentity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated peer"))
+}
+
+/// Marks a node's `SendLarge` stream open until dropped.
+struct StreamSlot {
+    streaming: Arc<Mutex<HashSet<u64>>>,
+    from: u64,
+}
+
+impl StreamSlot {
+    fn take(streaming: &Arc<Mutex<HashSet<u64>>>, from: u64) -> Option<Self> {
+        let mut open = streaming.lock().unwrap_or_else(PoisonError::into_inner);
+        open.insert(from).then(|| Self {
+            streaming: Arc::clone(streaming),
+            from,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streaming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.remove(&self.from);
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
+        let peer = authenticated(&request)?;
+        let batch = request.into_inner();
+        self.authorize(&peer, batch.from, batch.to)?;
         let mut delivered: u32 = 0;
         for bytes in &batch.messages {
             // batch.from is the authenticated sender (checked above); every message inside
@@ -267,6 +316,71 @@ impl Raft for RaftService {
                 Err(e) => tracing::debug!(from = batch.from, error = %e, "dropped raft message"),
             }
         }
+        Ok(Response::new(Ack { delivered }))
+    }
+
+    async fn send_large(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<Ack>, Status> {
+        let peer = authenticated(&request)?;
+        let mut chunks = request.into_inner();
+        let Some(first) = chunks.message().await? else {
+            return Err(Status::invalid_argument("empty chunk stream"));
+        };
+        let (from, to, total) = (first.from, first.to, first.total);
+        self.authorize(&peer, from, to)?;
+        if total == 0 {
+            return Err(Status::invalid_argument(
+                "a chunked raft message of 0 bytes",
+            ));
+        }
+        let total = match usize::try_from(total) {
+            Ok(total) if total <= MAX_LARGE_MESSAGE_BYTES => total,
+            _ => {
+                tracing::warn!(peer = %peer.spiffe_id, from, total, "refused an oversized raft message");
+                return Err(Status::resource_exhausted(format!(
+                    "a raft message of {total} bytes exceeds the limit of {MAX_LARGE_MESSAGE_BYTES}"
+                )));
+            }
+        };
+        let Some(_slot) = StreamSlot::take(&self.streaming, from) else {
+            return Err(Status::resource_exhausted(format!(
+                "raft node {from} already has a large message streaming"
+            )));
+        };
+        // Grown as chunks arrive rather than reserved whole, so a stream that announces a big
+        // message and then stalls holds little.
+        let mut message = Vec::with_capacity(total.min(INITIAL_REASSEMBLY_BYTES));
+        let mut next = Some(first);
+        while let Some(chunk) = next {
+            if (chunk.from, chunk.to, chunk.total) != (from, to, total as u64) {
+                return Err(Status::invalid_argument(
+                    "chunk header differs from the stream's first chunk",
+                ));
+            }
+            if chunk.data.len() > total - message.len() {
+                return Err(Status::invalid_argument(format!(
+                    "chunks overflow the announced {total} bytes"
+                )));
+            }
+            message.extend_from_slice(&chunk.data);
+            next = chunks.message().await?;
+        }
+        if message.len() != total {
+            return Err(Status::invalid_argument(format!(
+                "chunk stream ended after {} of {total} bytes",
+                message.len()
+            )));
+        }
+        // Like a batch's messages, the message itself must claim the authenticated sender.
+        let delivered = match self.inbox.deliver_encoded_from(&message, from) {
+            Ok(()) => 1,
+            Err(e) => {
+                tracing::debug!(from, error = %e, "dropped large raft message");
+                0
+            }
+        };
         Ok(Response::new(Ack { delivered }))
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-use super::proto::Batch;
 use super::proto::raft_client::RaftClient;
+use super::proto::{Batch, Chunk};
 use super::*;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -179,16 +180,24 @@ fn member(
     voters: Vec<u64>,
     listener: TcpListener,
 ) -> Member {
+    let applied = Arc::default();
+    let log = Log(Arc::clone(&applied));
+    member_with(ids, table, config(node, voters), log, applied, listener)
+}
+
+/// A member with its own config and state machine (`applied` being what it appends to).
+fn member_with(
+    ids: &Identities,
+    table: &PeerTable,
+    config: NodeConfig,
+    state_machine: impl StateMachine,
+    applied: Arc<Mutex<Vec<Vec<u8>>>>,
+    listener: TcpListener,
+) -> Member {
+    let node = config.id;
     let svid = ids.svid(node);
     let transport = GrpcTransport::new(node, table, ids.client_tls(&svid));
-    let applied = Arc::default();
-    let (handle, inbox) = store::start(
-        config(node, voters),
-        MemStore::new(),
-        Log(Arc::clone(&applied)),
-        transport,
-    )
-    .unwrap();
+    let (handle, inbox) = store::start(config, MemStore::new(), state_machine, transport).unwrap();
     let server_tls = server_config_with_alpn(&svid, ids.bundles.clone(), &[ALPN]).unwrap();
     let (stop_server, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
@@ -423,4 +432,238 @@ async fn a_peer_with_a_certificate_from_an_unknown_ca_cannot_connect() {
     };
     genuine.send(batch).await.unwrap();
     member1.stop().await;
+}
+
+/// `message`, a genuine encoded Raft message, grown to at least `size` bytes by an unknown
+/// field appended to it: still the same Raft message to its receiver, but one too large to
+/// travel inside a batch.
+fn padded(mut message: Vec<u8>, size: usize) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    let padding = size.saturating_sub(message.len());
+    varint(&mut message, (1000 << 3) | 2); // field 1000, length-delimited
+    varint(&mut message, padding as u64);
+    message.extend((0..padding).map(|i| i as u8));
+    message
+}
+
+/// `message` as a `SendLarge` stream from `from` to `to`, in pieces of `piece` bytes.
+fn chunks(from: u64, to: u64, message: &[u8], piece: usize) -> Vec<Chunk> {
+    message
+        .chunks(piece)
+        .map(|data| Chunk {
+            from,
+            to,
+            total: message.len() as u64,
+            data: data.to_vec(),
+        })
+        .collect()
+}
+
+fn large_client(peer: &Peer, tls: ClientTls) -> RaftClient<tonic::transport::Channel> {
+    client(peer, tls)
+        .max_encoding_message_size(64 * 1024 * 1024)
+        .max_decoding_message_size(64 * 1024 * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_is_streamed_in_chunks_and_delivered_whole() {
+    let ids = identities();
+    let large = padded(message_from_3_to_1().await, 5 * CHUNK_BYTES);
+    assert!(large.len() > MAX_GRPC_MESSAGE_BYTES);
+    let (node1, mut member1) = lone_node_1(&ids).await;
+    let mut as_3 = large_client(&node1, ids.client_tls(&ids.svid(3)));
+
+    // Too large for a batch: the server's message limit refuses it.
+    let batch = Batch {
+        from: 3,
+        to: 1,
+        messages: vec![large.clone()],
+    };
+    let status = as_3.send(batch).await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+
+    // Streamed, it arrives whole and decodes.
+    let stream = futures::stream::iter(chunks(3, 1, &large, CHUNK_BYTES));
+    let ack = as_3.send_large(stream).await.unwrap().into_inner();
+    assert_eq!(ack.delivered, 1);
+
+    // Chunks need not be of the sender's size; and the bytes must still claim the sender.
+    let stream = futures::stream::iter(chunks(3, 1, &large, 300 * 1024 + 7));
+    assert_eq!(
+        as_3.send_large(stream)
+            .await
+            .unwrap()
+            .into_inner()
+            .delivered,
+        1
+    );
+    let mut as_2 = large_client(&node1, ids.client_tls(&ids.svid(2)));
+    let stream = futures::stream::iter(chunks(2, 1, &large, CHUNK_BYTES));
+    assert_eq!(
+        as_2.send_large(stream)
+            .await
+            .unwrap()
+            .into_inner()
+            .delivered,
+        0
+    );
+    member1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_forged_or_oversized_chunk_streams_are_refused() {
+    let ids = identities();
+    let large = padded(message_from_3_to_1().await, 2 * CHUNK_BYTES);
+    let (node1, mut member1) = lone_node_1(&ids).await;
+    let mut as_2 = large_client(&node1, ids.client_tls(&ids.svid(2)));
+    let mut as_3 = large_client(&node1, ids.client_tls(&ids.svid(3)));
+    let chunk = |from, to, total, data: &[u8]| Chunk {
+        from,
+        to,
+        total,
+        data: data.to_vec(),
+    };
+
+    let cases: Vec<(&str, Vec<Chunk>, Code)> = vec![
+        // Refused on the first chunk, before anything is allocated: neither of these could be.
+        (
+            "just over the cap",
+            vec![chunk(3, 1, MAX_LARGE_MESSAGE_BYTES as u64 + 1, b"x")],
+            Code::ResourceExhausted,
+        ),
+        (
+            "u64::MAX",
+            vec![chunk(3, 1, u64::MAX, b"x")],
+            Code::ResourceExhausted,
+        ),
+        ("empty stream", vec![], Code::InvalidArgument),
+        (
+            "zero total",
+            vec![chunk(3, 1, 0, b"")],
+            Code::InvalidArgument,
+        ),
+        (
+            "one overflowing chunk",
+            vec![chunk(3, 1, 10, &[0; 11])],
+            Code::InvalidArgument,
+        ),
+        (
+            "overflow on a later chunk",
+            vec![chunk(3, 1, 10, &[0; 6]), chunk(3, 1, 10, &[0; 6])],
+            Code::InvalidArgument,
+        ),
+        (
+            "short stream",
+            chunks(3, 1, &large, CHUNK_BYTES)[..1].to_vec(),
+            Code::InvalidArgument,
+        ),
+        (
+            "header changes midway",
+            vec![chunk(3, 1, 10, &[0; 5]), chunk(3, 1, 11, &[0; 5])],
+            Code::InvalidArgument,
+        ),
+        (
+            "for another node",
+            chunks(3, 2, &large, CHUNK_BYTES),
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, stream, code) in cases {
+        let status = as_3
+            .send_large(futures::stream::iter(stream))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+    }
+
+    // Node 2, correctly authenticated, claims to be node 3.
+    let forged = futures::stream::iter(chunks(3, 1, &large, CHUNK_BYTES));
+    let status = as_2.send_large(forged).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // The refusals cost only those streams: the genuine one is delivered.
+    let genuine = futures::stream::iter(chunks(3, 1, &large, CHUNK_BYTES));
+    let ack = as_3.send_large(genuine).await.unwrap().into_inner();
+    assert_eq!(ack.delivered, 1);
+    member1.stop().await;
+}
+
+/// [`Log`], counting the snapshots it restores.
+struct Restores(Log, Arc<AtomicUsize>);
+
+impl StateMachine for Restores {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.0.apply(index, command)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.restore(snapshot)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_compacted_log_catches_up_through_a_streamed_snapshot() {
+    let ids = identities();
+    let mut listeners = Vec::new();
+    let mut table = PeerTable::new();
+    for node in [1, 2, 3] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        table
+            .insert(
+                node,
+                ids.id(node),
+                &listener.local_addr().unwrap().to_string(),
+            )
+            .unwrap();
+        listeners.push(listener);
+    }
+    // Node 3 is down (nothing listens at its address) while 1 and 2 commit and compact.
+    let late_addr = listeners.pop().unwrap().local_addr().unwrap();
+    let start = |node: u64, listener, restores: &Arc<AtomicUsize>| {
+        let mut config = config(node, vec![1, 2, 3]);
+        config.snapshot_every = 4;
+        let applied: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let state_machine = Restores(Log(Arc::clone(&applied)), Arc::clone(restores));
+        member_with(&ids, &table, config, state_machine, applied, listener)
+    };
+    let restores = Arc::new(AtomicUsize::new(0));
+    let mut members = Vec::new();
+    for (node, listener) in [1, 2].into_iter().zip(listeners) {
+        members.push(start(node, listener, &Arc::new(AtomicUsize::new(0))));
+    }
+    // 12 commands of 512 KiB: a 6 MiB snapshot, more than a batch may carry.
+    let commands: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; CHUNK_BYTES / 2]).collect();
+    {
+        let live: Vec<&Member> = members.iter().collect();
+        for command in &commands {
+            propose(&live, command).await;
+        }
+        applied_everywhere(&live, commands.last().unwrap()).await;
+    }
+
+    let listener = TcpListener::bind(late_addr).await.unwrap();
+    members.push(start(3, listener, &restores));
+    eventually("node 3 to catch up", || async {
+        let applied = members[2].applied.lock().unwrap();
+        (*applied == commands).then_some(())
+    })
+    .await;
+    assert!(
+        restores.load(Ordering::SeqCst) >= 1,
+        "node 3 caught up through a snapshot"
+    );
+    for member in &mut members {
+        member.stop().await;
+    }
 }
