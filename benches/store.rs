@@ -20,7 +20,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{cpu_ticks, env_or, ms, percentile, ratio};
+use common::{Outcomes, cpu_ticks, env_or, ms, percentile, ratio};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -801,43 +801,33 @@ struct Report {
 #[derive(Default)]
 struct Phase {
     writers: usize,
-    latencies: Vec<Duration>,
-    errors: u64,
-    first_error: Option<String>,
+    outcomes: Outcomes,
     elapsed: Duration,
     usage: Usage,
 }
 
 impl Phase {
     fn record(&mut self, result: anyhow::Result<()>, latency: Duration) {
-        match result {
-            Ok(()) => self.latencies.push(latency),
-            Err(e) => {
-                self.errors += 1;
-                self.first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
+        self.outcomes.record(result, latency);
     }
 
     fn merge(&mut self, other: Phase) {
-        self.latencies.extend(other.latencies);
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
+        self.outcomes.merge(other.outcomes);
     }
 
     fn pct(&self, p: f64) -> Duration {
-        percentile(&self.latencies, p)
+        percentile(&self.outcomes.latencies, p)
     }
 
     fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+        self.outcomes.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
     fn per_write(&self, total: Option<u64>) -> f64 {
         match total {
-            Some(total) if !self.latencies.is_empty() => total as f64 / self.latencies.len() as f64,
+            Some(total) if !self.outcomes.latencies.is_empty() => {
+                total as f64 / self.outcomes.latencies.len() as f64
+            }
             _ => f64::NAN,
         }
     }
@@ -891,14 +881,14 @@ async fn run_phase(
     while let Some(done) = tasks.join_next().await {
         phase.merge(done.context("writer task")?);
     }
-    phase.latencies.sort_unstable();
+    phase.outcomes.latencies.sort_unstable();
     phase.elapsed = settings.phase;
     phase.usage = usage;
-    if phase.latencies.is_empty() {
+    if phase.outcomes.latencies.is_empty() {
         bail!(
             "no write succeeded ({} errors; first: {})",
-            phase.errors,
-            phase.first_error.as_deref().unwrap_or("none")
+            phase.outcomes.errors,
+            phase.outcomes.first_error.as_deref().unwrap_or("none")
         );
     }
     Ok(phase)
@@ -1054,8 +1044,8 @@ fn print_table(rows: &[(&str, &Phase)]) {
             "{:<9} {:>7} {:>8} {:>6} {:>9.0} {:>8} {:>8} {:>8} {:>8}  {:>6.0} {:>6.0} {:>9.2} {:>9.2} {:>9.2}",
             name,
             p.writers,
-            p.latencies.len(),
-            p.errors,
+            p.outcomes.latencies.len(),
+            p.outcomes.errors,
             p.rate(),
             ms(p.pct(0.5)),
             ms(p.pct(0.9)),
@@ -1132,8 +1122,8 @@ fn print_report(machine: &Machine, settings: &Settings, r: &Report) {
         all.extend([("etcd, 1 writer", &e.one), ("etcd, many", &e.many)]);
     }
     for (name, p) in all {
-        if let Some(e) = &p.first_error {
-            println!("first error ({name}, {} in all): {e}", p.errors);
+        if let Some(e) = &p.outcomes.first_error {
+            println!("first error ({name}, {} in all): {e}", p.outcomes.errors);
         }
     }
 

@@ -23,7 +23,7 @@ mod support;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{cpu_ticks, env_or, ms, percentile, ratio};
+use common::{Outcomes, cpu_ticks, env_or, ms, percentile, ratio};
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -438,68 +438,56 @@ struct Report {
 /// One run of requests against one target.
 #[derive(Default)]
 struct Phase {
-    /// Per successful request: for open loop, from its scheduled send time to the last byte of
-    /// the response; for closed loop, from the actual send.
-    latencies: Vec<Duration>,
+    /// Successes and failures. A success's latency runs, for open loop, from its scheduled send
+    /// time to the last byte of the response; for closed loop, from the actual send.
+    outcomes: Outcomes,
     /// Open loop only: how late requests left (pacer wake-up, then the client waiting for a CPU
     /// or a free connection).
     send_delays: Vec<Duration>,
     /// Open loop only: how late the pacer itself woke for each request (part of `send_delays`).
     pacer_delays: Vec<Duration>,
-    /// Open loop only: per successful request, from its actual send. Set against `latencies`,
+    /// Open loop only: per successful request, from its actual send. Set against the latencies,
     /// it separates time spent on the path from time the client waited to send.
     service: Vec<Duration>,
-    errors: u64,
-    first_error: Option<String>,
     elapsed: Duration,
     usage: Usage,
 }
 
 impl Phase {
     fn record(&mut self, result: anyhow::Result<()>, latency: Duration) {
-        match result {
-            Ok(()) => self.latencies.push(latency),
-            Err(e) => {
-                self.errors += 1;
-                self.first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
+        self.outcomes.record(result, latency);
     }
 
     fn merge(&mut self, other: Phase) {
-        self.latencies.extend(other.latencies);
+        self.outcomes.merge(other.outcomes);
         self.send_delays.extend(other.send_delays);
         self.service.extend(other.service);
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
     }
 
     fn finish(&mut self, elapsed: Duration, usage: Usage) -> anyhow::Result<()> {
-        self.latencies.sort_unstable();
+        self.outcomes.latencies.sort_unstable();
         self.send_delays.sort_unstable();
         self.pacer_delays.sort_unstable();
         self.service.sort_unstable();
         self.elapsed = elapsed;
         self.usage = usage;
         // A few errors are numbers to report; none succeeding means nothing was measured.
-        if self.latencies.is_empty() {
+        if self.outcomes.latencies.is_empty() {
             bail!(
                 "no request succeeded ({} errors; first: {})",
-                self.errors,
-                self.first_error.as_deref().unwrap_or("none")
+                self.outcomes.errors,
+                self.outcomes.first_error.as_deref().unwrap_or("none")
             );
         }
         Ok(())
     }
 
     fn pct(&self, p: f64) -> Duration {
-        percentile(&self.latencies, p)
+        percentile(&self.outcomes.latencies, p)
     }
 
     fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+        self.outcomes.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 }
 
@@ -888,8 +876,8 @@ fn print_requests(rows: [(&str, &Phase); 2]) {
         println!(
             "{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>8} {:>8} {:>8}  {}",
             name,
-            p.latencies.len(),
-            p.errors,
+            p.outcomes.latencies.len(),
+            p.outcomes.errors,
             p.rate(),
             ms(p.pct(0.5)),
             ms(p.pct(0.9)),
@@ -989,8 +977,8 @@ fn print_report(machine: &Machine, settings: &Settings, r: &Report) {
         ("max direct", md),
         ("max via", mv),
     ] {
-        if let Some(e) = &p.first_error {
-            println!("first error ({name}, {} in all): {e}", p.errors);
+        if let Some(e) = &p.outcomes.first_error {
+            println!("first error ({name}, {} in all): {e}", p.outcomes.errors);
         }
     }
 

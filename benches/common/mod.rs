@@ -47,3 +47,33 @@ pub fn ratio(a: f64, b: f64) -> String {
         "n/a".into()
     }
 }
+
+/// What a phase's requests came to: latencies of the successes, and the failures (counted, the
+/// first one kept to explain the rest).
+#[derive(Default)]
+pub struct Outcomes {
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Outcomes {
+    pub fn record(&mut self, result: anyhow::Result<()>, latency: Duration) {
+        match result {
+            Ok(()) => self.latencies.push(latency),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Folds in another worker's outcomes.
+    pub fn merge(&mut self, other: Outcomes) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
