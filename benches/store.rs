@@ -381,6 +381,7 @@ impl Cluster {
                 tokio::sync::watch::channel(Arc::new(server_tls)).1,
                 watch::channel(table.clone()).1,
                 inbox,
+                None,
                 async move {
                     let _ = stopped.await;
                 },

@@ -19,15 +19,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::raft::{ClientTls, GrpcTransport, PeerTable};
-use federation::identity::{Svid, TrustBundles, TrustDomain};
+use federation::identity::{Svid, TrustBundles, TrustDomain, TrustStore};
 use gateway::{BoundAddrs, Gateway};
 use prometheus_client::registry::Registry;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use federation::mesh::{JoinRequest, Member, MeshSnapshot};
+
 use crate::config::{Config, StoreSettings};
 use crate::identity::IdentityOwner;
-use crate::replicated::MeshLog;
+use crate::{bootstrap, join, membership, mesh_sync, seed};
+
+/// The node id of a mesh's founding gateway; joiners get the next ones.
+const FOUNDER_NODE_ID: u64 = 1;
 
 /// How long a leader that is shutting down waits for a voter to take over before it stops anyway.
 const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,6 +40,10 @@ const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(1);
 const RAFT_SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the status watcher asks the node where it stands.
 const STORE_STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// Validity of the admin API's certificate. It is issued afresh from the cluster CA at every
+/// start and not renewed while running: clients trust the CA, not this certificate, so a new
+/// one changes nothing for them, and a gateway is restarted (upgrades) well within 90 days.
+const ADMIN_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,9 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// rustls refused the admin certificate the CA issued.
+    #[error("admin API TLS: {0}")]
+    AdminTls(rustls::Error),
     /// The data plane thread or runtime could not start.
     #[error("cannot start the data plane: {0}")]
     Runtime(std::io::Error),
@@ -66,6 +78,9 @@ pub enum AppError {
     /// A store member cannot be a Raft peer (e.g. two members share a SPIFFE ID).
     #[error("raft transport: {0}")]
     RaftTransport(#[from] api::raft::RaftTransportError),
+    /// The mesh refused to let this gateway join, or its join record is unreadable.
+    #[error("join: {0}")]
+    Join(#[from] join::JoinError),
 }
 
 /// A running gateway: its bound addresses and the means to stop it.
@@ -116,27 +131,18 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     tracing::info!(id = %svid.borrow().id(), not_after = %humantime::format_rfc3339_seconds(svid.borrow().not_after()), "identity ready");
     identity_ready.ready();
 
-    // Our own root is trusted too: later, agents and other gateways of this cluster present it.
-    let mut bundles = TrustBundles::new();
-    bundles.insert(trust_domain.clone(), vec![owner.ca().root_der()]);
-    let mut peers = Vec::with_capacity(config.peers.len());
-    for p in &config.peers {
-        let td = TrustDomain::parse(&p.trust_domain)?;
-        bundles.load_pem_file(td.clone(), &p.trust_bundle)?;
-        peers.push(gateway::Peer {
-            cluster: p.cluster.clone(),
-            trust_domain: td,
-            address: p.address,
-        });
-    }
+    // Our own root is always trusted: other gateways of this cluster present it, whatever
+    // the mesh state says. Peers, services and their CAs start as the config file says.
+    let mut own_bundle = TrustBundles::new();
+    own_bundle.insert(trust_domain.clone(), vec![owner.ca().root_der()]);
+    let seed = seed::from_config(&config, owner.ca().root_der(), config.listen.tunnel)?;
+    let feed = seed::MeshFeed::new(seed, own_bundle);
     let gateway_metrics = gateway::metrics::Metrics::register(metrics_root);
-    let raft_metrics = config
-        .store
-        .as_ref()
-        .map(|_| store::RaftMetrics::register(metrics_root));
+    let raft_metrics = store::RaftMetrics::register(metrics_root);
     let registry = Arc::new(registry);
-    let bundles = Arc::new(bundles);
     let store_svid = svid.clone();
+    let own_id = svid.borrow().id().clone();
+    let trust_bundle_pem = owner.ca().bundle_pem();
 
     let settings = gateway::Settings {
         cluster: config.cluster.clone(),
@@ -152,17 +158,25 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
             max_preamble_bytes: config.tunnel.max_preamble_bytes,
         },
         drain_timeout: config.shutdown.drain_timeout,
-        peers,
-        services: config.services.clone(),
     };
-    let (gateway_addrs, dataplane_stop, dataplane_done) = start_dataplane(
+    let dataplane = start_dataplane(
         settings,
         config.dataplane.worker_threads,
         svid,
-        bundles.clone(),
+        feed.trust.clone(),
+        feed.mesh.subscribe(),
         gateway_metrics,
     )
     .await?;
+    let gateway_addrs = dataplane.addrs;
+    if gateway_addrs.tunnel != config.listen.tunnel {
+        let bound = seed::with_tunnel(
+            (**feed.mesh.borrow()).clone(),
+            &config.cluster,
+            gateway_addrs.tunnel,
+        );
+        feed.publish(bound);
+    }
 
     let admin_listener = tokio::net::TcpListener::bind(config.listen.admin)
         .await
@@ -176,6 +190,77 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
             addr: config.listen.admin,
             source,
         })?;
+    let admin_tls = admin_tls(&config, owner.ca(), admin)?;
+
+    let raft_listener = tokio::net::TcpListener::bind(config.listen.raft)
+        .await
+        .map_err(|source| AppError::RaftBind {
+            addr: config.listen.raft,
+            source,
+        })?;
+    let raft = raft_listener
+        .local_addr()
+        .map_err(|source| AppError::RaftBind {
+            addr: config.listen.raft,
+            source,
+        })?;
+    let me = Member {
+        node_id: 0,
+        cluster: config.cluster.clone(),
+        name: config.name.clone(),
+        spiffe_id: own_id.to_string(),
+        tunnel: gateway_addrs.tunnel,
+        raft,
+        admin,
+    };
+
+    // Which Raft group, and who we are in it: a fixed group from the file, a group joined
+    // earlier (member.json), a group to join now, or a new mesh of our own.
+    let mut seed_snapshot = (**feed.mesh.borrow()).clone();
+    let mut fixed_peers = Vec::new();
+    let (node_id, voters) = if let Some(settings) = &config.store {
+        for m in &settings.members {
+            fixed_peers.push((m.id, m.gateway.clone(), m.address.to_string()));
+        }
+        (settings.node_id, settings.voters.clone())
+    } else if let Some(membership) = join::load(&config.data_dir)? {
+        if config.join.is_some() {
+            tracing::info!(node_id = membership.node_id, via = %membership.joined_via, "already joined this mesh; --join ignored");
+        }
+        (membership.node_id, Vec::new())
+    } else if let Some(settings) = &config.join {
+        let request = JoinRequest {
+            cluster: me.cluster.clone(),
+            trust_domain: trust_domain.to_string(),
+            trust_bundle: trust_bundle_pem.clone(),
+            name: me.name.clone(),
+            spiffe_id: me.spiffe_id.clone(),
+            tunnel: me.tunnel,
+            raft: me.raft,
+            admin: me.admin,
+        };
+        let joined = join::join(&config.data_dir, settings, &request).await?;
+        // Until our own log catches up, the join answer is how we know the others: their
+        // Raft addresses, and the CAs to trust them by.
+        for m in &joined.members {
+            match federation::identity::SpiffeId::parse(&m.spiffe_id) {
+                Ok(id) if m.node_id != joined.node_id => {
+                    fixed_peers.push((m.node_id, id, m.raft.to_string()))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node = m.node_id, error = %e, "member's SPIFFE ID unusable")
+                }
+            }
+        }
+        seed_snapshot = seed::with_join_answer(seed_snapshot, &joined);
+        feed.publish(seed_snapshot.clone());
+        (joined.node_id, Vec::new())
+    } else {
+        (FOUNDER_NODE_ID, vec![FOUNDER_NODE_ID])
+    };
+    fixed_peers.push((node_id, own_id.clone(), raft.to_string()));
+    let me = Member { node_id, ..me };
 
     let (control_stop, control_stopped) = watch::channel(false);
     let stopped = move || {
@@ -185,88 +270,129 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         }
     };
     let mut control_tasks = JoinSet::new();
-    let mut raft = None;
-    let mut store = None;
-    if let (Some(settings), Some(metrics)) = (&config.store, raft_metrics) {
-        let listener = tokio::net::TcpListener::bind(config.listen.raft)
-            .await
-            .map_err(|source| AppError::RaftBind {
-                addr: config.listen.raft,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| AppError::RaftBind {
-            addr: config.listen.raft,
-            source,
-        })?;
-        let parts = start_store(
-            settings,
-            &config.data_dir,
-            listener,
-            addr,
-            store_svid,
-            bundles,
-            metrics,
-        )?;
-        control_tasks.spawn(watch_store(
-            parts.node.clone(),
-            readiness.block("store"),
-            stopped(),
-        ));
-        raft = Some(addr);
-        store = Some(parts);
-    }
-    let state = api::AdminState {
-        registry,
-        readiness: readiness.clone(),
+    let (compiled_tx, compiled) = watch::channel(Arc::new(MeshSnapshot::default()));
+    let mesh = api::SharedMesh::new(compiled_tx);
+    let parts = start_store(
+        StoreStart {
+            node_id,
+            voters,
+            settings: config.store.as_ref(),
+            fixed_peers: &fixed_peers,
+            data_dir: &config.data_dir,
+        },
+        raft_listener,
+        store_svid,
+        feed.trust.clone(),
+        raft_metrics,
+        mesh.clone(),
+    )?;
+    control_tasks.spawn(watch_store(
+        parts.node.clone(),
+        readiness.block("store"),
+        stopped(),
+    ));
+    control_tasks.spawn(mesh_sync::follow(
+        compiled,
+        seed_snapshot,
+        feed.clone(),
+        fixed_peers,
+        parts.transport.clone(),
+        parts.peers.clone(),
+    ));
+    control_tasks.spawn(membership::reconcile(
+        parts.node.clone(),
+        mesh.clone(),
+        stopped(),
+    ));
+    control_tasks.spawn(bootstrap::found_when_leader(
+        parts.node.clone(),
+        mesh.clone(),
+        bootstrap::Founder {
+            member: me.clone(),
+            trust_domain: trust_domain.to_string(),
+            trust_bundle_pem,
+            data_dir: config.data_dir.clone(),
+        },
+        stopped(),
+    ));
+    let (tunnel_views, tunnel_views_rx) = watch::channel(Vec::new());
+    control_tasks.spawn(publish_tunnels(dataplane.tunnels.clone(), tunnel_views));
+
+    let info = api::NodeInfo {
+        id: node_id,
+        name: config.name.clone(),
+        cluster: config.cluster.to_string(),
+        spiffe_id: own_id.to_string(),
+        admin,
     };
+    let forward: Arc<dyn api::rest::Forward> = parts.transport.clone();
+    let state = api::AdminState::new(registry, readiness.clone(), info)
+        .with_store(mesh, parts.node.clone(), Some(forward))
+        .with_tunnels(tunnel_views_rx);
+    let store = Some(parts);
     let admin_stop = stopped();
     control_tasks.spawn(async move {
-        if let Err(e) = api::serve(admin_listener, state, admin_stop).await {
+        if let Err(e) = api::serve(admin_listener, state, admin_tls, admin_stop).await {
             tracing::error!(error = %e, "admin API failed");
         }
     });
     control_tasks.spawn(owner.run(stopped()));
     listeners_ready.ready();
 
-    match raft {
-        Some(raft) => tracing::info!(
-            cluster = %config.cluster,
-            tunnel = %gateway_addrs.tunnel,
-            outbound = %gateway_addrs.outbound,
-            dns = %gateway_addrs.dns_udp,
-            admin = %admin,
-            raft = %raft,
-            "gateway ready"
-        ),
-        None => tracing::info!(
-            cluster = %config.cluster,
-            tunnel = %gateway_addrs.tunnel,
-            outbound = %gateway_addrs.outbound,
-            dns = %gateway_addrs.dns_udp,
-            admin = %admin,
-            "gateway ready"
-        ),
-    }
+    tracing::info!(
+        cluster = %config.cluster,
+        node_id,
+        tunnel = %gateway_addrs.tunnel,
+        outbound = %gateway_addrs.outbound,
+        dns = %gateway_addrs.dns_udp,
+        admin = %admin,
+        raft = %raft,
+        "gateway ready"
+    );
     Ok(Bound {
         admin,
         gateway: gateway_addrs,
         store,
-        dataplane_stop,
-        dataplane_done,
+        dataplane_stop: dataplane.stop,
+        dataplane_done: dataplane.done,
         control_stop,
         control_tasks,
         readiness,
     })
 }
 
+/// The admin API's TLS config: a certificate from the cluster CA for the names clients reach
+/// `admin` by ([`crate::config::AdminSettings::server_names`]); `None` with `[admin] tls = false`.
+fn admin_tls(
+    config: &Config,
+    ca: &federation::identity::CertificateAuthority,
+    admin: SocketAddr,
+) -> Result<Option<Arc<rustls::ServerConfig>>, AppError> {
+    if !config.admin.tls {
+        tracing::warn!(%admin, "the admin API serves plain HTTP ([admin] tls = false): tokens, join tokens included, cross the network in clear text");
+        return Ok(None);
+    }
+    if admin.ip().is_unspecified() && config.admin.names.is_empty() {
+        tracing::warn!(%admin, "the admin certificate names only loopback and the gateway's name; add the addresses clients use to [admin] names");
+    }
+    let names = config.admin.server_names(admin, &config.name);
+    let cert = ca.issue_server_cert(&names, ADMIN_CERT_TTL)?;
+    let tls =
+        api::tls_server_config(cert.chain().to_vec(), cert.key()).map_err(AppError::AdminTls)?;
+    let shown: Vec<_> = names.iter().map(|n| n.to_str().into_owned()).collect();
+    tracing::info!(names = ?shown, not_after = %humantime::format_rfc3339_seconds(cert.not_after()), "admin API serves HTTPS");
+    Ok(Some(Arc::new(tls)))
+}
+
 /// The running store: the Raft node and the gRPC server that feeds it peers' messages.
 struct StoreParts {
     node: store::Node,
+    /// Dials the other members; also forwards proposals to the leader.
+    transport: Arc<GrpcTransport>,
     server_stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
-    /// Kept so the server's view of the membership stays open; membership changes will send
-    /// new tables through it.
-    _peers: watch::Sender<PeerTable>,
+    /// The server's view of the members, kept in line with the state by `mesh_sync`.
+    peers: watch::Sender<PeerTable>,
 }
 
 impl StoreParts {
@@ -292,7 +418,7 @@ impl StoreParts {
 /// see an expired certificate; ends when the listener is gone.
 async fn rotate_raft_server_identity(
     mut svid: watch::Receiver<Arc<Svid>>,
-    bundles: Arc<TrustBundles>,
+    trust: TrustStore,
     configs: watch::Sender<Arc<rustls::ServerConfig>>,
 ) {
     loop {
@@ -303,7 +429,7 @@ async fn rotate_raft_server_identity(
         let current = svid.borrow_and_update().clone();
         match federation::identity::server_config_with_alpn(
             &current,
-            bundles.clone(),
+            trust.clone(),
             &[api::raft::ALPN],
         ) {
             Ok(config) => {
@@ -317,37 +443,42 @@ async fn rotate_raft_server_identity(
     }
 }
 
+/// Who this node is in which Raft group.
+struct StoreStart<'a> {
+    node_id: u64,
+    /// The founding voters, used only on an empty log (see `store::NodeConfig::voters`).
+    voters: Vec<u64>,
+    /// Timing from a `[store]` section, if any.
+    settings: Option<&'a StoreSettings>,
+    /// Raft peers known before the state says (this node, `[store]` members, a join answer).
+    fixed_peers: &'a [(u64, federation::identity::SpiffeId, String)],
+    data_dir: &'a std::path::Path,
+}
+
 /// Opens the Raft log, starts the node on the current (control) runtime and serves its
 /// transport on `listener`.
 fn start_store(
-    settings: &StoreSettings,
-    data_dir: &std::path::Path,
+    start: StoreStart<'_>,
     listener: tokio::net::TcpListener,
-    addr: SocketAddr,
     svid: watch::Receiver<Arc<Svid>>,
-    bundles: Arc<TrustBundles>,
+    trust: TrustStore,
     metrics: store::RaftMetrics,
+    mesh: api::SharedMesh,
 ) -> Result<StoreParts, AppError> {
-    let own_id = svid.borrow().id().clone();
     let mut table = PeerTable::new();
-    table.insert(settings.node_id, own_id.clone(), &addr.to_string())?;
-    for member in &settings.members {
-        table.insert(
-            member.id,
-            member.gateway.clone(),
-            &member.address.to_string(),
-        )?;
+    for (id, spiffe, addr) in start.fixed_peers {
+        table.insert(*id, spiffe.clone(), addr)?;
     }
 
     // Read the watch on every (re)connect, so renewed SVIDs reach new connections.
     let client_svid = svid.clone();
-    let client_bundles = bundles.clone();
+    let client_trust = trust.clone();
     let client_tls: ClientTls = Arc::new(move |domain: &TrustDomain| {
-        client_bundles.roots(domain)?;
+        client_trust.current().roots(domain)?;
         let svid = client_svid.borrow().clone();
         let config = federation::identity::client_config_with_alpn(
             &svid,
-            client_bundles.clone(),
+            client_trust.clone(),
             domain,
             &[api::raft::ALPN],
         );
@@ -361,47 +492,74 @@ fn start_store(
     });
     let server_tls = federation::identity::server_config_with_alpn(
         &svid.borrow(),
-        bundles.clone(),
+        trust.clone(),
         &[api::raft::ALPN],
     )?;
     let (server_tls_tx, server_tls) = watch::channel(Arc::new(server_tls));
     tokio::spawn(rotate_raft_server_identity(
         svid.clone(),
-        bundles,
+        trust,
         server_tls_tx,
     ));
 
-    let storage = store::storage::SledStore::open(&data_dir.join("raft"))?;
-    let transport = GrpcTransport::new(settings.node_id, &table, client_tls);
-    let mut node_config = store::NodeConfig::new(settings.node_id, settings.voters.clone());
-    node_config.tick = settings.tick;
-    node_config.election_tick = settings.election_tick as usize;
+    let storage = store::storage::SledStore::open(&start.data_dir.join("raft"))?;
+    let transport = GrpcTransport::new(start.node_id, &table, client_tls);
+    let mut node_config = store::NodeConfig::new(start.node_id, start.voters.clone());
+    if let Some(settings) = start.settings {
+        node_config.tick = settings.tick;
+        node_config.election_tick = settings.election_tick as usize;
+    }
     node_config.metrics = Some(metrics);
-    let (node, inbox) = store::start(node_config, storage, MeshLog::new(), transport)?;
+    let (node, inbox) = store::start(node_config, storage, mesh, transport.clone())?;
 
     let (peers_tx, peers) = watch::channel(table);
     let (server_stop, server_stopped) = oneshot::channel::<()>();
+    let proposer = Some(node.clone());
     let server = tokio::spawn(async move {
         let stop = async move {
             let _ = server_stopped.await;
         };
-        if let Err(e) = api::raft::serve(listener, server_tls, peers, inbox, stop).await {
+        if let Err(e) = api::raft::serve(listener, server_tls, peers, inbox, proposer, stop).await {
             tracing::error!(error = %e, "raft server failed");
         }
     });
     tracing::info!(
-        node_id = settings.node_id,
-        id = %own_id,
-        voters = ?settings.voters,
-        members = settings.members.len(),
+        node_id = start.node_id,
+        id = %svid.borrow().id(),
+        voters = ?start.voters,
+        peers = start.fixed_peers.len(),
         "store started"
     );
     Ok(StoreParts {
         node,
+        transport,
         server_stop,
         server,
-        _peers: peers_tx,
+        peers: peers_tx,
     })
+}
+
+/// Adapts the data plane's tunnel list to what `/v1/status` shows, until either side is gone.
+async fn publish_tunnels(
+    mut tunnels: watch::Receiver<Vec<gateway::TunnelStatus>>,
+    views: watch::Sender<Vec<api::TunnelView>>,
+) {
+    loop {
+        let list = tunnels
+            .borrow_and_update()
+            .iter()
+            .map(|t| api::TunnelView {
+                cluster: t.cluster.to_string(),
+                address: t.address.to_string(),
+                up: t.up,
+            })
+            .collect();
+        views.send_replace(list);
+        tokio::select! {
+            () = views.closed() => return,
+            changed = tunnels.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Logs leader changes and releases `ready` once a leader is known. Ends when the node stops.
@@ -433,7 +591,10 @@ async fn watch_store(
             }
             leader = status.leader;
         }
+        // Ready once a leader is known and this node has applied what was committed: reads
+        // served here are then no older than when it started.
         if leader.is_some()
+            && status.applied >= status.commit
             && let Some(ready) = ready.take()
         {
             ready.ready();
@@ -485,14 +646,26 @@ async fn hand_over_leadership(node: &store::Node) {
     }
 }
 
+/// The running data plane, seen from the control runtime.
+struct Dataplane {
+    addrs: BoundAddrs,
+    tunnels: watch::Receiver<Vec<gateway::TunnelStatus>>,
+    /// Send (or drop) to start its graceful shutdown.
+    stop: oneshot::Sender<()>,
+    /// Resolves once it has stopped.
+    done: oneshot::Receiver<()>,
+}
+
 /// Runs the data plane on its own runtime in its own thread, and returns once it is bound.
+/// It follows `mesh` from then on; `trust` is read on every tunnel handshake.
 async fn start_dataplane(
     settings: gateway::Settings,
     worker_threads: u32,
     svid: watch::Receiver<Arc<federation::identity::Svid>>,
-    bundles: Arc<TrustBundles>,
+    trust: TrustStore,
+    mesh: watch::Receiver<Arc<federation::mesh::MeshSnapshot>>,
     metrics: gateway::metrics::Metrics,
-) -> Result<(BoundAddrs, oneshot::Sender<()>, oneshot::Receiver<()>), AppError> {
+) -> Result<Dataplane, AppError> {
     let (bound_tx, bound_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel();
@@ -515,9 +688,9 @@ async fn start_dataplane(
         .name(format!("dataplane-{}", settings.cluster))
         .spawn(move || {
             runtime.block_on(async move {
-                match Gateway::start(settings, svid, bundles, metrics).await {
+                match Gateway::start(settings, svid, trust, mesh, metrics).await {
                     Ok(gateway) => {
-                        let _ = bound_tx.send(Ok(gateway.addrs()));
+                        let _ = bound_tx.send(Ok((gateway.addrs(), gateway.tunnels())));
                         // A dropped sender (the app went away) also stops the data plane.
                         let _ = stop_rx.await;
                         gateway.shutdown().await;
@@ -533,7 +706,12 @@ async fn start_dataplane(
         })
         .map_err(AppError::Runtime)?;
     match bound_rx.await {
-        Ok(Ok(addrs)) => Ok((addrs, stop_tx, done_rx)),
+        Ok(Ok((addrs, tunnels))) => Ok(Dataplane {
+            addrs,
+            tunnels,
+            stop: stop_tx,
+            done: done_rx,
+        }),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(AppError::Runtime(std::io::Error::other(
             "data plane thread died while starting",

@@ -21,6 +21,7 @@ use federation::identity::SpiffeId;
 use federation::model::{
     ClusterName, LocalService, Protocol, ServiceKey, ServicePort, check_dns_label,
 };
+use rustls::pki_types::ServerName;
 use serde::{Serialize, Serializer};
 use toml::{Table, Value};
 
@@ -47,13 +48,19 @@ pub struct Config {
     #[serde(serialize_with = "path_lossy")]
     pub data_dir: PathBuf,
     pub listen: Listen,
+    pub admin: AdminSettings,
     pub tunnel: TunnelSettings,
     pub identity: IdentitySettings,
     pub shutdown: ShutdownSettings,
     pub dataplane: DataplaneSettings,
-    /// The replicated store; `None` runs the gateway without one (no Raft listener).
+    /// A fixed Raft group from the file; `None` starts a one-member group (or joins one, with
+    /// `join`). Either way the Raft listener is bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSettings>,
+    /// `--join`: join an existing mesh through one of its gateways instead of founding one.
+    /// Never serialized: the token is a secret and this text goes to the log.
+    #[serde(skip)]
+    pub join: Option<JoinSettings>,
     pub peers: Vec<PeerConfig>,
     /// Serialized in the file's shape (`name`, `namespace`, ...) so `to_toml` output loads again.
     #[serde(serialize_with = "services_as_file")]
@@ -71,8 +78,57 @@ pub struct Listen {
     pub dns: SocketAddr,
     /// TCP: admin API and metrics.
     pub admin: SocketAddr,
-    /// TCP: Raft between gateways (gRPC over mutual TLS); bound only with a `[store]` section.
+    /// TCP: Raft between gateways (gRPC over mutual TLS).
     pub raft: SocketAddr,
+}
+
+/// The admin API's transport (`[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminSettings {
+    /// HTTPS with a certificate from the cluster CA (the default); false serves plain HTTP,
+    /// where tokens (join tokens too) cross the network in clear text.
+    pub tls: bool,
+    /// Names the certificate carries besides the defaults (see [`AdminSettings::server_names`]):
+    /// the DNS names and addresses clients reach this gateway by.
+    #[serde(serialize_with = "server_names")]
+    pub names: Vec<ServerName<'static>>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            names: Vec::new(),
+        }
+    }
+}
+
+impl AdminSettings {
+    /// Every name the admin certificate carries: the listener's IP (unless unspecified, which
+    /// names no address), loopback as 127.0.0.1, ::1 and localhost, the gateway's name, then
+    /// `names`; each once.
+    pub fn server_names(&self, admin: SocketAddr, gateway_name: &str) -> Vec<ServerName<'static>> {
+        let mut all: Vec<ServerName<'static>> = Vec::new();
+        let mut add = |name: ServerName<'static>| {
+            if !all.contains(&name) {
+                all.push(name);
+            }
+        };
+        if !admin.ip().is_unspecified() {
+            add(ServerName::from(admin.ip()));
+        }
+        add(ServerName::from(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        add(ServerName::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)));
+        for dns in ["localhost", gateway_name] {
+            if let Ok(name) = ServerName::try_from(dns.to_string()) {
+                add(name);
+            }
+        }
+        for name in &self.names {
+            add(name.clone());
+        }
+        all
+    }
 }
 
 /// QUIC tunnel tuning. Invariant: `0 < keep_alive < idle_timeout`, or idle peers would be dropped.
@@ -222,9 +278,57 @@ pub struct Overrides {
     /// Admin API and metrics listener (TCP) [default: <bind>:15000]
     #[arg(long, env = "CAUSEWAY_ADMIN_ADDR", value_name = "ADDR")]
     pub admin_addr: Option<SocketAddr>,
-    /// Raft listener between gateways (TCP), used with a [store] section [default: <bind>:15012]
+    /// Raft listener between gateways (TCP) [default: <bind>:15012]
     #[arg(long, env = "CAUSEWAY_RAFT_ADDR", value_name = "ADDR")]
     pub raft_addr: Option<SocketAddr>,
+    /// Join an existing mesh through this gateway's admin API (https://host:port) instead of
+    /// founding a new one; needs a join token (`causeway token create --join gateway`) and,
+    /// for https, --join-ca
+    #[arg(long, env = "CAUSEWAY_JOIN", value_name = "URL")]
+    pub join: Option<String>,
+    /// The CA certificate (PEM) of the cluster whose gateway --join goes through, to verify
+    /// its admin API by (on that gateway: `causeway bundle --cluster X --data-dir D`)
+    #[arg(long, env = "CAUSEWAY_JOIN_CA", value_name = "FILE")]
+    pub join_ca: Option<PathBuf>,
+    /// The one-time join token for --join
+    #[arg(
+        long = "token",
+        env = "CAUSEWAY_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
+    /// A file holding the join token (instead of --token, which other users can see in `ps`)
+    #[arg(
+        long = "token-file",
+        env = "CAUSEWAY_JOIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub join_token_file: Option<PathBuf>,
+}
+
+/// How to join an existing mesh (`--join`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinSettings {
+    /// The admin API of any gateway of the mesh, `https://host:port` (or `http://` for a
+    /// gateway that serves plain HTTP).
+    pub url: String,
+    /// The one-time join token.
+    pub token: String,
+    /// PEM of the CA that signed that gateway's admin certificate (its cluster's CA): holds
+    /// at least one certificate, and is present exactly when `url` is `https://`.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for JoinSettings {
+    // The token is a secret: never in logs or panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinSettings")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .finish()
+    }
 }
 
 /// Every problem found, each with its path.
@@ -336,6 +440,7 @@ impl Config {
         let [tunnel, outbound, dns, admin, raft] = ["tunnel", "outbound", "dns", "admin", "raft"]
             .map(|key| r.take(&mut t, "listen", key, socket_addr));
         r.finish(t, "listen");
+        let admin_settings = read_admin(&mut r, &mut root);
         let tunnel_settings = read_tunnel(&mut r, &mut root);
         let mut t = r.section(&mut root, "identity");
         let min_ttl = at_least(Duration::from_secs(2));
@@ -359,7 +464,6 @@ impl Config {
                 .unwrap_or(DataplaneSettings::default().worker_threads),
         };
         r.finish(t, "dataplane");
-        // The Raft listener exists only with a store, so only then can it clash.
         let has_store = root.contains_key("store");
         let store = read_store(&mut r, &mut root);
         let peers = read_peers(&mut r, &mut root, base_dir);
@@ -416,7 +520,8 @@ impl Config {
             admin: at(ov.admin_addr, admin, ADMIN_PORT),
             raft: at(ov.raft_addr, raft, RAFT_PORT),
         };
-        check_listen(&mut r, &listen, has_store);
+        check_listen(&mut r, &listen);
+        let join = read_join(&mut r, ov, has_store);
         check_peers(
             &mut r,
             &peers,
@@ -435,11 +540,13 @@ impl Config {
                     .or(file_data_dir)
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
                 listen,
+                admin: admin_settings,
                 tunnel: tunnel_settings,
                 identity,
                 shutdown,
                 dataplane,
                 store,
+                join,
                 // Entries are `None` only when something in them was reported.
                 peers: peers.into_iter().flatten().collect(),
                 services: services.into_iter().flatten().collect(),
@@ -452,6 +559,18 @@ impl Config {
 fn default_cluster() -> ClusterName {
     // A constant, and the defaults test loads it.
     ClusterName::new(DEFAULT_CLUSTER).expect("the default cluster name is a DNS label")
+}
+
+fn read_admin(r: &mut Reader, root: &mut Table) -> AdminSettings {
+    let (mut t, p, d) = (r.section(root, "admin"), "admin", AdminSettings::default());
+    let tls = r.take(&mut t, p, "tls", boolean).unwrap_or(d.tls);
+    let names = r.list(&mut t, p, "names", |r, v, p| r.value(v, p, server_name));
+    r.finish(t, p);
+    AdminSettings {
+        tls,
+        // Bad entries are reported, so the config is refused anyway.
+        names: names.unwrap_or_default().into_iter().flatten().collect(),
+    }
 }
 
 fn read_tunnel(r: &mut Reader, root: &mut Table) -> TunnelSettings {
@@ -717,7 +836,134 @@ fn read_services(r: &mut Reader, root: &mut Table) -> Vec<Option<LocalService>> 
     services
 }
 
-fn check_listen(r: &mut Reader, listen: &Listen, has_store: bool) {
+/// `--join`, `--token`/`--token-file`: both or neither, a URL we can call, a token that looks
+/// like one, and no fixed `[store]` group beside it.
+fn read_join(r: &mut Reader, ov: &Overrides, has_store: bool) -> Option<JoinSettings> {
+    let token = match (&ov.join_token, &ov.join_token_file) {
+        (Some(_), Some(_)) => {
+            r.error("--token", "give --token or --token-file, not both");
+            return None;
+        }
+        (Some(token), None) => Some(token.trim().to_string()),
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) => {
+                r.error(
+                    "--token-file",
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                return None;
+            }
+        },
+        (None, None) => None,
+    };
+    let Some(url) = &ov.join else {
+        if token.is_some() {
+            r.error(
+                "--token",
+                "a join token needs --join <url of a gateway's admin API>",
+            );
+        }
+        if ov.join_ca.is_some() {
+            r.error(
+                "--join-ca",
+                "a join CA needs --join <url of a gateway's admin API>",
+            );
+        }
+        return None;
+    };
+    let mut ok = true;
+    let https = url.starts_with("https://");
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest.map(|r| r.trim_end_matches('/')) {
+        Some(authority) if !authority.is_empty() && !authority.contains('/') => {}
+        _ => {
+            ok = false;
+            r.error("--join", format!("{url:?} is not https://host:port"));
+        }
+    }
+    let ca_pem = match (&ov.join_ca, https) {
+        // A bad URL is reported already; what its CA should be cannot be told.
+        _ if !ok => None,
+        (Some(file), true) => match std::fs::read(file) {
+            Ok(pem) => match join_ca_problem(&pem) {
+                None => Some(pem),
+                Some(problem) => {
+                    ok = false;
+                    r.error("--join-ca", format!("{}: {problem}", file.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                ok = false;
+                r.error("--join-ca", format!("cannot read {}: {e}", file.display()));
+                None
+            }
+        },
+        (None, true) => {
+            ok = false;
+            r.error(
+                "--join",
+                format!(
+                    "{url:?} needs --join-ca FILE: the CA certificate (PEM) of the cluster whose \
+                     gateway you join through (on that gateway: `causeway bundle --cluster <name> \
+                     --data-dir <dir>`)"
+                ),
+            );
+            None
+        }
+        (Some(_), false) => {
+            ok = false;
+            r.error(
+                "--join-ca",
+                "only an https:// --join URL is verified by a CA; this one is plain http://",
+            );
+            None
+        }
+        (None, false) => None,
+    };
+    if has_store {
+        ok = false;
+        r.error(
+            "--join",
+            "a gateway with a fixed [store] group cannot also join one; remove one of them",
+        );
+    }
+    let token = match token {
+        Some(t) if t.starts_with("cw_") && t.len() > 20 => Some(t),
+        Some(_) => {
+            r.error("--token", "not a Causeway token (cw_...)");
+            None
+        }
+        None => {
+            r.error("--join", "needs a join token: --token or --token-file");
+            None
+        }
+    };
+    match (ok, token) {
+        (true, Some(token)) => Some(JoinSettings {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            ca_pem,
+        }),
+        _ => None,
+    }
+}
+
+/// Why `pem` cannot serve as a CA bundle, if it cannot.
+fn join_ca_problem(pem: &[u8]) -> Option<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if certs.is_empty() => Some("no CERTIFICATE in it (expected PEM)".to_string()),
+        Ok(_) => None,
+        Err(e) => Some(format!("bad PEM: {e}")),
+    }
+}
+
+fn check_listen(r: &mut Reader, listen: &Listen) {
     // UDP and TCP listeners could share an address, but doing so is almost always a copy-paste
     // slip. Port 0 is exempt: every such listener gets its own free port.
     let all = [
@@ -727,7 +973,6 @@ fn check_listen(r: &mut Reader, listen: &Listen, has_store: bool) {
         ("listen.admin", listen.admin),
         ("listen.raft", listen.raft),
     ];
-    let all = if has_store { &all[..] } else { &all[..4] };
     for (i, (path, addr)) in all.iter().enumerate() {
         if let Some((other, _)) = all[..i].iter().find(|(_, a)| a == addr && addr.port() != 0) {
             r.error(*path, format!("{addr} is also {other}"));
@@ -915,6 +1160,13 @@ fn spiffe_id(value: Value) -> Result<SpiffeId, String> {
     SpiffeId::parse(&s).map_err(|e| e.to_string())
 }
 
+/// An IP address or a DNS name, as a certificate names a server.
+fn server_name(value: Value) -> Result<ServerName<'static>, String> {
+    let s = string(value, "a DNS name or IP address like \"gw.example.com\"")?;
+    ServerName::try_from(s.clone())
+        .map_err(|_| format!("{s:?} is neither an IP address nor a DNS name"))
+}
+
 fn ip_addr(value: Value) -> Result<IpAddr, String> {
     let s = string(value, "an IP address like \"127.0.0.1\"")?;
     s.parse().map_err(|_| format!("invalid IP address {s:?}"))
@@ -1025,6 +1277,10 @@ fn path_lossy<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&p.display())
 }
 
+fn server_names<S: Serializer>(names: &[ServerName<'static>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(names.iter().map(ServerName::to_str))
+}
+
 fn services_as_file<S: Serializer>(services: &[LocalService], s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
     struct Entry<'a> {
@@ -1093,6 +1349,7 @@ mod tests {
             }
         );
         assert_eq!(config.store, None);
+        assert!(config.admin.tls && config.admin.names.is_empty());
         assert_eq!(config.tunnel, TunnelSettings::default());
         assert_eq!(config.identity.svid_ttl, Duration::from_secs(3600));
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(10));
@@ -1119,6 +1376,14 @@ mod tests {
         );
         assert_eq!(config.tunnel.max_streams, 1024);
         assert_eq!(config.listen.tunnel, addr("127.0.0.1:15443"));
+        assert!(config.admin.tls);
+        assert_eq!(
+            config.admin.names,
+            [
+                ServerName::try_from("gw-east.example.com").unwrap(),
+                ServerName::try_from("10.0.0.5").unwrap()
+            ]
+        );
         let west = &config.peers[0];
         assert_eq!(
             (west.cluster.as_str(), west.trust_domain.as_str()),
@@ -1555,6 +1820,109 @@ mod tests {
             ["store.voters"]
         );
         assert_eq!(paths(parse("store = 1\n")), ["store"]);
+    }
+
+    #[test]
+    fn admin_section_is_checked_and_names_the_certificate() {
+        let text = r#"
+            [admin]
+            tls = "yes"
+            names = ["gw.example.com", "not a name", 7]
+            colour = "blue"
+        "#;
+        assert_eq!(
+            paths(parse(text)),
+            [
+                "admin.colour",
+                "admin.names[1]",
+                "admin.names[2]",
+                "admin.tls"
+            ]
+        );
+        assert_eq!(
+            message(parse(text), "admin.names[1]"),
+            "\"not a name\" is neither an IP address nor a DNS name"
+        );
+        assert_eq!(paths(parse("admin = 1\n")), ["admin"]);
+
+        let config =
+            parse("[admin]\ntls = false\nnames = [\"10.0.0.5\", \"127.0.0.1\"]\n").unwrap();
+        assert!(!config.admin.tls);
+        assert_eq!(parse(&config.to_toml()).unwrap(), config);
+        let shown = |names: Vec<ServerName<'static>>| -> Vec<String> {
+            names.iter().map(|n| n.to_str().into_owned()).collect()
+        };
+        assert_eq!(
+            shown(config.admin.server_names(addr("127.0.0.5:15000"), "east-1")),
+            [
+                "127.0.0.5",
+                "127.0.0.1",
+                "::1",
+                "localhost",
+                "east-1",
+                "10.0.0.5"
+            ]
+        );
+        // An unspecified address names nothing a client could dial.
+        assert_eq!(
+            shown(config.admin.server_names(addr("0.0.0.0:15000"), "east-1")),
+            ["127.0.0.1", "::1", "localhost", "east-1", "10.0.0.5"]
+        );
+    }
+
+    #[test]
+    fn joining_over_https_needs_the_ca_of_the_gateway_joined_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = federation::identity::TrustDomain::parse("east.mesh").unwrap();
+        federation::identity::CertificateAuthority::load_or_create(&dir.path().join("ca"), &td)
+            .unwrap();
+        let ca = dir.path().join("ca/ca.pem");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not pem").unwrap();
+        let token = "cw_0123456789ab_0123456789abcdef";
+        let join = |url: &str, ca: Option<&Path>| Overrides {
+            join: Some(url.to_string()),
+            join_token: Some(token.to_string()),
+            join_ca: ca.map(Path::to_path_buf),
+            ..Overrides::default()
+        };
+        let load = |ov: &Overrides| Config::from_toml_str("", Path::new("."), ov);
+
+        let config = load(&join("https://127.0.0.1:15000/", Some(&ca))).unwrap();
+        let settings = config.join.expect("join settings");
+        assert_eq!(settings.url, "https://127.0.0.1:15000");
+        assert_eq!(settings.ca_pem, Some(std::fs::read(&ca).unwrap()));
+        assert!(!format!("{settings:?}").contains(token));
+        // Plain HTTP stays possible, for meshes run with [admin] tls = false.
+        let plain = load(&join("http://127.0.0.1:15000", None)).unwrap();
+        assert_eq!(plain.join.unwrap().ca_pem, None);
+
+        let message = message(load(&join("https://127.0.0.1:15000", None)), "--join");
+        assert!(
+            message.contains("--join-ca") && message.contains("causeway bundle"),
+            "{message}"
+        );
+        assert_eq!(
+            paths(load(&join("https://127.0.0.1:15000", Some(&junk)))),
+            ["--join-ca"]
+        );
+        assert_eq!(
+            paths(load(&join(
+                "https://127.0.0.1:15000",
+                Some(&dir.path().join("nope.pem"))
+            ))),
+            ["--join-ca"]
+        );
+        assert_eq!(
+            paths(load(&join("http://127.0.0.1:15000", Some(&ca)))),
+            ["--join-ca"]
+        );
+        assert_eq!(paths(load(&join("ftp://gw", Some(&ca)))), ["--join"]);
+        let stray = Overrides {
+            join_ca: Some(ca.clone()),
+            ..Overrides::default()
+        };
+        assert_eq!(paths(load(&stray)), ["--join-ca"]);
     }
 
     #[test]

@@ -5,6 +5,15 @@
 //!   east 127.0.0.1 (clients) ──QUIC──> west 127.0.0.2  echo.demo v1, echo-tcp.demo
 //!                             └─QUIC──> edge 127.0.0.3  echo.demo v2
 //! ```
+//!
+//! The mesh forms the way an operator would form it: east founds it, west and edge join through
+//! east's admin API with one-time join tokens, and the echo services are registered through
+//! the REST API (`Service` + `ServiceExport`). The demo then writes a CLI context, so
+//! `causeway status` / `get` / `apply` work from another terminal with no flags.
+//!
+//! The admin APIs speak HTTPS, as every gateway's does by default: each gateway's certificate
+//! comes from its own cluster's CA, so the demo's calls (and the joins, and the CLI context)
+//! trust east's CA, `<dir>/east/ca/ca.pem`, to reach east.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,8 +23,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::{Config, Overrides};
-use crate::{app, echo, signal};
+use crate::config::{Config, JoinSettings, Overrides};
+use crate::{app, bootstrap, cli, echo, join, signal};
 
 struct Cluster {
     name: &'static str,
@@ -54,13 +63,6 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    // Each cluster's CA exists before any gateway starts, so every config can name its peers'
-    // trust bundles.
-    for c in &CLUSTERS {
-        let td = federation::identity::TrustDomain::parse(&format!("{}.mesh", c.name))?;
-        federation::identity::CertificateAuthority::load_or_create(&ca_dir(&dir, c.name), &td)?;
-    }
-
     let (stop, stopped) = watch::channel(false);
     let mut backends = tokio::task::JoinSet::new();
     for c in &CLUSTERS {
@@ -85,28 +87,33 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         }
     }
 
-    let mut gateways = Vec::new();
-    for c in &CLUSTERS {
-        let config = Config::from_toml_str(&config_for(c, &dir), &dir, &Overrides::default())
-            .map_err(|e| anyhow::anyhow!("demo config for {}: {e}", c.name))?;
-        let bound = app::build(config).await.with_context(|| {
-            format!(
-                "cannot start gateway {} on {} (is another demo running?)",
-                c.name, c.ip
-            )
-        })?;
-        gateways.push(bound);
-    }
-
+    let (gateways, token) = match form_mesh(&dir).await {
+        Ok(formed) => formed,
+        Err(e) => {
+            let _ = stop.send(true);
+            while backends.join_next().await.is_some() {}
+            return Err(e);
+        }
+    };
     // East is where the tour's clients stand.
     let east = (gateways[0].gateway.outbound, gateways[0].admin);
+    let east_ca = east_ca(&dir);
+    let ready = async {
+        let client = east_client(&dir, east.1, &token)?;
+        register_services(&client).await?;
+        wait_for_voters(&client).await?;
+        self_check(east.0).await?;
+        let context = cli::context::write_context(client.server(), &token, Some(&east_ca))
+            .context("cannot write the CLI context")?;
+        anyhow::Ok(context)
+    };
     let outcome = tokio::select! {
-        r = self_check(east.0) => r,
+        r = ready => r,
         _ = signal::terminated() => Err(anyhow::anyhow!("interrupted before the demo was ready")),
     };
     match &outcome {
-        Ok(()) => {
-            println!("{}", tour(&dir, east.0, east.1));
+        Ok(context) => {
+            println!("{}", tour(&dir, east.0, east.1, context, &east_ca));
             signal::terminated().await;
             println!("\nstopping the demo...");
         }
@@ -123,41 +130,172 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     if outcome.is_ok() {
         println!("demo stopped; nothing is left running.");
     }
-    outcome
+    outcome.map(|_| ())
 }
 
-fn ca_dir(base: &Path, cluster: &str) -> PathBuf {
-    base.join(cluster).join("ca")
+/// Starts east, which founds the mesh (or restarts it, on a second run), then west and edge,
+/// which join through east's admin API. Returns the gateways and the admin token.
+async fn form_mesh(dir: &Path) -> anyhow::Result<(Vec<app::Bound>, String)> {
+    let mut gateways = Vec::new();
+    let [east, others @ ..] = &CLUSTERS;
+    gateways.push(start(east, dir, None).await?);
+    let admin = gateways[0].admin;
+    let token_file = dir.join(east.name).join(bootstrap::ADMIN_TOKEN_FILE);
+    let token = wait_for_token(&token_file).await?;
+    let client = east_client(dir, admin, &token)?;
+    let ca_pem = std::fs::read(east_ca(dir))?;
+    for c in others {
+        let data_dir = dir.join(c.name);
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        // A second run finds the gateways already members: they restart, not rejoin.
+        let join = if join::load(&data_dir)?.is_some() {
+            None
+        } else {
+            let created = client
+                .create_token(
+                    federation::mesh::Role::Join,
+                    Some(&format!("demo: {}", c.name)),
+                    None,
+                )
+                .await
+                .context("cannot create a join token on east")?;
+            Some(JoinSettings {
+                url: client.server().to_string(),
+                token: created.token,
+                ca_pem: Some(ca_pem.clone()),
+            })
+        };
+        gateways.push(start(c, dir, join).await?);
+    }
+    Ok((gateways, token))
+}
+
+/// East's cluster CA, which signed east's admin certificate.
+fn east_ca(dir: &Path) -> PathBuf {
+    dir.join(CLUSTERS[0].name).join("ca").join("ca.pem")
+}
+
+/// A client of east's admin API over HTTPS, trusting east's CA.
+fn east_client(dir: &Path, admin: SocketAddr, token: &str) -> anyhow::Result<api::client::Client> {
+    let path = east_ca(dir);
+    let pem = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(api::client::Client::with_ca(
+        &format!("https://{admin}"),
+        Some(token.to_string()),
+        Some(&pem),
+    )?)
+}
+
+async fn start(c: &Cluster, dir: &Path, join: Option<JoinSettings>) -> anyhow::Result<app::Bound> {
+    let mut config = Config::from_toml_str(&config_for(c, dir), dir, &Overrides::default())
+        .map_err(|e| anyhow::anyhow!("demo config for {}: {e}", c.name))?;
+    config.join = join;
+    app::build(config).await.with_context(|| {
+        format!(
+            "cannot start gateway {} on {} (is another demo running?)",
+            c.name, c.ip
+        )
+    })
+}
+
+/// The founding gateway writes the first admin token once its founding entry has applied.
+async fn wait_for_token(path: &Path) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(token) = std::fs::read_to_string(path) {
+            let token = token.trim();
+            if !token.is_empty() {
+                return Ok(token.to_string());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "east did not found the mesh within 20s (no {})",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every cluster has its voter (the leader promotes joined gateways once they
+/// have caught up), so the tour shows the mesh fully formed.
+async fn wait_for_voters(client: &api::client::Client) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client
+            .status()
+            .await
+            .context("cannot read the mesh status")?;
+        let voters = status["members"]
+            .as_array()
+            .map(|m| m.iter().filter(|m| m["role"] == "voter").count())
+            .unwrap_or(0);
+        if voters >= CLUSTERS.len() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the joined gateways were not promoted to voters within 20s: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers the echo services through the REST API, as an operator (or a VM agent) would.
+/// Applying again on a second run changes nothing.
+async fn register_services(client: &api::client::Client) -> anyhow::Result<()> {
+    let mut yaml = String::new();
+    for c in &CLUSTERS {
+        if c.echo.is_some() {
+            yaml += &service_yaml(c, "echo", 80, "http", ECHO_PORT);
+        }
+        if c.tcp_echo {
+            yaml += &service_yaml(c, "echo-tcp", TCP_SERVICE_PORT, "tcp", TCP_ECHO_PORT);
+        }
+    }
+    client
+        .apply(yaml, "application/yaml", false)
+        .await
+        .context("cannot register the demo services")?;
+    Ok(())
+}
+
+fn service_yaml(c: &Cluster, name: &str, port: u16, protocol: &str, backend: u16) -> String {
+    format!(
+        r#"---
+apiVersion: causeway.dev/v1alpha1
+kind: Service
+metadata:
+  name: {name}
+  namespace: demo
+  cluster: {cluster}
+spec:
+  ports:
+    - port: {port}
+      protocol: {protocol}
+  endpoints: ["{ip}:{backend}"]
+---
+apiVersion: causeway.dev/v1alpha1
+kind: ServiceExport
+metadata:
+  name: {name}
+  namespace: demo
+  cluster: {cluster}
+spec: {{}}
+"#,
+        cluster = c.name,
+        ip = c.ip,
+    )
 }
 
 fn config_for(c: &Cluster, dir: &Path) -> String {
-    let mut toml = format!(
+    format!(
         "cluster = \"{name}\"\ndata_dir = \"{data}\"\nbind = \"{ip}\"\n",
         name = c.name,
         data = dir.join(c.name).display(),
         ip = c.ip,
-    );
-    for p in CLUSTERS.iter().filter(|p| p.name != c.name) {
-        toml += &format!(
-            "\n[[peers]]\ncluster = \"{}\"\naddress = \"{}:15443\"\ntrust_bundle = \"{}\"\n",
-            p.name,
-            p.ip,
-            ca_dir(dir, p.name).join("ca.pem").display()
-        );
-    }
-    if c.echo.is_some() {
-        toml += &format!(
-            "\n[[services]]\nname = \"echo\"\nnamespace = \"demo\"\nendpoints = [\"{}:{ECHO_PORT}\"]\nports = [{{ port = 80, protocol = \"http\" }}]\n",
-            c.ip
-        );
-    }
-    if c.tcp_echo {
-        toml += &format!(
-            "\n[[services]]\nname = \"echo-tcp\"\nnamespace = \"demo\"\nendpoints = [\"{}:{TCP_ECHO_PORT}\"]\nports = [{{ port = {TCP_SERVICE_PORT}, protocol = \"tcp\" }}]\n",
-            c.ip
-        );
-    }
-    toml
+    )
 }
 
 /// Waits until east reaches both versions of echo through the tunnels, so the tour printed
@@ -206,10 +344,28 @@ async fn get_echo(outbound: SocketAddr) -> anyhow::Result<String> {
     Ok(body)
 }
 
-fn tour(dir: &Path, outbound: SocketAddr, admin: SocketAddr) -> String {
+fn tour(dir: &Path, outbound: SocketAddr, admin: SocketAddr, context: &Path, ca: &Path) -> String {
+    // The CLI commands name this very binary, so they work as printed even when `causeway`
+    // is not on the PATH (e.g. under `cargo run`).
+    let cli = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "causeway".to_string());
+    let token_file = dir.join("east").join(bootstrap::ADMIN_TOKEN_FILE);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/istio/canary-split-virtualservice.yaml");
+    let apply = if example.exists() {
+        format!(
+            "\n  # apply Istio YAML as written (the result names what is not enforced yet)\n  {cli} apply -f {}\n  {cli} get virtualservices -n production -o yaml\n",
+            example.display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"
 Causeway demo: three clusters federated over QUIC + mTLS on this machine.
+east founded the mesh; west and edge joined it with one-time tokens; the echo
+services were registered through the REST API.
 
   cluster  gateway      trust domain  runs
   east     127.0.0.1    east.mesh     (your clients)
@@ -217,7 +373,8 @@ Causeway demo: three clusters federated over QUIC + mTLS on this machine.
   edge     127.0.0.3    edge.mesh     echo.demo v2
 
 Ports on each address: 15001 outbound (HTTP by Host), 15443/udp tunnels,
-15053 DNS, 15000 admin (/metrics, /healthz, /readyz).
+15012 Raft, 15053 DNS, 15000 admin API over HTTPS (/v1/..., /metrics, /healthz,
+/readyz; its certificate comes from the cluster's CA).
 
 Try these from another terminal:
 
@@ -231,15 +388,25 @@ Try these from another terminal:
   # TCP services get a port of their own on east's address (type a line: it comes back; Ctrl-C ends)
   curl -sN telnet://127.0.0.1:{TCP_SERVICE_PORT}
 
-  # what the gateways counted
-  curl -s http://{admin}/metrics | grep causeway_requests_total
+  # the mesh through the CLI (server, token and CA come from {context})
+  {cli} status
+  {cli} get clusters -o wide
+  {cli} get services -o wide
+{apply}
+  # the REST API and what the gateways counted, over HTTPS verified by east's CA
+  # (the admin token is in {token_file})
+  curl -s --cacert {ca} -H "Authorization: Bearer $(cat {token_file})" https://{admin}/v1/status
+  curl -s --cacert {ca} -H "Authorization: Bearer $(cat {token_file})" https://{admin}/metrics | grep causeway_requests_total
 
   # service discovery through the mesh DNS (needs dig)
   dig +short @127.0.0.1 -p 15053 echo.demo.mesh
   dig +short @127.0.0.1 -p 15053 SRV echo-tcp.demo.mesh
 
-The gateways keep their CAs and keys under {dir}.
+The gateways keep their data (CAs, keys, Raft logs) under {dir}.
 Press Ctrl-C to stop everything."#,
+        context = context.display(),
+        token_file = token_file.display(),
+        ca = ca.display(),
         dir = dir.display()
     )
 }

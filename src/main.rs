@@ -9,16 +9,21 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod app;
+mod bootstrap;
+mod cli;
 mod config;
 mod demo;
 mod echo;
 mod identity;
-mod replicated;
+mod join;
+mod membership;
+mod mesh_sync;
+mod seed;
 mod signal;
 
 /// Causeway: a federation gateway for service meshes.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = cli::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +38,8 @@ enum Command {
         overrides: config::Overrides,
     },
     /// Print this cluster's trust bundle (its CA root, PEM), creating the CA if it does not
-    /// exist yet. Give the output to the other clusters' gateways as `peers[].trust_bundle`.
+    /// exist yet. Give the output to the other clusters' gateways as `peers[].trust_bundle`,
+    /// and to clients of this cluster's admin APIs (`--ca-file`, `--join-ca`, `curl --cacert`).
     Bundle {
         #[command(flatten)]
         overrides: config::Overrides,
@@ -44,6 +50,9 @@ enum Command {
         #[arg(long, default_value = "./causeway-demo", env = "CAUSEWAY_DEMO_DIR")]
         dir: PathBuf,
     },
+    /// The admin CLI: apply, get, delete, status, token (clients of a gateway's REST API).
+    #[command(flatten)]
+    Admin(cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -68,11 +77,16 @@ fn main() -> ExitCode {
             Command::Gateway { overrides } => run_gateway(overrides).await,
             Command::Bundle { overrides } => print_bundle(overrides),
             Command::Demo { dir } => demo::run(dir).await,
+            Command::Admin(command) => cli::run(command).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The admin CLI already said why, and picked the status scripts rely on.
+            if let Some(exit) = e.downcast_ref::<cli::Exit>() {
+                return exit.code();
+            }
             let message = error_chain(&e);
             tracing::error!("{message}");
             eprintln!("causeway: {message}");

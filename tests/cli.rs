@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{BIN, Gateway, http_get};
+use support::{BIN, Gateway, eventually};
 
 #[test]
 fn every_bad_config_field_is_reported_at_once_and_nothing_starts() {
@@ -69,9 +69,18 @@ fn with_no_file_a_single_gateway_starts_with_its_data_in_the_current_folder() {
     assert!(logs.contains("effective configuration"), "{logs}");
     assert!(!logs.contains("BEGIN PRIVATE KEY"), "a key was logged");
 
-    assert_eq!(http_get(gw.admin, "admin", "/healthz").0, 200);
-    let (status, _, body) = http_get(gw.admin, "admin", "/readyz");
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(gw.admin_get("/healthz").0, 200);
+    // Ready once its one-member store has elected itself and caught up.
+    eventually("readiness", Duration::from_secs(20), || {
+        let (status, _, body) = gw.admin_get("/readyz");
+        (status == 200 && body == "ready\n").then_some(())
+    });
+    // It founded a mesh of its own: the first admin token is a secret file, never logged.
+    let token_file = dir.path().join("causeway-data/admin-token");
+    let token = support::admin_token(&dir.path().join("causeway-data"));
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!gw.logs().contains(&token), "the admin token was logged");
     gw.signal("TERM");
     assert!(gw.wait_exit(Duration::from_secs(10)).success());
 }
@@ -104,7 +113,7 @@ fn port_zero_works_and_flags_beat_environment() {
     for addr in [gw.tunnel, gw.outbound, gw.dns, gw.admin] {
         assert_ne!(addr.port(), 0, "port 0 logged instead of the bound port");
     }
-    assert_eq!(http_get(gw.admin, "admin", "/healthz").0, 200);
+    assert_eq!(gw.admin_get("/healthz").0, 200);
     assert!(
         gw.logs().contains("spiffe://south.mesh/gateway/south-1"),
         "{}",

@@ -14,9 +14,12 @@ use support::{BIN, accepts, eventually, http_get};
 #[test]
 fn the_demo_federates_three_clusters_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
+    // The demo writes a CLI context; keep it out of the real home.
+    let config_home = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["demo", "--dir"])
         .arg(dir.path())
+        .env("XDG_CONFIG_HOME", config_home.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -70,6 +73,45 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     tcp.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello over the tunnel\n");
     drop(tcp);
+
+    // The CLI works from another terminal with no flags: the demo wrote its context.
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("XDG_CONFIG_HOME", config_home.path())
+            .env_remove("CAUSEWAY_SERVER")
+            .env_remove("CAUSEWAY_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "causeway {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let status: serde_json::Value = serde_json::from_str(&cli(&["status", "-o", "json"])).unwrap();
+    let voters = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .count();
+    assert_eq!(voters, 3, "three clusters, one voter each: {status}");
+    let services = cli(&["get", "services"]);
+    for cluster in ["west", "edge"] {
+        assert!(services.contains(cluster), "{services}");
+    }
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/istio/canary-split-virtualservice.yaml"
+    );
+    assert!(tour.contains(example), "{tour}");
+    let applied = cli(&["apply", "-f", example]);
+    assert!(applied.contains("api-traffic-split"), "{applied}");
+    let got = cli(&["get", "vs", "-n", "production", "-o", "json"]);
+    assert!(got.contains("\"canary\""), "{got}");
 
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -8,23 +8,51 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use federation::identity::TrustDomain;
 use federation::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
 
+use crate::Peer;
 use crate::dns::{DnsService, DnsTable};
+
+/// What a cluster exports: ports by service.
+pub(crate) type Exports = BTreeMap<ServiceKey, Vec<ServicePort>>;
 
 #[derive(Clone, Default)]
 pub(crate) struct Snapshot {
     pub local_cluster: Option<ClusterName>,
     pub local: BTreeMap<ServiceKey, Arc<LocalService>>,
     pub peers: BTreeMap<ClusterName, PeerView>,
+    /// Every other cluster of the mesh, by trust domain: whose gateways may open tunnels here.
+    pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
 }
 
 #[derive(Clone)]
 pub(crate) struct PeerView {
+    /// The gateway dialled, and by which connector (see `follow`): a connector that was
+    /// replaced must not publish into its successor's view.
+    pub peer: Peer,
+    pub connector: u64,
     /// The live tunnel, if any. Exports stay known while it is down so that callers learn *why*
     /// a service is unreachable instead of that it does not exist.
     pub conn: Option<quinn::Connection>,
-    pub exports: BTreeMap<ServiceKey, Vec<ServicePort>>,
+    /// What the mesh state says the peer exports; authoritative when present.
+    pub declared: Option<Exports>,
+    /// What the peer's own catalog said when its tunnel came up; used when the mesh state
+    /// says nothing about the peer's exports (peers from static config).
+    pub fetched: Exports,
+}
+
+impl PeerView {
+    pub fn exports(&self) -> &Exports {
+        self.declared.as_ref().unwrap_or(&self.fetched)
+    }
+
+    /// Whether the tunnel is up right now.
+    pub fn is_up(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.close_reason().is_none())
+    }
 }
 
 /// Where one request or connection may go, and the port to ask for there (clusters may
@@ -112,7 +140,7 @@ impl Snapshot {
             }
         }
         for (cluster, peer) in &self.peers {
-            let Some(ports) = peer.exports.get(service) else {
+            let Some(ports) = peer.exports().get(service) else {
                 continue;
             };
             if !wants(cluster) {
@@ -164,7 +192,7 @@ impl Snapshot {
             }
         }
         for (cluster, peer) in &self.peers {
-            for (key, ports) in &peer.exports {
+            for (key, ports) in peer.exports() {
                 let entry = out.entry(key.clone()).or_default();
                 entry.0.insert(cluster.clone());
                 entry.1.extend(ports.iter().copied());
@@ -185,10 +213,11 @@ impl Snapshot {
             .local
             .iter()
             .map(|(key, svc)| (key, svc.ports.as_slice()));
-        let remote = self
-            .peers
-            .values()
-            .flat_map(|p| p.exports.iter().map(|(key, ports)| (key, ports.as_slice())));
+        let remote = self.peers.values().flat_map(|p| {
+            p.exports()
+                .iter()
+                .map(|(key, ports)| (key, ports.as_slice()))
+        });
         for (key, svc_ports) in local.chain(remote) {
             for p in svc_ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
                 match ports.get(&p.port) {
@@ -267,15 +296,22 @@ mod tests {
                         .iter()
                         .map(|s| (s.key.clone(), s.ports.clone()))
                         .collect();
-                    (
-                        ClusterName::new(name).unwrap(),
-                        PeerView {
-                            conn: None,
-                            exports,
+                    let cluster = ClusterName::new(name).unwrap();
+                    let view = PeerView {
+                        peer: Peer {
+                            cluster: cluster.clone(),
+                            trust_domain: TrustDomain::parse(name).unwrap(),
+                            address: SocketAddr::from(([127, 0, 0, 1], 1)),
                         },
-                    )
+                        connector: 0,
+                        conn: None,
+                        declared: None,
+                        fetched: exports,
+                    };
+                    (cluster, view)
                 })
                 .collect(),
+            clusters_by_domain: BTreeMap::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ::http::header::HeaderValue;
-use federation::identity::{self, SpiffeId, TrustDomain};
+use federation::identity::{self, SpiffeId};
 use federation::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -39,9 +39,8 @@ pub(crate) struct Inbound {
     pub pool: Arc<pool::Pool>,
     /// How long a peer may take to send a stream's preamble before the stream is closed.
     pub preamble_timeout: Duration,
+    /// Also says which clusters' gateways may open tunnels (`clusters_by_domain`).
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// Trust domain -> cluster name, for labels and headers.
-    pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
     pub max_preamble_bytes: usize,
     pub metrics: Metrics,
     pub next_endpoint: AtomicUsize,
@@ -102,12 +101,13 @@ async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain:
         conn.close(2u32.into(), b"no SPIFFE identity");
         return;
     };
-    // Only the gateways of configured peer clusters may open tunnels. Any other holder of a
+    // Only the gateways of the mesh's other clusters may open tunnels. Any other holder of a
     // trusted SVID (a workload, later an agent) may not: a tunnel peer may assert any
     // principal of its trust domain, which only a gateway is trusted to do.
-    let peer_cluster = match inbound.clusters_by_domain.get(peer.trust_domain()) {
-        Some(cluster) if peer.path().starts_with("/gateway/") => cluster.to_string(),
-        _ => {
+    let mut snapshots = inbound.snapshot.clone();
+    let peer_cluster = match peer_cluster_of(&snapshots.borrow_and_update(), &peer) {
+        Some(cluster) => cluster,
+        None => {
             count_refused_connection(&inbound);
             tracing::warn!(%peer, remote = %conn.remote_address(), "refused tunnel: not the gateway of a peer cluster");
             conn.close(3u32.into(), b"not a peer gateway");
@@ -119,16 +119,32 @@ async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain:
     // stays open for the streams in flight, and new ones are refused with `Draining` at once
     // so the peer moves to another cluster instead of waiting for a verdict.
     let mut serving = Some(drain);
+    let mut following = true;
     loop {
-        let accepted = match &serving {
-            Some(watch) => tokio::select! {
-                _ = watch.signaled() => {
-                    serving = None;
-                    continue;
+        let draining = async {
+            match &serving {
+                Some(watch) => watch.signaled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let accepted = tokio::select! {
+            () = draining => {
+                serving = None;
+                continue;
+            }
+            // A cluster that leaves the mesh loses its tunnels at once, not at their next
+            // handshake (its CA is no longer trusted for those).
+            changed = snapshots.changed(), if following => {
+                if changed.is_err() {
+                    following = false;
+                } else if peer_cluster_of(&snapshots.borrow_and_update(), &peer).as_ref() != Some(&peer_cluster) {
+                    tracing::info!(%peer, cluster = %peer_cluster, "peer cluster left the mesh; closing its tunnel");
+                    conn.close(3u32.into(), b"not a peer gateway");
+                    break;
                 }
-                s = conn.accept_bi() => s,
-            },
-            None => conn.accept_bi().await,
+                continue;
+            }
+            s = conn.accept_bi() => s,
         };
         let Ok((send, recv)) = accepted else { break };
         let inbound = inbound.clone();
@@ -149,6 +165,14 @@ async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain:
             }
         }
     }
+}
+
+/// The cluster whose gateway `peer` is, if it is one of the mesh's other clusters' gateways.
+fn peer_cluster_of(snapshot: &Snapshot, peer: &SpiffeId) -> Option<String> {
+    let cluster = snapshot.clusters_by_domain.get(peer.trust_domain())?;
+    peer.path()
+        .starts_with("/gateway/")
+        .then(|| cluster.to_string())
 }
 
 async fn refuse_draining(mut send: quinn::SendStream, inbound: &Inbound, peer_cluster: &str) {

@@ -7,7 +7,11 @@
 //! ```
 //!
 //! The data plane never waits on the control plane: it routes on an immutable [`Snapshot`]
-//! swapped in through a `watch` channel, and takes its certificate the same way.
+//! swapped in through a `watch` channel, and takes its certificate the same way. The mesh
+//! itself (clusters, their gateways, services, exports) arrives as a [`MeshSnapshot`] through
+//! another `watch`; `follow` turns each one into the routing snapshot and starts or stops
+//! tunnels, so clusters and services come and go without restarts. Trust bundles are read
+//! from a shared [`TrustStore`] on every handshake; its owner keeps it in step with the mesh.
 //!
 //! [`Snapshot`]: catalog::Snapshot
 #![forbid(unsafe_code)]
@@ -16,6 +20,7 @@ mod catalog;
 pub mod dns;
 pub mod drain;
 mod early;
+mod follow;
 mod http;
 mod inbound;
 pub mod metrics;
@@ -24,20 +29,21 @@ mod pool;
 pub mod preamble;
 mod tunnel;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use federation::identity::{IdentityError, Svid, TrustBundles, TrustDomain};
-use federation::model::{ClusterName, LocalService};
+use federation::identity::{IdentityError, Svid, TrustDomain, TrustStore};
+use federation::mesh::MeshSnapshot;
+use federation::model::ClusterName;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use inbound::{SOURCE_CLUSTER_HEADER, SOURCE_PRINCIPAL_HEADER};
 
-use crate::catalog::{PeerView, Snapshot};
+use crate::catalog::Snapshot;
+use crate::follow::Follower;
 use crate::metrics::Metrics;
 
 /// Tunnel tuning, from the `[tunnel]` config section.
@@ -53,23 +59,33 @@ pub struct TunnelSettings {
 }
 
 /// A peer cluster's gateway, dialled and kept connected.
-#[derive(Debug, Clone)]
-pub struct Peer {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Peer {
     pub cluster: ClusterName,
     pub trust_domain: TrustDomain,
     pub address: SocketAddr,
 }
 
+/// What the data plane is, as opposed to what the mesh is (that comes as [`MeshSnapshot`]s).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// This gateway's cluster: its services are served locally, the others' through tunnels.
     pub cluster: ClusterName,
     pub tunnel_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub dns_addr: SocketAddr,
     pub tunnel: TunnelSettings,
     pub drain_timeout: Duration,
-    pub peers: Vec<Peer>,
-    pub services: Vec<LocalService>,
+}
+
+/// One peer's tunnel, for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelStatus {
+    pub cluster: ClusterName,
+    /// The peer gateway dialled.
+    pub address: SocketAddr,
+    /// Established, with the peer's catalog read.
+    pub up: bool,
 }
 
 /// Where the data plane is listening; with port 0 in the config these are the real ports.
@@ -120,18 +136,24 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     drain_timeout: Duration,
     dns_stop: tokio::sync::oneshot::Sender<()>,
+    tunnels: watch::Receiver<Vec<TunnelStatus>>,
 }
 
 impl Gateway {
     /// Binds every listener, then starts serving. Must run inside the data plane's runtime.
+    ///
+    /// Peers, services and exports follow `mesh` from here on (its current value included);
+    /// `trust` is read on every tunnel handshake, and its owner keeps it in step with `mesh`
+    /// (updated before a snapshot naming a new cluster is sent, so the first dial succeeds).
     pub async fn start(
         settings: Settings,
         svid: watch::Receiver<Arc<Svid>>,
-        bundles: Arc<TrustBundles>,
+        trust: TrustStore,
+        mut mesh: watch::Receiver<Arc<MeshSnapshot>>,
         metrics: Metrics,
     ) -> Result<Self, GatewayError> {
         let transport = tunnel::transport(&settings.tunnel)?;
-        let server_config = tunnel::server_config(&svid.borrow(), &bundles, &transport)?;
+        let server_config = tunnel::server_config(&svid.borrow(), &trust, &transport)?;
         let socket = std::net::UdpSocket::bind(settings.tunnel_addr).map_err(|source| {
             GatewayError::Bind {
                 what: "tunnel (UDP)",
@@ -181,24 +203,10 @@ impl Gateway {
         };
         let dns_tcp_addr = local_addr("DNS (TCP)", &dns_tcp, settings.dns_addr)?;
 
+        // Empty until the follower below reads the mesh, before anything serves.
         let snapshot = Snapshot {
             local_cluster: Some(settings.cluster.clone()),
-            local: settings
-                .services
-                .iter()
-                .map(|s| (s.key.clone(), Arc::new(s.clone())))
-                .collect(),
-            peers: settings
-                .peers
-                .iter()
-                .map(|p| {
-                    let view = PeerView {
-                        conn: None,
-                        exports: BTreeMap::new(),
-                    };
-                    (p.cluster.clone(), view)
-                })
-                .collect(),
+            ..Snapshot::default()
         };
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(snapshot));
         let (trigger, drain) = drain::channel();
@@ -210,11 +218,6 @@ impl Gateway {
             pool: endpoints.clone(),
             preamble_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
-            clusters_by_domain: settings
-                .peers
-                .iter()
-                .map(|p| (p.trust_domain.clone(), p.cluster.clone()))
-                .collect(),
             max_preamble_bytes: usize::from(settings.tunnel.max_preamble_bytes),
             metrics: metrics.clone(),
             next_endpoint: AtomicUsize::new(0),
@@ -228,7 +231,7 @@ impl Gateway {
         tasks.spawn(tunnel::rotate_server_identity(
             server_identity.clone(),
             svid.clone(),
-            bundles.clone(),
+            trust.clone(),
             transport.clone(),
             drain.clone(),
         ));
@@ -236,15 +239,16 @@ impl Gateway {
         let dialer = Arc::new(tunnel::Dialer {
             endpoint: endpoint.clone(),
             svid: svid.clone(),
-            bundles,
+            trust,
             transport,
             settings: settings.tunnel.clone(),
             snapshot: snapshot_tx,
             metrics: metrics.clone(),
         });
-        for peer in settings.peers {
-            tasks.spawn(tunnel::run_connector(dialer.clone(), peer, drain.clone()));
-        }
+        let mut follower = Follower::new(settings.cluster.clone(), dialer);
+        let first = mesh.borrow_and_update().clone();
+        follower.follow(&first, &drain);
+        tasks.spawn(follower.run(mesh, drain.clone()));
 
         let outbound = Arc::new(outbound::Outbound {
             cluster: settings.cluster.clone(),
@@ -267,6 +271,12 @@ impl Gateway {
             drain.clone(),
         ));
 
+        let (tunnels_tx, tunnels) = watch::channel(tunnel_status(&snapshot_rx.borrow()));
+        tasks.spawn(publish_tunnels(
+            snapshot_rx.clone(),
+            tunnels_tx,
+            drain.signal(),
+        ));
         let (dns_tx, dns_rx) = watch::channel(
             snapshot_rx
                 .borrow()
@@ -303,11 +313,18 @@ impl Gateway {
             tasks,
             drain_timeout: settings.drain_timeout,
             dns_stop,
+            tunnels,
         })
     }
 
     pub fn addrs(&self) -> BoundAddrs {
         self.addrs
+    }
+
+    /// Every peer's tunnel, by cluster name; changes as tunnels come up and go down and as
+    /// peers join and leave. Stays readable (last state) after shutdown.
+    pub fn tunnels(&self) -> watch::Receiver<Vec<TunnelStatus>> {
+        self.tunnels.clone()
     }
 
     /// Stops accepting, lets in-flight streams and requests finish until the drain deadline,
@@ -375,6 +392,39 @@ async fn publish_dns(
         dns.send_if_modified(|current| {
             let changed = *current != table;
             *current = table;
+            changed
+        });
+    }
+}
+
+fn tunnel_status(snapshot: &Snapshot) -> Vec<TunnelStatus> {
+    snapshot
+        .peers
+        .iter()
+        .map(|(cluster, view)| TunnelStatus {
+            cluster: cluster.clone(),
+            address: view.peer.address,
+            up: view.is_up(),
+        })
+        .collect()
+}
+
+/// Republishes the tunnels' state whenever the routing snapshot changes. Holds no drain watch:
+/// status must not delay a drain.
+async fn publish_tunnels(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    tunnels: watch::Sender<Vec<TunnelStatus>>,
+    drain: drain::Signal,
+) {
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        let status = tunnel_status(&snapshots.borrow_and_update());
+        tunnels.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
             changed
         });
     }

@@ -1,14 +1,16 @@
 //! QUIC tunnels between gateways: one endpoint per gateway, one long-lived connection per peer.
 //!
 //! The endpoint both accepts (peers dial us on the tunnel port) and dials (one connector task
-//! per configured peer keeps a connection up, with backoff). Both ends present SVIDs; the rustls
-//! verifiers in `federation::identity` refuse unknown trust domains, expired certificates and
-//! certificates from the wrong CA before any stream can open.
+//! per peer in the mesh keeps a connection up, with backoff; `follow` starts and stops them).
+//! Both ends present SVIDs; the rustls verifiers in `federation::identity` refuse unknown trust
+//! domains, expired certificates and certificates from the wrong CA before any stream can open.
+//! They read the shared [`TrustStore`] on every handshake, so a cluster that joins is trusted
+//! from its first handshake on without rebuilding any config.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use federation::identity::{self, Svid, TrustBundles, TrustDomain};
+use federation::identity::{self, Svid, TrustDomain, TrustStore};
 use federation::model::ClusterName;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rand::Rng;
@@ -40,10 +42,10 @@ pub(crate) fn transport(
 
 pub(crate) fn server_config(
     svid: &Svid,
-    bundles: &Arc<TrustBundles>,
+    trust: &TrustStore,
     transport: &Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, GatewayError> {
-    let tls = identity::server_config(svid, bundles.clone())?;
+    let tls = identity::server_config(svid, trust.clone())?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| GatewayError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport.clone());
@@ -52,11 +54,11 @@ pub(crate) fn server_config(
 
 fn client_config(
     svid: &Svid,
-    bundles: &Arc<TrustBundles>,
+    trust: &TrustStore,
     peer: &TrustDomain,
     transport: &Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, GatewayError> {
-    let tls = identity::client_config(svid, bundles.clone(), peer)?;
+    let tls = identity::client_config(svid, trust.clone(), peer)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| GatewayError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport.clone());
@@ -67,15 +69,21 @@ fn client_config(
 pub(crate) struct Dialer {
     pub endpoint: quinn::Endpoint,
     pub svid: watch::Receiver<Arc<Svid>>,
-    pub bundles: Arc<TrustBundles>,
+    pub trust: TrustStore,
     pub transport: Arc<quinn::TransportConfig>,
     pub settings: TunnelSettings,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub metrics: Metrics,
 }
 
-/// Keeps the tunnel to one peer up until draining starts.
-pub(crate) async fn run_connector(dialer: Arc<Dialer>, peer: Peer, drain: drain::Watch) {
+/// Keeps the tunnel to one peer up until draining starts or `follow` aborts it. `number` is
+/// the connector's number in the peer's view; it publishes nowhere else.
+pub(crate) async fn run_connector(
+    dialer: Arc<Dialer>,
+    peer: Peer,
+    number: u64,
+    drain: drain::Watch,
+) {
     let labels = PeerLabels {
         peer_cluster: peer.cluster.to_string(),
     };
@@ -114,7 +122,7 @@ pub(crate) async fn run_connector(dialer: Arc<Dialer>, peer: Peer, drain: drain:
                 tracing::info!(peer = %peer.cluster, addr = %peer.address, services = catalog.services.len(), "tunnel up");
                 publish_peer(
                     &dialer.snapshot,
-                    &peer.cluster,
+                    (&peer.cluster, number),
                     Some(conn.clone()),
                     Some(catalog),
                 );
@@ -123,7 +131,7 @@ pub(crate) async fn run_connector(dialer: Arc<Dialer>, peer: Peer, drain: drain:
                     reason = conn.closed() => reason,
                 };
                 dialer.metrics.tunnel_up.get_or_create(&labels).set(0);
-                publish_peer(&dialer.snapshot, &peer.cluster, None, None);
+                publish_peer(&dialer.snapshot, (&peer.cluster, number), None, None);
                 tracing::warn!(peer = %peer.cluster, %reason, "tunnel down");
             }
             Err(e) => {
@@ -159,12 +167,7 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 async fn connect(dialer: &Dialer, peer: &Peer) -> Result<quinn::Connection, GatewayError> {
     // Always dial with the newest SVID: rotation reaches new connections without restarts.
     let svid = dialer.svid.borrow().clone();
-    let config = client_config(
-        &svid,
-        &dialer.bundles,
-        &peer.trust_domain,
-        &dialer.transport,
-    )?;
+    let config = client_config(&svid, &dialer.trust, &peer.trust_domain, &dialer.transport)?;
     // The server name is required by the API but never checked: SPIFFE IDs, not DNS names,
     // identify peers.
     let connecting = dialer
@@ -226,22 +229,31 @@ async fn fetch_catalog(
     Ok(catalog)
 }
 
-/// Records a peer's tunnel (and, on connect, its exports) in a new snapshot.
+/// Records a peer's tunnel (and, on connect, its catalog) in a new snapshot, unless the peer
+/// left the mesh or another connector took over meanwhile.
 fn publish_peer(
     snapshot: &watch::Sender<Arc<Snapshot>>,
-    cluster: &ClusterName,
+    (cluster, number): (&ClusterName, u64),
     conn: Option<quinn::Connection>,
     catalog: Option<Catalog>,
 ) {
-    snapshot.send_modify(|snap| {
+    snapshot.send_if_modified(|snap| {
+        if snap
+            .peers
+            .get(cluster)
+            .is_none_or(|view| view.connector != number)
+        {
+            return false;
+        }
         let mut next = (**snap).clone();
         if let Some(peer) = next.peers.get_mut(cluster) {
             peer.conn = conn;
             if let Some(catalog) = catalog {
-                peer.exports = crate::inbound::exports_from_catalog(&catalog, cluster);
+                peer.fetched = crate::inbound::exports_from_catalog(&catalog, cluster);
             }
         }
         *snap = Arc::new(next);
+        true
     });
 }
 
@@ -289,7 +301,7 @@ impl ServerIdentity {
 pub(crate) async fn rotate_server_identity(
     server: ServerIdentity,
     mut svid: watch::Receiver<Arc<Svid>>,
-    bundles: Arc<TrustBundles>,
+    trust: TrustStore,
     transport: Arc<quinn::TransportConfig>,
     drain: drain::Watch,
 ) {
@@ -299,7 +311,7 @@ pub(crate) async fn rotate_server_identity(
             changed = svid.changed() => if changed.is_err() { return },
         }
         let current = svid.borrow_and_update().clone();
-        match server_config(&current, &bundles, &transport) {
+        match server_config(&current, &trust, &transport) {
             Ok(config) => {
                 if !server.install(config) {
                     return;

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod backend;
+pub mod rest;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -81,6 +82,16 @@ pub struct Spec<'a> {
     pub extra: String,
     /// A `[store]` section, rendered with the net's addresses.
     pub store: Option<StoreSpec<'a>>,
+    /// `--join URL --token T [--join-ca CA]`: join a mesh instead of founding one.
+    pub join: Option<Join>,
+}
+
+/// How a [`Spec`] joins a mesh.
+pub struct Join {
+    pub url: String,
+    pub token: String,
+    /// `--join-ca`: the CA of the cluster whose gateway is joined through.
+    pub ca: Option<PathBuf>,
 }
 
 /// This gateway's Raft membership: its node id, the founding voters, and the other members as
@@ -100,7 +111,30 @@ impl<'a> Spec<'a> {
             peers: Vec::new(),
             extra: String::new(),
             store: None,
+            join: None,
         }
+    }
+    /// Joins through `via`'s admin API over HTTPS, trusting the CA of `via`'s cluster. Waits
+    /// until `via` is ready first: a gateway that joined a moment ago knows no leader yet, and
+    /// refuses tokens it cannot check against the committed state.
+    pub fn join(self, via: &Gateway, token: &str) -> Self {
+        eventually(
+            "the gateway joined through to be ready",
+            Duration::from_secs(30),
+            || matches!(via.try_admin("GET", "/readyz", &[], b""), Ok((200, _, _))).then_some(()),
+        );
+        let ca = via.ca.clone();
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        self.join_url(&format!("{scheme}://{}", via.admin), token, ca.as_deref())
+    }
+    /// Joins through `url` as given, with `--join-ca CA` if there is one.
+    pub fn join_url(mut self, url: &str, token: &str, ca: Option<&Path>) -> Self {
+        self.join = Some(Join {
+            url: url.to_string(),
+            token: token.to_string(),
+            ca: ca.map(Path::to_path_buf),
+        });
+        self
     }
     pub fn store(mut self, node_id: u64, voters: &[u64], members: &[(u64, &'a str, u8)]) -> Self {
         self.store = Some(StoreSpec {
@@ -161,15 +195,93 @@ impl<'a> Spec<'a> {
     }
 
     pub fn start(&self, net: &Net) -> Gateway {
+        let args = self.args(net);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut gw = Gateway::start(&args, &[]);
+        gw.token_dir = Some(net.dir.path().to_path_buf());
+        // Its admin certificate comes from its own cluster's CA.
+        let plain = self.extra.contains("tls = false");
+        gw.ca = (!plain).then(|| ca_of(&net.data_dir(self.cluster)));
+        gw
+    }
+
+    /// Starts the gateway without waiting for it to be ready (for gateways expected to fail).
+    pub fn spawn(&self, net: &Net) -> Spawned {
+        let args = self.args(net);
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn causeway");
+        Spawned { child }
+    }
+
+    fn args(&self, net: &Net) -> Vec<String> {
         // Every cluster's CA must exist before a peer can trust it.
         net.bundle(self.cluster);
         let path = net.dir.path().join(format!("{}.toml", self.cluster));
         std::fs::write(&path, self.config(net)).expect("write config");
-        Gateway::start(
-            &["gateway", "--config", path.to_str().expect("utf-8 path")],
-            &[],
-        )
+        let mut args = vec![
+            "gateway".to_string(),
+            "--config".to_string(),
+            path.to_str().expect("utf-8 path").to_string(),
+        ];
+        if let Some(join) = &self.join {
+            args.extend([
+                "--join".to_string(),
+                join.url.clone(),
+                "--token".to_string(),
+                join.token.clone(),
+            ]);
+            if let Some(ca) = &join.ca {
+                args.extend([
+                    "--join-ca".to_string(),
+                    ca.to_str().expect("utf-8 path").to_string(),
+                ]);
+            }
+        }
+        args
     }
+}
+
+/// A `causeway` process started without waiting for readiness.
+pub struct Spawned {
+    child: Child,
+}
+
+impl Spawned {
+    /// Waits for the process to exit; returns its status and everything it wrote to stderr.
+    pub fn wait_exit_output(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = eventually("the process to exit", timeout, || {
+            self.child.try_wait().expect("try_wait")
+        });
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        (status, err)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first admin token of a mesh founded with data in `data_dir` (written once the founding
+/// entry applied).
+pub fn admin_token(data_dir: &Path) -> String {
+    let path = data_dir.join("admin-token");
+    eventually("the admin token file", Duration::from_secs(30), || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    })
 }
 
 fn service_toml(name: &str, endpoint: SocketAddr, port: u16, protocol: &str) -> String {
@@ -189,6 +301,17 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// The Raft listener, when the gateway runs a store.
     pub raft: Option<SocketAddr>,
+    /// Where to look for an admin token (`*/admin-token` below it) for `/metrics`: any founded
+    /// mesh member's token works on every member.
+    pub token_dir: Option<PathBuf>,
+    /// The CA (PEM file) of this gateway's cluster, which signs its admin certificate; `None`
+    /// for a gateway whose admin API speaks plain HTTP.
+    pub ca: Option<PathBuf>,
+}
+
+/// The CA certificate of the cluster whose gateway keeps its data in `data_dir`.
+pub fn ca_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("ca").join("ca.pem")
 }
 
 impl Gateway {
@@ -229,7 +352,18 @@ impl Gateway {
             dns: unspecified(),
             admin: unspecified(),
             raft: None,
+            token_dir: cwd.map(Path::to_path_buf),
+            ca: None,
         };
+        // Its data dir: as CAUSEWAY_DATA_DIR says, else ./causeway-data (no test combines
+        // `start_in` with a config file or --data-dir).
+        let cwd_dir = cwd.map(Path::to_path_buf).unwrap_or_default();
+        let data_dir = env
+            .iter()
+            .find(|(k, _)| *k == "CAUSEWAY_DATA_DIR")
+            .map(|(_, v)| cwd_dir.join(v))
+            .unwrap_or_else(|| cwd_dir.join("causeway-data"));
+        gw.ca = Some(ca_of(&data_dir));
         let line = eventually("the gateway ready line", Duration::from_secs(30), || {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 panic!(
@@ -278,10 +412,61 @@ impl Gateway {
         })
     }
 
+    /// One request to the admin API: HTTPS verified by [`Gateway::ca`], or plain HTTP for a
+    /// gateway without one.
+    pub fn try_admin(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
+        match &self.ca {
+            Some(ca) => try_https(self.admin, ca, method, "admin", path, headers, body),
+            None => try_http(self.admin, method, "admin", path, headers, body),
+        }
+    }
+
+    /// `GET path` on the admin API without a token (`/healthz`, `/readyz`).
+    pub fn admin_get(&self, path: &str) -> HttpResponse {
+        self.try_admin("GET", path, &[], b"")
+            .unwrap_or_else(|e| panic!("GET {}{path}: {e}", self.admin))
+    }
+
+    /// `/metrics`, with an admin token of this gateway's mesh (see [`Gateway::token`]).
     pub fn metrics(&self) -> String {
-        let (status, _, body) = http_get(self.admin, "admin", "/metrics");
+        let token = self.token();
+        let auth = format!("Bearer {token}");
+        let (status, _, body) = self
+            .try_admin("GET", "/metrics", &[("authorization", &auth)], b"")
+            .unwrap_or_else(|e| panic!("GET {}/metrics: {e}", self.admin));
         assert_eq!(status, 200, "metrics: {body}");
         body
+    }
+
+    /// An admin token this gateway accepts: of the `admin-token` files below `token_dir` (each
+    /// founded mesh writes one), the first that `/v1/status` accepts. Separate meshes in one
+    /// test each have their own.
+    pub fn token(&self) -> String {
+        let dir = self
+            .token_dir
+            .clone()
+            .expect("this gateway has no token_dir to find an admin token in");
+        eventually(
+            "an admin token this gateway accepts",
+            Duration::from_secs(30),
+            || {
+                let mut files = Vec::new();
+                find_tokens(&dir, 3, &mut files);
+                files.into_iter().find(|token| {
+                    let auth = format!("Bearer {token}");
+                    matches!(
+                        self.try_admin("GET", "/v1/status", &[("authorization", &auth)], b""),
+                        Ok((200, _, _))
+                    )
+                })
+            },
+        )
     }
 
     /// The value of the first sample whose line starts with `name{` and contains every label.
@@ -324,6 +509,29 @@ fn field(line: &str, name: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("bad {name} address {value:?} in {line:?}"))
 }
 
+fn find_tokens(dir: &Path, depth: u8, out: &mut Vec<String>) {
+    if let Ok(t) = std::fs::read_to_string(dir.join("admin-token")) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            out.push(t);
+        }
+    }
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        find_tokens(&d, depth - 1, out);
+    }
+}
+
 /// Status, headers (names lowercased) and body of an HTTP response.
 pub type HttpResponse = (u16, Vec<(String, String)>, String);
 
@@ -352,8 +560,61 @@ pub fn try_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(s, method, host, path, headers, body)
+}
+
+/// [`try_http`] over TLS: the server's certificate must chain to the CA in `ca_pem` (a PEM
+/// file) and name `addr`'s IP address.
+pub fn try_https(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let pem = std::fs::read(ca_pem)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", ca_pem.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| std::io::Error::other(format!("{}: {e}", ca_pem.display())))?;
+        roots.add(cert).map_err(std::io::Error::other)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(
+        rustls::StreamOwned::new(conn, s),
+        method,
+        host,
+        path,
+        headers,
+        body,
+    )
+}
+
+fn exchange(
+    mut s: impl Read + Write,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -364,8 +625,19 @@ pub fn try_http(
     req += "\r\n";
     s.write_all(req.as_bytes())?;
     s.write_all(body)?;
+    s.flush()?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A TLS peer that closes without close_notify, after a whole `connection: close`
+            // answer, has still answered.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text
         .split_once("\r\n\r\n")

@@ -1,4 +1,5 @@
-//! The sending end: [`GrpcTransport`], one bounded queue and one sender task per peer.
+//! The sending end: [`GrpcTransport`], one bounded queue and one sender task per peer, and
+//! proposals forwarded to the leader over the same channels.
 
 use std::collections::HashMap;
 use std::io;
@@ -9,20 +10,20 @@ use federation::identity::{TrustDomain, peer_spiffe_id};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use store::Transport;
+use store::{ProposeError, Transport};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
 
 use super::proto::raft_client::RaftClient;
-use super::proto::{Batch, Chunk};
+use super::proto::{Batch, Chunk, Proposal};
 use super::{
     CHUNK_BYTES, MAX_BATCH_BYTES, MAX_GRPC_MESSAGE_BYTES, MAX_LARGE_MESSAGE_BYTES,
-    MESSAGE_FRAMING_BYTES, Peer, PeerTable,
+    MAX_PROPOSAL_BYTES, MESSAGE_FRAMING_BYTES, Peer, PeerTable, proposal,
 };
 
 /// Batches (one [`Transport::send`] each) queued for one peer before new ones are dropped.
@@ -34,6 +35,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A forwarded proposal not answered by then counts as dropped, though it may still apply.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Forwarded proposals in flight to one peer at once; more wait (within [`FORWARD_TIMEOUT`]).
+/// Well below the streams a server allows a connection, so the Raft sender's calls on the same
+/// connection always find a stream: in a group of two, the leader commits nothing without
+/// this node's acknowledgements, which must not queue behind proposals waiting to commit.
+pub(super) const MAX_FORWARDS_IN_FLIGHT: usize = 32;
+const _: () = assert!(MAX_FORWARDS_IN_FLIGHT < super::server::MAX_STREAMS_PER_CONNECTION as usize);
 
 /// The TLS client config to dial a peer of a trust domain with, or `None` if that domain is not
 /// trusted. Called on every (re)connect, so renewed SVIDs are picked up by new connections.
@@ -56,6 +65,11 @@ pub struct GrpcTransport {
 struct PeerSender {
     peer: Peer,
     queue: mpsc::Sender<Vec<Vec<u8>>>,
+    /// The sender task's channel, shared by forwarded proposals (calls multiplex over its
+    /// connection).
+    channel: Channel,
+    /// Bounds the forwarded proposals in flight to [`MAX_FORWARDS_IN_FLIGHT`].
+    forwards: Arc<Semaphore>,
 }
 
 impl GrpcTransport {
@@ -77,6 +91,9 @@ impl GrpcTransport {
     /// Dials the nodes of `peers` from now on: new peers get a sender, removed ones lose theirs
     /// (after its call in flight), and a peer whose identity or address changed is redialled.
     pub fn set_peers(&self, peers: &PeerTable) {
+        // Connections leave from our own Raft listener's IP, so that peers (and firewalls)
+        // see the member's address rather than whatever the route picks.
+        let source = source_ip(peers.get(self.local));
         let mut senders = self.senders();
         senders.retain(|node, sender| peers.get(*node) == Some(&sender.peer));
         for (node, peer) in peers.iter() {
@@ -84,16 +101,87 @@ impl GrpcTransport {
                 continue;
             }
             let (queue, batches) = mpsc::channel(QUEUE_CAPACITY);
-            let channel = channel(peer.clone(), self.tls.clone());
-            self.runtime
-                .spawn(run_sender(self.local, node, peer.clone(), channel, batches));
+            let channel = channel(peer.clone(), self.tls.clone(), source);
+            self.runtime.spawn(run_sender(
+                self.local,
+                node,
+                peer.clone(),
+                channel.clone(),
+                batches,
+            ));
             senders.insert(
                 node,
                 PeerSender {
                     peer: peer.clone(),
                     queue,
+                    channel,
+                    forwards: Arc::new(Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
                 },
             );
+        }
+    }
+
+    /// Asks node `leader` to propose `command` (`Raft.Propose`, over the channel the Raft
+    /// messages to it take) and returns what its [`store::Node::propose`] did: the log index and
+    /// the state machine's result once the command has applied on it, or its error, the same as
+    /// proposing there. It does not forward again: a `leader` that is not the leader answers
+    /// [`ProposeError::NotLeader`] with the leader it knows of, for the caller to try next.
+    ///
+    /// Besides the leader's own answers:
+    /// * [`ProposeError::NotLeader`]` { leader: None }` without a call if `leader` is not in
+    ///   the peer table (or is this node, whose proposals go to its own [`store::Node`]);
+    /// * [`ProposeError::Rejected`] if `command` is over [`MAX_PROPOSAL_BYTES`] (without a
+    ///   call), or `leader` refused the call itself: this node is not a member in its eyes, or
+    ///   it takes no forwarded proposals;
+    /// * [`ProposeError::Dropped`] if the call failed (unreachable, reset) or was not answered
+    ///   within 5 seconds (waiting for one of the [`MAX_FORWARDS_IN_FLIGHT`] included). Unlike
+    ///   the node's own `Dropped`, that does not promise the command did not apply: the leader
+    ///   may have taken it before the call broke, and then it applies all the same. Check
+    ///   before retrying a command that is not idempotent.
+    ///
+    /// The leader's result must fit in a gRPC message (a little over [`MAX_BATCH_BYTES`]), or
+    /// the answer is lost and the call counts as dropped.
+    pub async fn forward(
+        &self,
+        leader: u64,
+        command: Vec<u8>,
+    ) -> Result<(u64, Vec<u8>), ProposeError> {
+        let size = command.len();
+        if size > MAX_PROPOSAL_BYTES {
+            return Err(ProposeError::Rejected {
+                reason: format!(
+                    "a command of {size} bytes exceeds the limit of {MAX_PROPOSAL_BYTES} for forwarding"
+                ),
+            });
+        }
+        let (channel, forwards) = {
+            let senders = self.senders();
+            let Some(sender) = senders.get(&leader) else {
+                return Err(ProposeError::NotLeader { leader: None });
+            };
+            (sender.channel.clone(), Arc::clone(&sender.forwards))
+        };
+        let call = async {
+            // The semaphore is never closed.
+            let _permit = forwards.acquire_owned().await;
+            let mut client = RaftClient::new(channel)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+            let mut request = Request::new(Proposal {
+                from: self.local,
+                command,
+            });
+            // The leader stops waiting for the command to apply when we stop waiting for it.
+            request.set_timeout(FORWARD_TIMEOUT);
+            client.propose(request).await
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(Ok(answer)) => proposal::from_wire(answer.into_inner()),
+            Ok(Err(status)) => Err(forward_failed(leader, &status)),
+            Err(_) => {
+                tracing::debug!(leader, "forwarded proposal timed out");
+                Err(ProposeError::Dropped)
+            }
         }
     }
 
@@ -119,8 +207,51 @@ impl Transport for GrpcTransport {
     }
 }
 
-/// A lazily connected channel to `peer` over our TLS; tonic redials it after a failure.
-pub(super) fn channel(peer: Peer, tls: ClientTls) -> Channel {
+/// What a forwarded proposal's failed call means: refusals by the leader's server, which come
+/// before it proposes anything, are [`ProposeError::Rejected`]; anything else is a failed call
+/// (which may have reached the leader), [`ProposeError::Dropped`].
+fn forward_failed(leader: u64, status: &Status) -> ProposeError {
+    match status.code() {
+        Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::InvalidArgument
+        | Code::ResourceExhausted
+        | Code::Unimplemented => {
+            tracing::warn!(leader, code = ?status.code(), message = status.message(), "raft node refused a forwarded proposal");
+            ProposeError::Rejected {
+                reason: format!(
+                    "raft node {leader} refused the forwarded proposal: {}",
+                    status.message()
+                ),
+            }
+        }
+        code => {
+            tracing::debug!(
+                leader,
+                ?code,
+                message = status.message(),
+                "forwarded proposal failed"
+            );
+            ProposeError::Dropped
+        }
+    }
+}
+
+/// The IP our own Raft listener is on, if it is a specific one (not 0.0.0.0 or ::).
+fn source_ip(own: Option<&Peer>) -> Option<std::net::IpAddr> {
+    let host = own?
+        .addr
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+}
+
+/// A lazily connected channel to `peer` over our TLS, leaving from `source` if given; tonic
+/// redials it after a failure.
+pub(super) fn channel(peer: Peer, tls: ClientTls, source: Option<std::net::IpAddr>) -> Channel {
     // The URI only names the authority for HTTP/2; the connector below does the dialling.
     let endpoint = Endpoint::from(
         http::Uri::builder()
@@ -138,13 +269,40 @@ pub(super) fn channel(peer: Peer, tls: ClientTls) -> Channel {
     endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
         let peer = peer.clone();
         let tls = tls.clone();
-        async move { connect(&peer, &tls).await }
+        async move { connect(&peer, &tls, source).await }
     }))
+}
+
+/// A TCP connection to `addr`, bound to `source` when it is of the same family.
+async fn dial(addr: &str, source: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{addr} resolves to nothing"),
+    );
+    for target in tokio::net::lookup_host(addr).await? {
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = source.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        }
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// TCP, then TLS with the client config for the peer's trust domain, then a check that the
 /// server is the very SPIFFE ID the peer table names (the verifier checked only its domain).
-async fn connect(peer: &Peer, tls: &ClientTls) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
+async fn connect(
+    peer: &Peer,
+    tls: &ClientTls,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
     let result = async {
         let domain = peer.id.trust_domain();
         let config = tls(domain).ok_or_else(|| {
@@ -158,7 +316,7 @@ async fn connect(peer: &Peer, tls: &ClientTls) -> io::Result<TokioIo<TlsStream<T
         // The SPIFFE verifier ignores the name; rustls needs one for SNI.
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tcp = TcpStream::connect(peer.addr.as_str()).await?;
+        let tcp = dial(peer.addr.as_str(), source).await?;
         tcp.set_nodelay(true)?;
         let stream = TlsConnector::from(config).connect(name, tcp).await?;
         let answered = stream

@@ -25,9 +25,17 @@
 //!
 //! Everything is best effort, as [`store::Transport`] asks: a slow or dead peer costs only its
 //! own queue's dropped messages, and Raft retransmits.
+//!
+//! The same connections carry proposals a follower forwards to the leader
+//! ([`GrpcTransport::forward`]): `Raft.Propose(Proposal{from, command})`, authorised like a
+//! batch (only members propose), answered once the command has applied on the leader or with
+//! the leader's [`store::ProposeError`]. The receiver proposes to its own node only (`serve`'s
+//! `proposer`), so a node that is not the leader answers `NotLeader` with the leader it knows of
+//! rather than forwarding again.
 
 mod client;
 mod peers;
+mod proposal;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -55,13 +63,18 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// only how many small ones share a call.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// Largest command a member may forward through `Raft.Propose`, in bytes. The sender refuses a
+/// larger one without a call, the receiver before it proposes anything.
+pub const MAX_PROPOSAL_BYTES: usize = MAX_BATCH_BYTES;
+
 /// Largest single Raft message (a snapshot) a peer may stream, in encoded bytes. The receiver
 /// refuses a stream announcing more before it allocates anything, and the sender drops such a
 /// message rather than start a stream bound to be refused.
 pub const MAX_LARGE_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
 
 /// The gRPC message limit, both ways: a full batch plus the protobuf framing of its fields.
-/// A chunk (at most [`CHUNK_BYTES`] of data and three integers) fits with room to spare.
+/// A chunk (at most [`CHUNK_BYTES`] of data and three integers) and a proposal (at most
+/// [`MAX_PROPOSAL_BYTES`] of command and an integer) fit with room to spare.
 const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
 
 /// Protobuf framing counted per message in a batch (a tag and a length prefix), so a batch of
@@ -87,6 +100,9 @@ pub enum RaftTransportError {
         addr: String,
         reason: String,
     },
+    /// `serve`'s proposer must be the node its inbox delivers to.
+    #[error("raft node {proposer} cannot take the proposals of raft node {inbox}")]
+    MismatchedProposer { proposer: u64, inbox: u64 },
     /// The gRPC server failed.
     #[error("raft gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use federation::identity::{SpiffeId, peer_spiffe_id};
-use store::NodeInbox;
+use store::{Node, NodeInbox};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -21,8 +21,11 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::raft_server::{Raft, RaftServer};
-use super::proto::{Ack, Batch, Chunk};
-use super::{MAX_GRPC_MESSAGE_BYTES, MAX_LARGE_MESSAGE_BYTES, PeerTable, RaftTransportError};
+use super::proto::{Ack, Batch, Chunk, Proposal, Proposed};
+use super::{
+    MAX_GRPC_MESSAGE_BYTES, MAX_LARGE_MESSAGE_BYTES, MAX_PROPOSAL_BYTES, PeerTable,
+    RaftTransportError, proposal,
+};
 
 /// A peer that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,9 +33,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 64;
 /// Authenticated connections waiting for the gRPC server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
-/// Concurrent calls on one connection: a sender has one call in flight, so this only caps a
+/// Concurrent calls on one connection: a peer's Raft sender has one call in flight and its
+/// forwarded proposals at most [`super::client::MAX_FORWARDS_IN_FLIGHT`], so this only caps a
 /// misbehaving peer.
-const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+pub(super) const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// A call not answered by then is cancelled (delivery never waits, so only a stalled upload
 /// takes this long).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,13 +61,27 @@ pub struct PeerIdentity {
 /// `tls` must require client certificates and verify them as SVIDs
 /// (`federation::identity::server_config_with_alpn` with [`super::ALPN`]). `peers` says which
 /// SPIFFE ID speaks for which node; send a new table to change the membership.
+///
+/// `proposer`, the same node as `inbox`'s, takes the proposals members forward
+/// (`Raft.Propose`, see [`super::GrpcTransport::forward`]); without one they are answered
+/// `UNIMPLEMENTED`. The server holds its handle until it stops. Fails at once with
+/// [`RaftTransportError::MismatchedProposer`] if `proposer` is another node.
 pub async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     peers: watch::Receiver<PeerTable>,
     inbox: NodeInbox,
+    proposer: Option<Node>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RaftTransportError> {
+    if let Some(node) = &proposer
+        && node.id() != inbox.node()
+    {
+        return Err(RaftTransportError::MismatchedProposer {
+            proposer: node.id(),
+            inbox: inbox.node(),
+        });
+    }
     let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
     let acceptor = tokio::spawn(accept(listener, tls, accepted_tx));
     let incoming = futures::stream::unfold(accepted, |mut accepted| async move {
@@ -73,6 +91,7 @@ pub async fn serve(
     let service = RaftServer::new(RaftService {
         peers,
         inbox,
+        proposer,
         streaming: Arc::default(),
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -224,6 +243,8 @@ impl AsyncWrite for TlsConn {
 struct RaftService {
     peers: watch::Receiver<PeerTable>,
     inbox: NodeInbox,
+    /// Takes forwarded proposals, if this server does.
+    proposer: Option<Node>,
     /// The sending nodes with a `SendLarge` stream open: one each, so a member can make this
     /// node hold at most one [`MAX_LARGE_MESSAGE_BYTES`] reassembly at a time.
     streaming: Arc<Mutex<HashSet<u64>>>,
@@ -232,6 +253,18 @@ struct RaftService {
 impl RaftService {
     /// Refuses a call unless `peer` speaks for node `from` and the call is for this node.
     fn authorize(&self, peer: &PeerIdentity, from: u64, to: u64) -> Result<(), Status> {
+        self.authorize_member(peer, from)?;
+        let node = self.inbox.node();
+        if to != node {
+            return Err(Status::invalid_argument(format!(
+                "raft messages for node {to} reached node {node}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a call unless `peer` speaks for node `from`, a member.
+    fn authorize_member(&self, peer: &PeerIdentity, from: u64) -> Result<(), Status> {
         let speaks_for = self.peers.borrow().node_of(&peer.spiffe_id);
         match speaks_for {
             Some(node) if node == from => {}
@@ -255,12 +288,6 @@ impl RaftService {
                     peer.spiffe_id
                 )));
             }
-        }
-        let node = self.inbox.node();
-        if to != node {
-            return Err(Status::invalid_argument(format!(
-                "raft messages for node {to} reached node {node}"
-            )));
         }
         Ok(())
     }
@@ -382,5 +409,31 @@ impl Raft for RaftService {
             }
         };
         Ok(Response::new(Ack { delivered }))
+    }
+
+    async fn propose(&self, request: Request<Proposal>) -> Result<Response<Proposed>, Status> {
+        let peer = authenticated(&request)?;
+        let forwarded = request.into_inner();
+        self.authorize_member(&peer, forwarded.from)?;
+        let Some(node) = &self.proposer else {
+            return Err(Status::unimplemented(format!(
+                "raft node {} takes no forwarded proposals",
+                self.inbox.node()
+            )));
+        };
+        let size = forwarded.command.len();
+        if size > MAX_PROPOSAL_BYTES {
+            tracing::warn!(peer = %peer.spiffe_id, from = forwarded.from, size, "refused an oversized proposal");
+            return Err(Status::resource_exhausted(format!(
+                "a command of {size} bytes exceeds the limit of {MAX_PROPOSAL_BYTES}"
+            )));
+        }
+        // Only this node's own: one that is not the leader answers NotLeader rather than
+        // forwarding again. If the caller gives up first, the proposal stays proposed.
+        let outcome = node.propose(forwarded.command).await;
+        if let Err(e) = &outcome {
+            tracing::debug!(from = forwarded.from, error = %e, "forwarded proposal failed");
+        }
+        Ok(Response::new(proposal::to_wire(outcome)))
     }
 }

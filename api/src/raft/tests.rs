@@ -11,14 +11,14 @@ use federation::identity::{
     server_config_with_alpn,
 };
 use store::storage::MemStore;
-use store::{Node, NodeConfig, Role, StateMachine, Transport};
+use store::{Node, NodeConfig, ProposeError, Role, StateMachine, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
 use super::proto::raft_client::RaftClient;
-use super::proto::{Batch, Chunk};
+use super::proto::{Batch, Chunk, Proposal, ProposeFailure};
 use super::*;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -42,13 +42,14 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
     }
 }
 
-/// Applies commands by appending them; the snapshot is the list, length-prefixed.
+/// Applies commands by appending them, answering `applied:` and the command; the snapshot is
+/// the list, length-prefixed.
 struct Log(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl StateMachine for Log {
     fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
         self.0.lock().unwrap().push(command.to_vec());
-        Vec::new()
+        [b"applied:", command].concat()
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -131,6 +132,7 @@ fn client_tls(svid: &Svid, bundles: &Arc<TrustBundles>) -> ClientTls {
 
 struct Member {
     node: Node,
+    transport: Arc<GrpcTransport>,
     applied: Arc<Mutex<Vec<Vec<u8>>>>,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), RaftTransportError>>,
@@ -197,7 +199,8 @@ fn member_with(
     let node = config.id;
     let svid = ids.svid(node);
     let transport = GrpcTransport::new(node, table, ids.client_tls(&svid));
-    let (handle, inbox) = store::start(config, MemStore::new(), state_machine, transport).unwrap();
+    let (handle, inbox) =
+        store::start(config, MemStore::new(), state_machine, transport.clone()).unwrap();
     let server_tls = server_config_with_alpn(&svid, ids.bundles.clone(), &[ALPN]).unwrap();
     let (stop_server, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
@@ -205,12 +208,14 @@ fn member_with(
         watch::channel(Arc::new(server_tls)).1,
         watch::channel(table.clone()).1,
         inbox,
+        Some(handle.clone()),
         async move {
             let _ = stopped.await;
         },
     ));
     Member {
         node: handle,
+        transport,
         applied,
         stop_server: Some(stop_server),
         server,
@@ -343,7 +348,7 @@ async fn lone_node_1(ids: &Identities) -> (Peer, Member) {
 }
 
 fn client(peer: &Peer, tls: ClientTls) -> RaftClient<tonic::transport::Channel> {
-    RaftClient::new(client::channel(peer.clone(), tls))
+    RaftClient::new(client::channel(peer.clone(), tls, None))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,4 +671,244 @@ async fn a_follower_behind_a_compacted_log_catches_up_through_a_streamed_snapsho
     for member in &mut members {
         member.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_a_proposal_to_the_leader_and_a_follower_names_the_leader() {
+    let ids = identities();
+    let (_, mut members) = cluster(&ids, &[1, 2, 3]).await;
+    let all: Vec<&Member> = members.iter().collect();
+
+    // A follower forwards to the leader it knows; retried across elections. An attempt that
+    // failed other than with NotLeader may have applied all the same.
+    let ambiguous = AtomicUsize::new(0);
+    let (follower, leader, (index, result)) =
+        eventually("a forwarded proposal to apply", || async {
+            for member in &members {
+                let status = member.node.status().await.ok()?;
+                let Some(leader) = status.leader else {
+                    continue;
+                };
+                if status.role != Role::Follower {
+                    continue;
+                }
+                match member
+                    .transport
+                    .forward(leader, b"forwarded".to_vec())
+                    .await
+                {
+                    Ok(applied) => return Some((status.id, leader, applied)),
+                    Err(ProposeError::NotLeader { .. }) => {}
+                    Err(_) => {
+                        ambiguous.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            None
+        })
+        .await;
+    assert_ne!(follower, leader);
+    assert_eq!(result, b"applied:forwarded");
+    assert!(index > 1, "a real log index: {index}");
+    let leader_member = members.iter().find(|m| m.node.id() == leader).unwrap();
+    assert!(leader_member.node.status().await.unwrap().applied >= index);
+    applied_everywhere(&all, b"forwarded").await;
+
+    // Forwarded to a follower, a proposal is not forwarded again: the follower names the leader.
+    let other = [1, 2, 3]
+        .into_iter()
+        .find(|&n| n != follower && n != leader)
+        .unwrap();
+    let from = members.iter().find(|m| m.node.id() == follower).unwrap();
+    let named = eventually("a follower to name the leader", || async {
+        match from.transport.forward(other, b"misdirected".to_vec()).await {
+            Err(ProposeError::NotLeader {
+                leader: Some(named),
+            }) => Some(named),
+            _ => None,
+        }
+    })
+    .await;
+    assert_ne!(named, other);
+
+    // A node that is not in the peer table, or this node itself, is no leader to forward to.
+    for to in [9, 0, follower] {
+        assert_eq!(
+            from.transport.forward(to, b"nowhere".to_vec()).await,
+            Err(ProposeError::NotLeader { leader: None }),
+            "{to}"
+        );
+    }
+    let attempts = 1 + ambiguous.load(Ordering::SeqCst);
+    for member in &members {
+        let applied = member.applied.lock().unwrap();
+        let times = applied.iter().filter(|c| *c == b"forwarded").count();
+        assert!(
+            (1..=attempts).contains(&times),
+            "applied {times} times on {} after {attempts} attempts",
+            member.node.id()
+        );
+        assert!(!applied.iter().any(|c| c == b"nowhere"));
+    }
+    for member in &mut members {
+        member.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proposals_from_non_members_forgers_or_oversized_are_refused() {
+    let ids = identities();
+    let (node1, mut member1) = lone_node_1(&ids).await;
+    let mut table = PeerTable::new();
+    table
+        .insert(1, node1.id.clone(), node1.addr.as_str())
+        .unwrap();
+    table.insert(3, ids.id(3), "127.0.0.1:1").unwrap();
+    let proposal = |from, command: &[u8]| Proposal {
+        from,
+        command: command.to_vec(),
+    };
+
+    // A gateway of a trusted domain, with a genuine SVID, that is not a member.
+    let outsider = SpiffeId::gateway(ids.cas[&2].trust_domain(), "gw-9").unwrap();
+    let outsider_svid = ids.cas[&2].issue_for(&outsider, HOUR).unwrap();
+    let outsider_tls = ids.client_tls(&outsider_svid);
+    for from in [9, 2] {
+        let status = client(&node1, outsider_tls.clone())
+            .propose(proposal(from, b"outsider"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{from}: {status:?}");
+    }
+    let as_outsider = GrpcTransport::new(9, &table, outsider_tls);
+    let refused = as_outsider.forward(1, b"outsider".to_vec()).await;
+    assert!(
+        matches!(refused, Err(ProposeError::Rejected { .. })),
+        "{refused:?}"
+    );
+
+    // Node 2, correctly authenticated, claims to be node 3.
+    let mut as_2 = large_client(&node1, ids.client_tls(&ids.svid(2)));
+    let status = as_2.propose(proposal(3, b"forged")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Too large: refused before anything is proposed. At the limit it is proposed, and node 1,
+    // which leads nothing (no other member runs), answers that it is not the leader.
+    let status = as_2
+        .propose(proposal(2, &vec![0; MAX_PROPOSAL_BYTES + 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let answer = as_2
+        .propose(proposal(2, &vec![0; MAX_PROPOSAL_BYTES]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.failure(), ProposeFailure::NotLeader);
+    assert_eq!(answer.leader, 0);
+    let as_member_2 = GrpcTransport::new(2, &table, ids.client_tls(&ids.svid(2)));
+    let oversized = as_member_2
+        .forward(1, vec![0; MAX_PROPOSAL_BYTES + 1])
+        .await;
+    assert!(
+        matches!(oversized, Err(ProposeError::Rejected { .. })),
+        "{oversized:?}"
+    );
+
+    // A genuine member's forward to a node that is not the leader: NotLeader, no leader known.
+    assert_eq!(
+        as_member_2.forward(1, b"genuine".to_vec()).await,
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    // A node nobody answers for: the call fails, which says nothing about the command.
+    assert_eq!(
+        as_member_2.forward(3, b"unanswered".to_vec()).await,
+        Err(ProposeError::Dropped)
+    );
+    assert!(member1.applied.lock().unwrap().is_empty());
+    member1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_proposer_takes_no_proposals_and_only_its_own_node_proposes() {
+    let ids = identities();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut table = PeerTable::new();
+    table.insert(1, ids.id(1), &addr).unwrap();
+    table.insert(2, ids.id(2), "127.0.0.1:1").unwrap();
+    let start = |node| {
+        store::start(
+            config(node, vec![1, 2]),
+            MemStore::new(),
+            Log(Arc::default()),
+            Arc::new(Recorder::default()),
+        )
+        .unwrap()
+    };
+    let (node1, inbox1) = start(1);
+    let (node2, _inbox2) = start(2);
+    let server_tls = || {
+        let config = server_config_with_alpn(&ids.svid(1), ids.bundles.clone(), &[ALPN]);
+        watch::channel(Arc::new(config.unwrap())).1
+    };
+    let peers = || watch::channel(table.clone()).1;
+
+    // Node 2's handle cannot take node 1's proposals.
+    let spare = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mismatched = serve(
+        spare,
+        server_tls(),
+        peers(),
+        inbox1.clone(),
+        Some(node2.clone()),
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(
+            mismatched,
+            Err(RaftTransportError::MismatchedProposer {
+                proposer: 2,
+                inbox: 1
+            })
+        ),
+        "{mismatched:?}"
+    );
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        server_tls(),
+        peers(),
+        inbox1,
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let peer = table.get(1).unwrap().clone();
+    let status = client(&peer, ids.client_tls(&ids.svid(2)))
+        .propose(Proposal {
+            from: 2,
+            command: b"nobody takes this".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    let as_2 = GrpcTransport::new(2, &table, ids.client_tls(&ids.svid(2)));
+    let refused = as_2.forward(1, b"nobody takes this".to_vec()).await;
+    assert!(
+        matches!(refused, Err(ProposeError::Rejected { .. })),
+        "{refused:?}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+    let _ = node1.shutdown().await;
+    let _ = node2.shutdown().await;
 }

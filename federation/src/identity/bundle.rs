@@ -13,7 +13,7 @@ use rustls::pki_types::CertificateDer;
 use super::{IdentityError, TrustDomain};
 
 /// Root certificates by trust domain.
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
 pub struct TrustBundles {
     roots: BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>,
 }

@@ -7,8 +7,10 @@
 //!
 //! root  O=causeway, CN=<td>, URI SAN spiffe://<td>, CA:true pathlen 0,
 //!  │    keyUsage (critical) keyCertSign cRLSign digitalSignature, 10 years, no name constraints
-//!  └─ leaf  no subject, one URI SAN spiffe://<td>/<path>, CA:false,
-//!           keyUsage (critical) digitalSignature, EKU serverAuth clientAuth
+//!  ├─ leaf  no subject, one URI SAN spiffe://<td>/<path>, CA:false,
+//!  │        keyUsage (critical) digitalSignature, EKU serverAuth clientAuth
+//!  └─ server leaf (the admin API's HTTPS)  no subject, DNS/IP SANs only (no URI SAN, so it
+//!           never passes for an SVID), CA:false, keyUsage digitalSignature, EKU serverAuth
 //! ```
 //!
 //! The trust domain lives in the root's URI SAN, so a directory copied to the wrong cluster is
@@ -25,7 +27,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use time::OffsetDateTime;
 
 use super::svid::{parse_certificate, uri_sans};
@@ -149,6 +151,81 @@ impl CertificateAuthority {
             not_after,
             // Within the window even for certificates issued for the past or the future.
             issued_at: SystemTime::now().clamp(not_before, not_after),
+        })
+    }
+
+    /// A TLS server certificate for `names` (DNS names and IP addresses, checked by clients the
+    /// usual way), valid from a minute ago until `ttl` from now (cut to the root's expiry). It
+    /// carries no URI SAN, so it can never pass for an X.509-SVID of this trust domain.
+    pub fn issue_server_cert(
+        &self,
+        names: &[ServerName<'_>],
+        ttl: Duration,
+    ) -> Result<ServerCertificate, IdentityError> {
+        let subject = || {
+            let shown: Vec<_> = names.iter().map(ServerName::to_str).collect();
+            format!("a server certificate for {}", shown.join(", "))
+        };
+        if names.is_empty() {
+            return Err(IdentityError::InvalidValidity {
+                subject: subject(),
+                reason: "a server certificate needs at least one DNS name or IP address",
+            });
+        }
+        let invalid = |reason| IdentityError::InvalidValidity {
+            subject: subject(),
+            reason,
+        };
+        let now = SystemTime::now();
+        let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+        let not_after = now
+            .checked_add(ttl)
+            .ok_or_else(|| invalid("ttl is too large"))?
+            .min(self.root_not_after);
+        let (not_before_x509, _) = cert_time(not_before)
+            .ok_or_else(|| invalid("the system clock is outside years 1970-9999"))?;
+        let (not_after_x509, not_after) =
+            cert_time(not_after).ok_or_else(|| invalid("not_after is outside years 1970-9999"))?;
+        if not_after <= not_before {
+            return Err(invalid("the CA's root certificate has expired"));
+        }
+
+        let generate = |source| IdentityError::Generate {
+            what: subject(),
+            source,
+        };
+        let mut sans = Vec::with_capacity(names.len());
+        for name in names {
+            sans.push(match name {
+                ServerName::IpAddress(ip) => SanType::IpAddress(std::net::IpAddr::from(*ip)),
+                ServerName::DnsName(dns) => {
+                    SanType::DnsName(Ia5String::try_from(dns.as_ref()).map_err(generate)?)
+                }
+                // `ServerName` is non-exhaustive; a kind we do not know cannot go in a SAN.
+                other => {
+                    return Err(IdentityError::InvalidValidity {
+                        subject: format!("a server certificate for {}", other.to_str()),
+                        reason: "only DNS names and IP addresses can be certified",
+                    });
+                }
+            });
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial(&subject())?);
+        params.not_before = not_before_x509;
+        params.not_after = not_after_x509;
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
+        Ok(ServerCertificate {
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            not_after,
         })
     }
 
@@ -295,6 +372,40 @@ impl CertificateAuthority {
             root_not_after,
             issuer,
         })
+    }
+}
+
+/// A TLS server certificate from [`CertificateAuthority::issue_server_cert`] and its key.
+pub struct ServerCertificate {
+    /// Leaf only: clients verify it against the CA root they were given, so sending the root
+    /// along would add bytes and no trust.
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+    not_after: SystemTime,
+}
+
+impl ServerCertificate {
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// A copy of the PKCS#8 private key, in the form rustls configs take.
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// As encoded in the certificate (whole seconds).
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    // The key is a secret: never in logs or panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 
@@ -449,6 +560,7 @@ fn check_private(path: &Path) -> Result<(), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::CertificateError;
     use x509_parser::extensions::ParsedExtension;
 
     fn td(s: &str) -> TrustDomain {
@@ -726,6 +838,104 @@ mod tests {
             "{debug}"
         );
         assert!(!debug.to_lowercase().contains("pkcs8"), "{debug}");
+    }
+
+    /// A TLS handshake in memory between a client trusting `root` and dialling `name`, and a
+    /// server presenting `cert`.
+    fn handshake(
+        root: CertificateDer<'static>,
+        cert: &ServerCertificate,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        use std::sync::Arc;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root)?;
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(cert.chain().to_vec(), cert.key())?;
+        let io = |e: std::io::Error| rustls::Error::General(e.to_string());
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut server = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).map_err(io)?;
+            }
+            server.read_tls(&mut wire.as_slice()).map_err(io)?;
+            server.process_new_packets()?;
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire).map_err(io)?;
+            }
+            client.read_tls(&mut wire.as_slice()).map_err(io)?;
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn server_cert_is_accepted_for_its_names_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(tmp.path(), &td("east")).unwrap();
+        let names = [
+            ServerName::try_from("127.0.0.1").unwrap(),
+            ServerName::try_from("::1").unwrap(),
+            ServerName::try_from("gw.example.com").unwrap(),
+        ];
+        let cert = ca
+            .issue_server_cert(&names, Duration::from_secs(3600))
+            .unwrap();
+        for name in ["127.0.0.1", "::1", "gw.example.com"] {
+            handshake(ca.root_der(), &cert, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for name in ["127.0.0.2", "other.example.com"] {
+            let err = handshake(ca.root_der(), &cert, name).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForNameContext { .. }
+                    )
+                ),
+                "{name}: {err}"
+            );
+        }
+        // Another cluster's CA does not vouch for it, nor does another CA of the same name.
+        for domain in ["west", "east"] {
+            let dir = other.path().join(domain);
+            let stranger = CertificateAuthority::load_or_create(&dir, &td(domain)).unwrap();
+            let err = handshake(stranger.root_der(), &cert, "127.0.0.1").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::UnknownIssuer | CertificateError::BadSignature
+                    )
+                ),
+                "{domain}: {err}"
+            );
+        }
+
+        let leaf = parse_certificate(&cert.chain()[0]).unwrap();
+        assert!(uri_sans(&leaf).unwrap().is_empty(), "never an SVID");
+        assert!(!leaf.is_ca());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert!(cert.not_after() > SystemTime::now() + Duration::from_secs(3500));
+        assert!(!format!("{cert:?}").to_lowercase().contains("key"));
+        assert!(ca.issue_server_cert(&[], Duration::from_secs(60)).is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!        └──────────────► TrustBundles ◄───────┼───────────────┘                         │
 //!                         {east: [root], west: [root]}                                   │
 //!                                   │          │                                         │
-//!                     server_config / client_config(svid, bundles, expected peer domain) │
+//!                                   │ held in a TrustStore (replaceable at runtime)      │
+//!                     server_config / client_config(svid, trust, expected peer domain)   │
 //!                                   │                                                    │
 //!                                   └────────── mutual TLS 1.3, ALPN causeway/1 ◄────────┘
 //! ```
@@ -18,19 +19,23 @@
 //! [`peer_spiffe_id`] on the connection's peer certificates yields the authenticated ID.
 //!
 //! Renewal is the caller's: an owner task re-issues at [`Svid::renew_at`] and swaps configs.
+//! Trust is the caller's too: whoever follows the mesh replaces the [`TrustStore`]'s bundles,
+//! and every config built on that store verifies the next handshake against them.
 
 mod bundle;
 mod ca;
 mod error;
 mod spiffe;
 mod svid;
+mod trust;
 mod verifier;
 
 pub use bundle::TrustBundles;
-pub use ca::CertificateAuthority;
+pub use ca::{CertificateAuthority, ServerCertificate};
 pub use error::IdentityError;
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use svid::{Svid, peer_spiffe_id};
+pub use trust::TrustStore;
 pub use verifier::{
     ALPN, client_config, client_config_with_alpn, server_config, server_config_with_alpn,
 };

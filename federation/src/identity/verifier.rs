@@ -4,7 +4,7 @@
 //! peer leaf ──► exactly one URI SAN ──► SpiffeId ──► its trust domain
 //!                                                     │  (client side: must be the one dialled)
 //!                                                     ▼
-//!                             TrustBundles: that domain's roots, and only those
+//!          TrustStore::current() (read per handshake): that domain's roots, and only those
 //!                                                     │
 //!                                                     ▼
 //!                webpki chain check (time, signatures, CA flags, EKU client/server auth)
@@ -12,6 +12,10 @@
 //!
 //! The ID is read before the chain is checked only to pick the roots; it is vouched for once
 //! the chain verifies against them. DNS names and the TLS `ServerName` play no part.
+//!
+//! The configs take anything that converts into a [`TrustStore`]: a store shared with whoever
+//! follows the mesh (new clusters are trusted from their next handshake on), or a fixed
+//! `Arc<TrustBundles>`.
 
 use std::slice;
 use std::sync::Arc;
@@ -27,30 +31,32 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
-use super::{IdentityError, SpiffeId, Svid, TrustBundles, TrustDomain, peer_spiffe_id};
+use super::{IdentityError, SpiffeId, Svid, TrustDomain, TrustStore, peer_spiffe_id};
 
 /// The ALPN protocol gateways speak to each other.
 pub const ALPN: &[u8] = b"causeway/1";
 
 /// TLS 1.3 server config (as QUIC needs) presenting `svid` and requiring a client certificate
-/// that is an X.509-SVID of a trust domain in `bundles`, verified against that domain's roots.
+/// that is an X.509-SVID of a trust domain in `trust`, verified against that domain's roots as
+/// they are at the time of each handshake.
 pub fn server_config(
     svid: &Svid,
-    bundles: Arc<TrustBundles>,
+    trust: impl Into<TrustStore>,
 ) -> Result<ServerConfig, IdentityError> {
-    server_config_with_alpn(svid, bundles, &[ALPN])
+    server_config_with_alpn(svid, trust, &[ALPN])
 }
 
 /// [`server_config`] offering the ALPN protocols `alpn` instead of [`ALPN`] (e.g. `h2` for the
 /// Raft transport's gRPC); the SPIFFE verification is the same.
 pub fn server_config_with_alpn(
     svid: &Svid,
-    bundles: Arc<TrustBundles>,
+    trust: impl Into<TrustStore>,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SpiffeClientVerifier(SpiffeVerifier::new(
-        bundles, &provider,
+        trust.into(),
+        &provider,
     )));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -72,26 +78,27 @@ pub fn server_config_with_alpn(
 }
 
 /// TLS 1.3 client config presenting `svid` and accepting only a server whose X.509-SVID is in
-/// `expected_peer`, verified against that domain's roots in `bundles`.
+/// `expected_peer`, verified against that domain's roots in `trust` as they are at the time of
+/// each handshake.
 pub fn client_config(
     svid: &Svid,
-    bundles: Arc<TrustBundles>,
+    trust: impl Into<TrustStore>,
     expected_peer: &TrustDomain,
 ) -> Result<ClientConfig, IdentityError> {
-    client_config_with_alpn(svid, bundles, expected_peer, &[ALPN])
+    client_config_with_alpn(svid, trust, expected_peer, &[ALPN])
 }
 
 /// [`client_config`] offering the ALPN protocols `alpn` instead of [`ALPN`] (e.g. `h2` for the
 /// Raft transport's gRPC); the SPIFFE verification is the same.
 pub fn client_config_with_alpn(
     svid: &Svid,
-    bundles: Arc<TrustBundles>,
+    trust: impl Into<TrustStore>,
     expected_peer: &TrustDomain,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SpiffeServerVerifier {
-        inner: SpiffeVerifier::new(bundles, &provider),
+        inner: SpiffeVerifier::new(trust.into(), &provider),
         expected: expected_peer.clone(),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -115,14 +122,14 @@ pub fn client_config_with_alpn(
 /// The checks both sides share.
 #[derive(Debug)]
 struct SpiffeVerifier {
-    bundles: Arc<TrustBundles>,
+    trust: TrustStore,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeVerifier {
-    fn new(bundles: Arc<TrustBundles>, provider: &CryptoProvider) -> Self {
+    fn new(trust: TrustStore, provider: &CryptoProvider) -> Self {
         Self {
-            bundles,
+            trust,
             algorithms: provider.signature_verification_algorithms,
         }
     }
@@ -145,8 +152,9 @@ impl SpiffeVerifier {
                 actual: id,
             }));
         }
-        let roots = self
-            .bundles
+        // Read once: the whole check runs against one version of the bundles.
+        let bundles = self.trust.current();
+        let roots = bundles
             .roots(td)
             .ok_or_else(|| refused(IdentityError::UnknownTrustDomain(td.clone())))?;
         // `TrustBundles::insert_pem` refuses roots webpki cannot parse; one that slipped in
@@ -324,7 +332,7 @@ mod tests {
     use rustls::{ClientConnection, Connection, ServerConnection};
 
     use super::*;
-    use crate::identity::CertificateAuthority;
+    use crate::identity::{CertificateAuthority, TrustBundles};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -374,12 +382,12 @@ mod tests {
     }
 
     fn client_verifier(bundles: &Arc<TrustBundles>) -> SpiffeClientVerifier {
-        SpiffeClientVerifier(SpiffeVerifier::new(bundles.clone(), &provider()))
+        SpiffeClientVerifier(SpiffeVerifier::new(bundles.clone().into(), &provider()))
     }
 
     fn server_verifier(bundles: &Arc<TrustBundles>, expected: &str) -> SpiffeServerVerifier {
         SpiffeServerVerifier {
-            inner: SpiffeVerifier::new(bundles.clone(), &provider()),
+            inner: SpiffeVerifier::new(bundles.clone().into(), &provider()),
             expected: td(expected),
         }
     }
@@ -692,5 +700,63 @@ mod tests {
             matches!(result, Err(rustls::Error::NoCertificatesPresented)),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn configs_built_before_a_domain_is_trusted_accept_it_after_replace() {
+        let mesh = mesh();
+        let east_gw = gateway(&mesh.east, "east-1");
+        let north_gw = gateway(&mesh.north, "north-1");
+        let trust = TrustStore::new((*mesh.bundles).clone());
+        let client = client_verifier_on(&trust);
+        let server = SpiffeServerVerifier {
+            inner: SpiffeVerifier::new(trust.clone(), &provider()),
+            expected: td("north"),
+        };
+        let configs = || {
+            (
+                server_config(&east_gw, trust.clone()).unwrap(),
+                client_config(&north_gw, trust.clone(), &td("east")).unwrap(),
+            )
+        };
+        let (server_tls, client_tls) = configs();
+        assert_refused_with(
+            verify_client(&client, &north_gw),
+            "unknown trust domain north",
+        );
+        assert_refused_with(
+            verify_server(&server, &north_gw),
+            "unknown trust domain north",
+        );
+
+        // North joins the mesh: its CA is trusted from the next handshake on, by verifiers
+        // and configs that already existed.
+        let mut bundles = (*trust.current()).clone();
+        bundles
+            .insert_pem(td("north"), &mesh.north.bundle_pem())
+            .unwrap();
+        assert!(trust.replace(bundles));
+        verify_client(&client, &north_gw).unwrap();
+        verify_server(&server, &north_gw).unwrap();
+        let (_, server_conn, result) = run(server_tls, client_tls);
+        result.unwrap();
+        assert_eq!(
+            &peer_spiffe_id(server_conn.peer_certificates().unwrap()).unwrap(),
+            north_gw.id()
+        );
+
+        // And it leaves again: new handshakes are refused.
+        assert!(trust.replace((*mesh.bundles).clone()));
+        assert_refused_with(
+            verify_client(&client, &north_gw),
+            "unknown trust domain north",
+        );
+        let (server_tls, client_tls) = configs();
+        let (_, _, result) = run(server_tls, client_tls);
+        assert!(result.is_err());
+    }
+
+    fn client_verifier_on(trust: &TrustStore) -> SpiffeClientVerifier {
+        SpiffeClientVerifier(SpiffeVerifier::new(trust.clone(), &provider()))
     }
 }

@@ -1,0 +1,197 @@
+//! HTTPS for the admin port: a listener that hands axum connections whose TLS handshake is
+//! already done, so `axum::serve` (and its graceful shutdown) works on them unchanged.
+//!
+//! ```text
+//!  TcpListener ─accept─▶ spawned task per connection (at most MAX_HANDSHAKES at once):
+//!                         peek: TLS record? ─no─▶ "400 use https://" and close
+//!                           └─yes─▶ TLS handshake (HANDSHAKE_TIMEOUT) ─▶ channel ─▶ TlsListener::accept ─▶ axum
+//! ```
+//!
+//! Handshakes run off the accept path: a slow or garbage client holds one task until its
+//! timeout, never the listener.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond this, accepting waits (the kernel backlog queues).
+const MAX_HANDSHAKES: usize = 128;
+/// Finished handshakes waiting for the server to take them.
+const ACCEPTED_BACKLOG: usize = 64;
+/// The first byte of a TLS record carrying a handshake message (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// What a client speaking plain HTTP to the HTTPS port reads, instead of TLS garbage.
+const PLAIN_HTTP_BODY: &str = "this port speaks HTTPS: use https:// and trust the cluster's CA \
+(`causeway bundle` prints it)\n";
+
+fn plain_http_answer() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{PLAIN_HTTP_BODY}",
+        PLAIN_HTTP_BODY.len()
+    )
+}
+
+/// The admin port's TLS server config: `chain` and `key` from the cluster CA
+/// (`CertificateAuthority::issue_server_cert`), TLS 1.2 and 1.3 (curl and browsers alike), no
+/// client certificates (tokens authenticate), ALPN `http/1.1` (the admin API's only protocol).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Connections whose TLS handshake has completed, for `axum::serve`.
+pub(crate) struct TlsListener {
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    /// Aborted when the listener is dropped (axum drops it when serving ends).
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub(crate) fn new(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
+        let acceptor = tokio::spawn(accept(listener, TlsAcceptor::from(tls), accepted_tx));
+        Ok(Self {
+            accepted,
+            local,
+            acceptor,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(conn) => conn,
+            // The acceptor ended (it never does while we hold the receiver, short of a panic):
+            // take no more connections, and let the graceful shutdown end the server.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    accepted: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, remote) = tokio::select! {
+            () = accepted.closed() => return,
+            result = listener.accept() => match result {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "admin API cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let tls = tls.clone();
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tls, tcp, remote));
+            match handshake.await {
+                Ok(Some(stream)) => {
+                    // Fails only when the server is shutting down.
+                    let _ = accepted.send((stream, remote)).await;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::debug!(%remote, "admin TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn handshake(
+    tls: TlsAcceptor,
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    let _ = tcp.set_nodelay(true);
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(1) => {
+            // Someone used http://. What they sent (a token, perhaps) has crossed in clear
+            // already; all we can do is not answer it, and say how to do it right.
+            tracing::warn!(%remote, "plain HTTP on the HTTPS admin port refused");
+            let _ = tcp.write_all(plain_http_answer().as_bytes()).await;
+            let _ = tcp.shutdown().await;
+            // Closing with their request unread would reset the connection, and the reset can
+            // destroy our answer before they read it: drain until they close (bounded by the
+            // handshake timeout around us, and by size).
+            let mut sink = [0u8; 4096];
+            let mut left: usize = 64 * 1024;
+            while left > 0 {
+                match tcp.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+            return None;
+        }
+        _ => return None,
+    }
+    match tls.accept(tcp).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "admin TLS handshake failed");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_answer_has_the_length_it_announces() {
+        let text = plain_http_answer();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}\n{body:?}"
+        );
+    }
+}

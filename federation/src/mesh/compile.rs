@@ -1,0 +1,421 @@
+//! Compiles a [`MeshSnapshot`] from the state: the typed view the data plane and the Raft
+//! transport run on.
+//!
+//! Lenient on purpose: resources were validated before they were committed, so anything that
+//! does not parse here is a bug or an older format, and one bad resource must not take the
+//! data plane's view of every other one down. It is skipped with a warning instead.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use rustls::pki_types::CertificateDer;
+use serde_json::Value;
+
+use super::{ClusterView, MeshSnapshot, MeshState};
+use crate::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
+use crate::resource::{Kind, Resource};
+
+/// More CA certificates than any sane trust bundle holds; bounds the PEM reader.
+const MAX_BUNDLE_CERTS: usize = 256;
+
+impl MeshState {
+    /// The data plane's view of the state as of [`MeshState::applied`].
+    pub fn compile(&self) -> MeshSnapshot {
+        let mut snapshot = MeshSnapshot {
+            version: self.applied(),
+            members: self.members().into_iter().cloned().collect(),
+            ..MeshSnapshot::default()
+        };
+        for resource in self.list(Kind::Cluster, None, None) {
+            if let Some(view) = cluster_view(resource) {
+                snapshot.clusters.insert(view.name.clone(), view);
+            }
+        }
+
+        // (cluster, namespace, name) of every ServiceExport.
+        let exported: BTreeSet<(&str, &str, &str)> = self
+            .list(Kind::ServiceExport, None, None)
+            .into_iter()
+            .filter_map(|r| {
+                let meta = &r.metadata;
+                Some((
+                    meta.cluster.as_deref()?,
+                    meta.namespace.as_deref()?,
+                    meta.name.as_str(),
+                ))
+            })
+            .collect();
+
+        for resource in self.list(Kind::Service, None, None) {
+            let Some((cluster, service)) = local_service(resource, &exported) else {
+                continue;
+            };
+            if service.export {
+                snapshot
+                    .exports
+                    .entry(cluster.clone())
+                    .or_default()
+                    .insert(service.key.clone(), service.ports.clone());
+            }
+            snapshot.services.entry(cluster).or_default().push(service);
+        }
+        for services in snapshot.services.values_mut() {
+            services.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        snapshot
+    }
+}
+
+fn cluster_view(resource: &Resource) -> Option<ClusterView> {
+    let name = &resource.metadata.name;
+    let Ok(cluster) = ClusterName::new(name) else {
+        tracing::warn!(cluster = %name, "Cluster resource with an invalid name; skipped");
+        return None;
+    };
+    let spec = &resource.spec;
+    let Some(trust_domain) = spec.get("trustDomain").and_then(Value::as_str) else {
+        tracing::warn!(%cluster, "Cluster resource without spec.trustDomain; skipped");
+        return None;
+    };
+    let bundle = spec
+        .get("trustBundle")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let gateways = spec
+        .get("gateways")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|g| {
+            let address = g.get("tunnelAddress").and_then(Value::as_str)?;
+            let parsed = address.parse::<SocketAddr>().ok();
+            if parsed.is_none() {
+                tracing::warn!(%cluster, address, "gateway tunnelAddress is not ip:port; skipped");
+            }
+            parsed
+        })
+        .collect();
+    Some(ClusterView {
+        trust_bundle: pem_certificates(&cluster, bundle),
+        name: cluster,
+        trust_domain: trust_domain.to_string(),
+        gateways,
+        locality: locality(spec.get("locality")),
+    })
+}
+
+/// DER of each certificate in `pem`, up to the first malformed section.
+fn pem_certificates(cluster: &ClusterName, pem: &str) -> Vec<Vec<u8>> {
+    let mut reader = pem.as_bytes();
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut reader).take(MAX_BUNDLE_CERTS) {
+        match item {
+            Ok(cert) => certs.push(CertificateDer::as_ref(&cert).to_vec()),
+            Err(e) => {
+                tracing::warn!(%cluster, error = %e, "trust bundle PEM is malformed; kept the certificates before it");
+                break;
+            }
+        }
+    }
+    if certs.is_empty() {
+        tracing::warn!(%cluster, "trust bundle holds no certificate");
+    }
+    certs
+}
+
+/// `region/zone`, `region`, or none.
+fn locality(locality: Option<&Value>) -> Option<String> {
+    let region = locality?.get("region").and_then(Value::as_str)?;
+    let zone = locality?.get("zone").and_then(Value::as_str);
+    Some(match zone {
+        Some(zone) if !zone.is_empty() => format!("{region}/{zone}"),
+        _ => region.to_string(),
+    })
+}
+
+fn local_service(
+    resource: &Resource,
+    exported: &BTreeSet<(&str, &str, &str)>,
+) -> Option<(ClusterName, LocalService)> {
+    let meta = &resource.metadata;
+    let (cluster_name, namespace) = (meta.cluster.as_deref()?, meta.namespace.as_deref()?);
+    let (Ok(cluster), Ok(key)) = (
+        ClusterName::new(cluster_name),
+        ServiceKey::new(&meta.name, namespace),
+    ) else {
+        tracing::warn!(service = %meta.name, namespace, cluster = cluster_name, "Service with an invalid name, namespace or cluster; skipped");
+        return None;
+    };
+    let spec = &resource.spec;
+    let ports: Vec<ServicePort> = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            let port = p
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|&n| n != 0)?;
+            // Opaque TCP is the safe reading of an unnamed protocol: it proxies anything.
+            let protocol = match p.get("protocol").and_then(Value::as_str) {
+                None => Protocol::Tcp,
+                Some(name) => name.parse().ok()?,
+            };
+            Some(ServicePort { port, protocol })
+        })
+        .collect();
+    if ports.is_empty() {
+        tracing::warn!(service = %key, %cluster, "Service has no usable port; skipped");
+        return None;
+    }
+    let endpoints = spec
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.as_str()?.parse::<SocketAddr>().ok())
+        .collect();
+    let export = exported.contains(&(cluster_name, namespace, meta.name.as_str()));
+    Some((
+        cluster,
+        LocalService {
+            key,
+            ports,
+            endpoints,
+            export,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::mesh::state::tests::{addr, apply, bootstrapped, res};
+    use crate::resource::NATIVE_API_VERSION;
+
+    /// PEM of two fake "certificates" (the compiler does not parse DER, it only unwraps PEM).
+    const BUNDLE: &str = "-----BEGIN CERTIFICATE-----\nAQID\n-----END CERTIFICATE-----\n\
+                          -----BEGIN CERTIFICATE-----\nBAUG\n-----END CERTIFICATE-----\n";
+
+    fn service(cluster: &str, ns: &str, name: &str, spec: serde_json::Value) -> Resource {
+        res(
+            NATIVE_API_VERSION,
+            "Service",
+            Some(ns),
+            Some(cluster),
+            name,
+            spec,
+        )
+    }
+
+    fn export(cluster: &str, ns: &str, name: &str) -> Resource {
+        res(
+            NATIVE_API_VERSION,
+            "ServiceExport",
+            Some(ns),
+            Some(cluster),
+            name,
+            json!({}),
+        )
+    }
+
+    fn key(s: &str) -> ServiceKey {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn compiles_clusters_services_and_exports() {
+        let mut state = bootstrapped();
+        let west = res(
+            NATIVE_API_VERSION,
+            "Cluster",
+            None,
+            None,
+            "west",
+            json!({
+                "trustDomain": "west.mesh",
+                "trustBundle": BUNDLE,
+                "gateways": [
+                    {"name": "gw-1", "tunnelAddress": "10.1.0.1:4433"},
+                    {"name": "gw-2", "tunnelAddress": "not an address"},
+                ],
+                "locality": {"region": "eu", "zone": "eu-1a"},
+            }),
+        );
+        let docs = vec![
+            west,
+            service(
+                "west",
+                "prod",
+                "api",
+                json!({
+                    "ports": [{"port": 80, "protocol": "http"}, {"port": 5432, "protocol": "tcp"}, {"port": 0, "protocol": "tcp"}],
+                    "endpoints": ["10.1.1.1:8080", "bad", "10.1.1.2:8080"],
+                }),
+            ),
+            service(
+                "west",
+                "prod",
+                "db",
+                json!({"ports": [{"port": 5432, "protocol": "tcp"}], "endpoints": []}),
+            ),
+            service("west", "dev", "api", json!({"ports": [{"port": 81}]})),
+            service(
+                "east",
+                "prod",
+                "api",
+                json!({"ports": [{"port": 80, "protocol": "http"}]}),
+            ),
+            // No usable port: skipped.
+            service(
+                "east",
+                "prod",
+                "broken",
+                json!({"ports": [{"port": 70000}]}),
+            ),
+            export("west", "prod", "api"),
+            export("west", "dev", "api"),
+            // Exports name a service in their own cluster only.
+            export("east", "prod", "db"),
+        ];
+        apply(&mut state, 2, docs, vec![]);
+        let snapshot = state.compile();
+        assert_eq!(snapshot.version, 2);
+        assert_eq!(snapshot.members.len(), 1);
+
+        let east = &snapshot.clusters[&ClusterName::new("east").unwrap()];
+        assert_eq!(east.trust_domain, "east.mesh");
+        // Bootstrap's bundle is not PEM: no certificates, but the cluster stays.
+        assert!(east.trust_bundle.is_empty());
+        assert_eq!(east.gateways, [addr("10.0.0.1:4433")]);
+        assert_eq!(east.locality, None);
+        let west_name = ClusterName::new("west").unwrap();
+        let west = &snapshot.clusters[&west_name];
+        assert_eq!(west.trust_bundle, [vec![1, 2, 3], vec![4, 5, 6]]);
+        assert_eq!(west.gateways, [addr("10.1.0.1:4433")]);
+        assert_eq!(west.locality.as_deref(), Some("eu/eu-1a"));
+
+        let west_services = &snapshot.services[&west_name];
+        let keys: Vec<_> = west_services
+            .iter()
+            .map(|s| (s.key.to_string(), s.export))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("api.dev".into(), true),
+                ("api.prod".into(), true),
+                ("db.prod".into(), false)
+            ]
+        );
+        let api = &west_services[1];
+        assert_eq!(
+            api.ports,
+            [
+                ServicePort {
+                    port: 80,
+                    protocol: Protocol::Http
+                },
+                ServicePort {
+                    port: 5432,
+                    protocol: Protocol::Tcp
+                },
+            ]
+        );
+        assert_eq!(
+            api.endpoints,
+            [addr("10.1.1.1:8080"), addr("10.1.1.2:8080")]
+        );
+        assert_eq!(
+            west_services[0].ports,
+            [ServicePort {
+                port: 81,
+                protocol: Protocol::Tcp
+            }]
+        );
+
+        let east_services = &snapshot.services[&ClusterName::new("east").unwrap()];
+        assert_eq!(east_services.len(), 1);
+        assert!(!east_services[0].export);
+
+        assert_eq!(snapshot.exports.len(), 1);
+        let west_exports = &snapshot.exports[&west_name];
+        assert_eq!(
+            west_exports.keys().cloned().collect::<Vec<_>>(),
+            [key("api.dev"), key("api.prod")]
+        );
+        assert_eq!(west_exports[&key("api.prod")], api.ports);
+    }
+
+    #[test]
+    fn malformed_resources_are_skipped() {
+        let mut state = crate::mesh::MeshState::new();
+        let docs = vec![
+            res(
+                NATIVE_API_VERSION,
+                "Cluster",
+                None,
+                None,
+                "Not_A_Label",
+                json!({"trustDomain": "x"}),
+            ),
+            res(
+                NATIVE_API_VERSION,
+                "Cluster",
+                None,
+                None,
+                "no-td",
+                json!({"trustBundle": BUNDLE}),
+            ),
+            res(
+                NATIVE_API_VERSION,
+                "Cluster",
+                None,
+                None,
+                "odd",
+                json!({
+                    "trustDomain": "odd.mesh",
+                    "trustBundle": "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+                    "gateways": "none",
+                }),
+            ),
+            res(
+                NATIVE_API_VERSION,
+                "Cluster",
+                None,
+                None,
+                "null-spec",
+                serde_json::Value::Null,
+            ),
+            service(
+                "west",
+                "prod",
+                "Bad_Name",
+                json!({"ports": [{"port": 80, "protocol": "http"}]}),
+            ),
+            service(
+                "west",
+                "prod",
+                "udp",
+                json!({"ports": [{"port": 53, "protocol": "udp"}]}),
+            ),
+            service("west", "prod", "nulls", serde_json::Value::Null),
+        ];
+        apply(&mut state, 1, docs, vec![]);
+        let snapshot = state.compile();
+        let names: Vec<_> = snapshot.clusters.keys().map(|c| c.to_string()).collect();
+        assert_eq!(names, ["odd"]);
+        let odd = &snapshot.clusters[&ClusterName::new("odd").unwrap()];
+        assert!(odd.trust_bundle.is_empty() && odd.gateways.is_empty());
+        assert!(snapshot.services.is_empty());
+        assert!(snapshot.exports.is_empty());
+        assert_eq!(MeshState::new().compile(), MeshSnapshot::default());
+    }
+}

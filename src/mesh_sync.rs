@@ -1,0 +1,200 @@
+//! Carries what the store applies to the parts that act on it.
+//!
+//! ```text
+//!  SharedMesh (applies entries) ── compiled MeshSnapshot ──► follow()
+//!        ├─► merge with the config's seed ─► MeshFeed::publish ─► trust bundles, then data plane
+//!        └─► members' Raft addresses ─► PeerTable ─► GrpcTransport (dial) + Raft server (accept)
+//! ```
+//!
+//! The config file's peers and services stay a seed under the replicated state: the store's
+//! clusters, services and exports win where both name the same thing.
+
+use std::sync::Arc;
+
+use api::raft::{GrpcTransport, PeerTable};
+use federation::identity::SpiffeId;
+use federation::mesh::MeshSnapshot;
+use tokio::sync::watch;
+
+use crate::seed::MeshFeed;
+
+/// `compiled` laid over `seed`: the store's clusters replace the seed's of the same name; this
+/// cluster's services are the seed's plus the store's (the store's win by name); exports per
+/// cluster likewise.
+pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
+    let mut out = seed.clone();
+    out.version = compiled.version;
+    for (name, cluster) in &compiled.clusters {
+        out.clusters.insert(name.clone(), cluster.clone());
+    }
+    for (cluster, services) in &compiled.services {
+        let merged = out.services.entry(cluster.clone()).or_default();
+        for service in services {
+            merged.retain(|s| s.key != service.key);
+            merged.push(service.clone());
+        }
+    }
+    for (cluster, exports) in &compiled.exports {
+        let merged = out.exports.entry(cluster.clone()).or_default();
+        for (key, ports) in exports {
+            merged.insert(key.clone(), ports.clone());
+        }
+    }
+    out.members = compiled.members.clone();
+    out
+}
+
+/// The Raft peers: the fixed ones (this node, `[store]` members, those a join answer named)
+/// plus every member the state records. A member whose SPIFFE ID does not parse, or that
+/// clashes with another, is left out and logged: the rest still talk.
+pub fn peer_table(fixed: &[(u64, SpiffeId, String)], snapshot: &MeshSnapshot) -> PeerTable {
+    let mut table = PeerTable::new();
+    for (id, spiffe, addr) in fixed {
+        if let Err(e) = table.insert(*id, spiffe.clone(), addr) {
+            tracing::warn!(node = id, error = %e, "raft peer left out");
+        }
+    }
+    for member in &snapshot.members {
+        if fixed.iter().any(|(id, _, _)| *id == member.node_id) {
+            continue;
+        }
+        let spiffe = match SpiffeId::parse(&member.spiffe_id) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(node = member.node_id, error = %e, "member's SPIFFE ID unusable");
+                continue;
+            }
+        };
+        if let Err(e) = table.insert(member.node_id, spiffe, &member.raft.to_string()) {
+            tracing::warn!(node = member.node_id, error = %e, "raft peer left out");
+        }
+    }
+    table
+}
+
+/// Follows the compiled snapshots until the state machine goes away: publishes each, merged
+/// with the seed, to the data plane, and keeps the Raft peers in line with the members.
+pub async fn follow(
+    mut compiled: watch::Receiver<Arc<MeshSnapshot>>,
+    seed: MeshSnapshot,
+    feed: MeshFeed,
+    fixed_peers: Vec<(u64, SpiffeId, String)>,
+    transport: Arc<GrpcTransport>,
+    peers: watch::Sender<PeerTable>,
+) {
+    loop {
+        let snapshot = compiled.borrow_and_update().clone();
+        feed.publish(merge(&seed, &snapshot));
+        let table = peer_table(&fixed_peers, &snapshot);
+        transport.set_peers(&table);
+        peers.send_if_modified(|current| {
+            let changed = *current != table;
+            if changed {
+                *current = table;
+            }
+            changed
+        });
+        if compiled.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federation::mesh::{ClusterView, Member};
+    use federation::model::{ClusterName, LocalService, Protocol, ServicePort};
+
+    fn cluster(name: &str, gateway: &str) -> (ClusterName, ClusterView) {
+        let name = ClusterName::new(name).unwrap();
+        (
+            name.clone(),
+            ClusterView {
+                name,
+                trust_domain: "x.mesh".into(),
+                trust_bundle: vec![],
+                gateways: vec![gateway.parse().unwrap()],
+                locality: None,
+            },
+        )
+    }
+
+    fn service(key: &str, port: u16) -> LocalService {
+        LocalService {
+            key: key.parse().unwrap(),
+            ports: vec![ServicePort {
+                port,
+                protocol: Protocol::Http,
+            }],
+            endpoints: vec![],
+            export: true,
+        }
+    }
+
+    #[test]
+    fn the_store_wins_over_the_seed_and_keeps_what_only_the_seed_has() {
+        let east = ClusterName::new("east").unwrap();
+        let mut seed = MeshSnapshot::default();
+        seed.clusters.extend([
+            cluster("east", "127.0.0.1:1"),
+            cluster("west", "127.0.0.2:1"),
+        ]);
+        seed.services.insert(
+            east.clone(),
+            vec![service("a.demo", 80), service("b.demo", 80)],
+        );
+        let mut compiled = MeshSnapshot {
+            version: 7,
+            ..MeshSnapshot::default()
+        };
+        compiled.clusters.extend([
+            cluster("west", "127.0.0.9:1"),
+            cluster("edge", "127.0.0.3:1"),
+        ]);
+        compiled
+            .services
+            .insert(east.clone(), vec![service("b.demo", 8080)]);
+        let merged = merge(&seed, &compiled);
+        assert_eq!(merged.version, 7);
+        assert_eq!(merged.clusters.len(), 3);
+        assert_eq!(
+            merged.clusters[&ClusterName::new("west").unwrap()].gateways,
+            vec!["127.0.0.9:1".parse().unwrap()]
+        );
+        let services = &merged.services[&east];
+        assert_eq!(services.len(), 2);
+        let b = services
+            .iter()
+            .find(|s| s.key.to_string() == "b.demo")
+            .unwrap();
+        assert_eq!(b.ports[0].port, 8080);
+    }
+
+    #[test]
+    fn members_join_the_fixed_peers_and_bad_ones_are_left_out() {
+        let own = SpiffeId::parse("spiffe://east.mesh/gateway/east-1").unwrap();
+        let fixed = vec![(1, own, "127.0.0.1:15012".to_string())];
+        let member = |id: u64, spiffe: &str| Member {
+            node_id: id,
+            cluster: ClusterName::new("west").unwrap(),
+            name: "west-1".into(),
+            spiffe_id: spiffe.into(),
+            tunnel: "127.0.0.2:15443".parse().unwrap(),
+            raft: "127.0.0.2:15012".parse().unwrap(),
+            admin: "127.0.0.2:15000".parse().unwrap(),
+        };
+        let snapshot = MeshSnapshot {
+            members: vec![
+                member(1, "spiffe://east.mesh/gateway/east-1"),
+                member(2, "spiffe://west.mesh/gateway/west-1"),
+                member(3, "not a spiffe id"),
+            ],
+            ..MeshSnapshot::default()
+        };
+        let table = peer_table(&fixed, &snapshot);
+        let mut ids: Vec<u64> = table.iter().map(|(id, _)| id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+    }
+}
