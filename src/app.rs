@@ -158,6 +158,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
             max_preamble_bytes: config.tunnel.max_preamble_bytes,
         },
         drain_timeout: config.shutdown.drain_timeout,
+        busy_poll: config.dataplane.busy_poll,
     };
     let dataplane = start_dataplane(
         settings,
@@ -571,6 +572,7 @@ async fn watch_store(
     let mut stop = std::pin::pin!(stop);
     let mut ready = Some(ready);
     let mut leader = None;
+    let mut catch_up_to = None;
     loop {
         let Ok(status) = node.status().await else {
             return;
@@ -591,13 +593,16 @@ async fn watch_store(
             }
             leader = status.leader;
         }
-        // Ready once a leader is known and this node has applied what was committed: reads
-        // served here are then no older than when it started.
-        if leader.is_some()
-            && status.applied >= status.commit
-            && let Some(ready) = ready.take()
-        {
-            ready.ready();
+        // Ready once a leader is known and this node has applied what was committed when it
+        // first saw one: reads served here are then no older than when it started. (Comparing
+        // with the commit index of the moment would wait for a lull in a busy group.)
+        if leader.is_some() {
+            let goal = *catch_up_to.get_or_insert(status.commit);
+            if status.applied >= goal
+                && let Some(ready) = ready.take()
+            {
+                ready.ready();
+            }
         }
         tokio::select! {
             () = &mut stop => return,

@@ -196,11 +196,25 @@ pub struct DataplaneSettings {
     /// Worker threads of the data plane's own runtime. One is fastest on small machines
     /// (fewer cross-thread wake-ups per request); raise it where proxying needs more cores.
     pub worker_threads: u32,
+    /// How long the data plane keeps polling instead of sleeping while an answer from a peer
+    /// gateway or a local endpoint is awaited, counted from the last request that started or
+    /// finished. Spends CPU to save the thread wake-ups that dominate the latency a tunnel
+    /// adds on virtual machines; 0 (the default) turns it off. On a 2-core VM 500 µs raised the
+    /// tunnel's request rate by a third and cut the added p50, but worsened the added p99 (the
+    /// spinning steals CPU from the other processes): a choice for machines with cores to spare.
+    #[serde(serialize_with = "human")]
+    pub busy_poll: Duration,
 }
+
+/// Longest `busy_poll` accepted: beyond it a slow upstream would keep a core spinning.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 impl Default for DataplaneSettings {
     fn default() -> Self {
-        Self { worker_threads: 1 }
+        Self {
+            worker_threads: 1,
+            busy_poll: Duration::ZERO,
+        }
     }
 }
 
@@ -462,6 +476,9 @@ impl Config {
             worker_threads: r
                 .take(&mut t, "dataplane", "worker_threads", int_in(1u32, 256))
                 .unwrap_or(DataplaneSettings::default().worker_threads),
+            busy_poll: r
+                .take(&mut t, "dataplane", "busy_poll", at_most(MAX_BUSY_POLL))
+                .unwrap_or(DataplaneSettings::default().busy_poll),
         };
         r.finish(t, "dataplane");
         let has_store = root.contains_key("store");
@@ -1196,6 +1213,17 @@ fn at_least(min: Duration) -> impl Fn(Value) -> Result<Duration, String> {
     }
 }
 
+fn at_most(max: Duration) -> impl Fn(Value) -> Result<Duration, String> {
+    move |value| match duration(value)? {
+        d if d > max => Err(format!(
+            "must be at most {}, got {}",
+            fmt_duration(max),
+            fmt_duration(d)
+        )),
+        d => Ok(d),
+    }
+}
+
 fn int_in<T>(min: T, max: T) -> impl Fn(Value) -> Result<T, String>
 where
     T: TryFrom<i64> + Into<i64> + Copy + fmt::Display,
@@ -1354,6 +1382,7 @@ mod tests {
         assert_eq!(config.identity.svid_ttl, Duration::from_secs(3600));
         assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(10));
         assert_eq!(config.dataplane.worker_threads, 1);
+        assert_eq!(config.dataplane.busy_poll, Duration::ZERO);
         let zero = Config::from_toml_str(
             "[dataplane]\nworker_threads = 0\n",
             Path::new("."),
@@ -1361,6 +1390,18 @@ mod tests {
         );
         let errors = zero.expect_err("0 worker threads accepted").errors;
         assert_eq!(errors[0].path, "dataplane.worker_threads");
+        let spinning = Config::from_toml_str(
+            "[dataplane]\nbusy_poll = \"1s\"\n",
+            Path::new("."),
+            &Overrides::default(),
+        );
+        let errors = spinning.expect_err("a 1 s busy poll accepted").errors;
+        assert_eq!(errors[0].path, "dataplane.busy_poll");
+        assert!(
+            errors[0].message.contains("at most 10ms"),
+            "{}",
+            errors[0].message
+        );
         assert!(config.peers.is_empty() && config.services.is_empty());
         // No file at all is the same as an empty one.
         assert_eq!(Config::load(&Overrides::default()).unwrap(), config);

@@ -140,8 +140,10 @@ fn three_gateways_elect_one_leader_fail_over_and_take_a_restarted_member_back() 
             (now_leader == new_leader && now_term == new_term && follows).then_some(())
         },
     );
-    let (status, _, body) = restarted.admin_get("/readyz");
-    assert_eq!(status, 200, "{body}");
+    // Ready once it has applied what was committed when it first saw the leader (polled).
+    eventually("the restarted gateway to be ready", DEADLINE, || {
+        (restarted.admin_get("/readyz").0 == 200).then_some(())
+    });
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub mod metrics;
 mod outbound;
 mod pool;
 pub mod preamble;
+mod spin;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -76,6 +77,9 @@ pub struct Settings {
     pub dns_addr: SocketAddr,
     pub tunnel: TunnelSettings,
     pub drain_timeout: Duration,
+    /// How long the data plane keeps polling instead of sleeping while an answer from a peer
+    /// gateway or a local endpoint is awaited (see `spin`); zero sleeps at once.
+    pub busy_poll: Duration,
 }
 
 /// One peer's tunnel, for status reports.
@@ -212,7 +216,9 @@ impl Gateway {
         let (trigger, drain) = drain::channel();
         let mut tasks = JoinSet::new();
 
-        let endpoints = pool::Pool::new(settings.tunnel.connect_timeout);
+        let spinner = spin::Spinner::new(settings.busy_poll);
+        tasks.spawn(spinner.clone().run());
+        let endpoints = pool::Pool::new(settings.tunnel.connect_timeout, spinner.clone());
         let inbound = Arc::new(inbound::Inbound {
             cluster: settings.cluster.clone(),
             pool: endpoints.clone(),
@@ -253,6 +259,7 @@ impl Gateway {
         let outbound = Arc::new(outbound::Outbound {
             cluster: settings.cluster.clone(),
             pool: endpoints,
+            spinner,
             verdict_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
             svid,

@@ -30,10 +30,13 @@ use crate::inbound::connect_endpoint;
 use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
 use crate::pool;
 use crate::preamble::{self, StreamRequest, VerdictCode};
+use crate::spin::Spinner;
 
 pub(crate) struct Outbound {
     pub cluster: ClusterName,
     pub pool: Arc<pool::Pool>,
+    /// Keeps the runtime polling while a peer gateway's answer is awaited.
+    pub spinner: Spinner,
     /// How long a peer may take to answer a preamble with its verdict.
     pub verdict_timeout: std::time::Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -227,10 +230,13 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
                         .send(conn, request)
                         .await
                         .map_err(|e| e.to_string()),
-                    Upstream::Stream(io) => http::send(io, request)
-                        .await
-                        .map(|r| r.map(http::boxed))
-                        .map_err(|e| e.to_string()),
+                    Upstream::Stream(io) => {
+                        let _awaiting = outbound.spinner.awaiting();
+                        http::send(io, request)
+                            .await
+                            .map(|r| r.map(http::boxed))
+                            .map_err(|e| e.to_string())
+                    }
                 }
             }
         };
@@ -337,7 +343,9 @@ async fn send_early(
         }
     };
     let (recv, seen) = VerdictFirst::new(recv, outbound.verdict_timeout);
+    let awaiting = outbound.spinner.awaiting();
     let result = http::send(tokio::io::join(recv, send), replayable.request()).await;
+    drop(awaiting);
     let verdict = seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

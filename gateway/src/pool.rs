@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::http::{self, Body, Request, Response};
+use crate::spin::Spinner;
 
 /// Idle connections kept per endpoint; more concurrent requests open more, then close them.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
@@ -33,6 +34,7 @@ pub(crate) struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
     next: AtomicUsize,
+    spinner: Spinner,
 }
 
 struct Idle {
@@ -48,11 +50,13 @@ pub(crate) struct Conn {
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+    /// `spinner` keeps the runtime polling while an endpoint's answer is awaited.
+    pub fn new(connect_timeout: Duration, spinner: Spinner) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::default(),
             connect_timeout,
             next: AtomicUsize::new(0),
+            spinner,
         })
     }
 
@@ -151,6 +155,7 @@ impl Pool {
             mut sender,
             reused,
         } = conn;
+        let awaiting = self.spinner.awaiting();
         let resp = match sender.try_send_request(req).await {
             Ok(resp) => resp,
             Err(mut e) => match e.take_message() {
@@ -163,6 +168,7 @@ impl Pool {
                 _ => return Err(e.into_error()),
             },
         };
+        drop(awaiting);
         let (mut parts, body) = resp.into_parts();
         http::strip_hop_by_hop(&mut parts.headers);
         let body = Returning {
@@ -290,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn connections_are_reused_after_the_body_is_read() {
         let (addr, accepted) = endpoint(usize::MAX).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Spinner::new(Duration::ZERO));
         let svc = service(addr);
         for _ in 0..5 {
             assert_eq!(get(&pool, &svc).await, "ok");
@@ -302,7 +308,7 @@ mod tests {
     async fn a_connection_the_endpoint_closed_is_replaced() {
         // The endpoint closes each connection after one request, as some servers do.
         let (addr, accepted) = endpoint(1).await;
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), Spinner::new(Duration::ZERO));
         let svc = service(addr);
         for _ in 0..3 {
             assert_eq!(get(&pool, &svc).await, "ok");
@@ -316,7 +322,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let pool = Pool::new(Duration::from_millis(500));
+        let pool = Pool::new(Duration::from_millis(500), Spinner::new(Duration::ZERO));
         assert!(pool.checkout(&service(addr)).await.is_none());
     }
 }

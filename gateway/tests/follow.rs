@@ -73,6 +73,7 @@ impl Cluster {
                 max_preamble_bytes: 4096,
             },
             drain_timeout: Duration::from_secs(1),
+            busy_poll: Duration::from_micros(500),
         };
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = gateway::metrics::Metrics::register(&mut registry);
