@@ -492,7 +492,12 @@ fn a_mesh_formed_by_joins_shares_state_routes_services_and_refuses_writes_withou
     let north_status = north_api.get("/v1/status");
     assert_eq!(north_status.status, 200, "{}", north_status.text);
     assert_eq!(north_status.json["node"]["cluster"], "north");
-    assert_eq!(north_status.json["leader"]["id"], status["leader"]["id"]);
+    // The same leader as the founder sees (an election may have happened since `status`).
+    eventually("north to follow the founder's leader", UP, || {
+        let mine = admin.get("/v1/status").json["leader"]["id"].clone();
+        let theirs = north_api.get("/v1/status").json["leader"]["id"].clone();
+        (!mine.is_null() && mine == theirs).then_some(())
+    });
     // It caught up by a snapshot streamed from the leader (a new member's log starts empty,
     // and the leader's log starts after the founding snapshot).
     let snapshots = north

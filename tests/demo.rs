@@ -67,7 +67,11 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     );
     assert_eq!(json["headers"]["x-causeway-source-cluster"], "east");
 
-    let mut tcp = TcpStream::connect("127.0.0.1:9000").unwrap();
+    // The TCP listeners follow the mesh in a task of their own.
+    let mut tcp = eventually("east's TCP port 9000", Duration::from_secs(20), || {
+        TcpStream::connect_timeout(&"127.0.0.1:9000".parse().unwrap(), Duration::from_secs(5)).ok()
+    });
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     tcp.write_all(b"hello over the tunnel\n").unwrap();
     let mut got = [0u8; 22];
     tcp.read_exact(&mut got).unwrap();

@@ -22,7 +22,7 @@ fn echo_line(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 #[test]
 fn an_http_request_in_flight_finishes_after_sigterm() {
     let net = Net::new(31);
-    let echo = backend::http_echo(&net.ip(2), "west-v1");
+    let (echo, seen) = backend::http_echo_reporting(&net.ip(2), "west-v1");
     let _west = Spec::new("west", 2)
         .peer("east", 1)
         .http_service("echo.demo", echo)
@@ -35,8 +35,13 @@ fn an_http_request_in_flight_finishes_after_sigterm() {
     });
 
     let outbound = east.outbound;
+    while seen.try_recv().is_ok() {} // the tunnel probes above
     let slow = std::thread::spawn(move || http_get(outbound, "echo.demo", "/slow/1500"));
-    std::thread::sleep(Duration::from_millis(400));
+    // In flight: it went through east and the tunnel and reached the endpoint.
+    let path = seen
+        .recv_timeout(UP)
+        .expect("the slow request reached the endpoint");
+    assert_eq!(path, "/slow/1500");
     east.signal("TERM");
     // Stops accepting at once...
     eventually(
@@ -111,6 +116,8 @@ fn the_drain_deadline_bounds_shutdown() {
     let _east = Spec::new("east", 1).peer("west", 2).start(&net);
     let addr: SocketAddr = format!("{}:9404", net.ip(1)).parse().unwrap();
     let mut conn = eventually("db.demo on east", UP, || TcpStream::connect(addr).ok());
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     echo_line(&mut conn, b"hold this open\n").unwrap();
     west.signal("TERM");
     let status = west.wait_exit(Duration::from_secs(8));

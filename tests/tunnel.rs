@@ -259,10 +259,10 @@ fn tunnel_is_reestablished_after_the_peer_restarts() {
             _ => None,
         }
     });
-    assert_eq!(
-        east.metric("causeway_tunnel_up", &[("peer_cluster", "west")]),
-        Some(0.0)
-    );
+    // The gauge follows once the connector has noticed the close (its own task).
+    eventually("the tunnel gauge to show west down", UP, || {
+        (east.metric("causeway_tunnel_up", &[("peer_cluster", "west")]) == Some(0.0)).then_some(())
+    });
 
     let _west = west_spec.start(&net);
     let body = eventually("requests after west restarted", UP, || {

@@ -122,12 +122,19 @@ async fn backend(body: &'static str) -> SocketAddr {
 }
 
 /// Status code and body of `GET /` with `Host: host` through the outbound listener.
+/// (0, "") when nothing answered within 10 s.
 async fn get(outbound: SocketAddr, host: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(outbound).await.unwrap();
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
+    let exchange = async {
+        let mut tcp = TcpStream::connect(outbound).await?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await?;
+        std::io::Result::Ok(response)
+    };
+    let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), exchange).await else {
+        return (0, String::new());
+    };
     let status = response
         .split_whitespace()
         .nth(1)

@@ -3,24 +3,38 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// Starts an HTTP/1.1 echo on `ip:0`. It answers `name` (e.g. "west-v1") in the first line of
 /// the body, then the request line and headers it received. `GET /slow/<ms>` waits first.
 pub fn http_echo(ip: &str, name: &str) -> SocketAddr {
+    start_http_echo(ip, name, None)
+}
+
+/// [`http_echo`] that also sends the path of every request it has read, before answering:
+/// tests wait on it to know a request is in flight.
+#[allow(dead_code)] // not every test crate uses it
+pub fn http_echo_reporting(ip: &str, name: &str) -> (SocketAddr, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel();
+    (start_http_echo(ip, name, Some(tx)), rx)
+}
+
+fn start_http_echo(ip: &str, name: &str, seen: Option<mpsc::Sender<String>>) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0)).expect("bind backend");
     let addr = listener.local_addr().expect("addr");
     let name = name.to_string();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let name = name.clone();
-            std::thread::spawn(move || serve_http(stream, &name));
+            let seen = seen.clone();
+            std::thread::spawn(move || serve_http(stream, &name, seen));
         }
     });
     addr
 }
 
-fn serve_http(stream: TcpStream, name: &str) {
+fn serve_http(stream: TcpStream, name: &str, seen: Option<mpsc::Sender<String>>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     loop {
@@ -54,6 +68,9 @@ fn serve_http(stream: TcpStream, name: &str) {
             .nth(1)
             .unwrap_or("/")
             .to_string();
+        if let Some(seen) = &seen {
+            let _ = seen.send(path.clone());
+        }
         if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
             std::thread::sleep(Duration::from_millis(ms));
         }

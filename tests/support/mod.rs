@@ -295,6 +295,8 @@ fn service_toml(name: &str, endpoint: SocketAddr, port: u16, protocol: &str) -> 
 pub struct Gateway {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Copies the process's stderr into `log`.
+    reader: std::thread::JoinHandle<()>,
     pub tunnel: SocketAddr,
     pub outbound: SocketAddr,
     pub dns: SocketAddr,
@@ -337,7 +339,7 @@ impl Gateway {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -347,6 +349,7 @@ impl Gateway {
         let mut gw = Gateway {
             child,
             log,
+            reader,
             tunnel: unspecified(),
             outbound: unspecified(),
             dns: unspecified(),
@@ -406,10 +409,16 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
+    /// Waits for the process to exit, and for its last log lines to be read.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        eventually("the process to exit", timeout, || {
+        let status = eventually("the process to exit", timeout, || {
             self.child.try_wait().expect("try_wait")
-        })
+        });
+        // The reader ends at the pipe's end, which the exit just closed.
+        eventually("its stderr to be read", Duration::from_secs(10), || {
+            self.reader.is_finished().then_some(())
+        });
+        status
     }
 
     /// One request to the admin API: HTTPS verified by [`Gateway::ca`], or plain HTTP for a
