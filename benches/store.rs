@@ -1042,7 +1042,7 @@ fn print_table(rows: &[(&str, &Phase)]) {
     );
     for (name, p) in rows {
         println!(
-            "{:<9} {:>7} {:>8} {:>6} {:>9.0} {:>8} {:>8} {:>8} {:>8}  {:>6.0} {:>6.0} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<9} {:>7} {:>8} {:>6} {:>9.0} {:>8} {:>8} {:>8} {:>8}  {:>6} {:>6} {:>9.2} {:>9.2} {:>9.2}",
             name,
             p.writers,
             p.outcomes.latencies.len(),
@@ -1052,12 +1052,22 @@ fn print_table(rows: &[(&str, &Phase)]) {
             ms(p.pct(0.9)),
             ms(p.pct(0.99)),
             ms(p.pct(1.0)),
-            p.usage.bench,
-            p.usage.servers,
+            whole(p.usage.bench),
+            whole(p.usage.servers),
             p.per_write(p.usage.write_bytes) / 1024.0,
             p.per_write(p.usage.disk_writes),
             p.per_write(p.usage.disk_flushes),
         );
+    }
+}
+
+/// A percentage rounded to a whole number, or "-" where it does not apply (no separate
+/// server processes) or could not be read.
+fn whole(percent: f64) -> String {
+    if percent.is_finite() {
+        format!("{percent:.0}")
+    } else {
+        "-".to_string()
     }
 }
 
