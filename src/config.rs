@@ -300,8 +300,10 @@ pub struct Overrides {
     /// for https, --join-ca
     #[arg(long, env = "CAUSEWAY_JOIN", value_name = "URL")]
     pub join: Option<String>,
-    /// The CA certificate (PEM) of the cluster whose gateway --join goes through, to verify
-    /// its admin API by (on that gateway: `causeway bundle --cluster X --data-dir D`)
+    /// Optional: the CA certificate (PEM) of the cluster whose gateway --join goes through, to
+    /// verify its admin API by (on that gateway: `causeway bundle --cluster X --data-dir D`).
+    /// Without it the joining gateway fetches the mesh's CAs from that gateway and believes
+    /// them only if the answer proves that the gateway knows the join token
     #[arg(long, env = "CAUSEWAY_JOIN_CA", value_name = "FILE")]
     pub join_ca: Option<PathBuf>,
     /// The one-time join token for --join
@@ -329,8 +331,8 @@ pub struct JoinSettings {
     pub url: String,
     /// The one-time join token.
     pub token: String,
-    /// PEM of the CA that signed that gateway's admin certificate (its cluster's CA): holds
-    /// at least one certificate, and is present exactly when `url` is `https://`.
+    /// PEM of the CA that signed that gateway's admin certificate (its cluster's CA), holding
+    /// at least one certificate; only for `https://`. Without it the CAs are discovered.
     pub ca_pem: Option<Vec<u8>>,
 }
 
@@ -919,18 +921,8 @@ fn read_join(r: &mut Reader, ov: &Overrides, has_store: bool) -> Option<JoinSett
                 None
             }
         },
-        (None, true) => {
-            ok = false;
-            r.error(
-                "--join",
-                format!(
-                    "{url:?} needs --join-ca FILE: the CA certificate (PEM) of the cluster whose \
-                     gateway you join through (on that gateway: `causeway bundle --cluster <name> \
-                     --data-dir <dir>`)"
-                ),
-            );
-            None
-        }
+        // Learnt from the server at join time, with proof that it knows the token.
+        (None, true) => None,
         (Some(_), false) => {
             ok = false;
             r.error(
@@ -1912,7 +1904,7 @@ mod tests {
     }
 
     #[test]
-    fn joining_over_https_needs_the_ca_of_the_gateway_joined_through() {
+    fn joining_over_https_takes_the_ca_of_the_gateway_joined_through_or_discovers_it() {
         let dir = tempfile::tempdir().unwrap();
         let td = federation::identity::TrustDomain::parse("east.mesh").unwrap();
         federation::identity::CertificateAuthority::load_or_create(&dir.path().join("ca"), &td)
@@ -1938,11 +1930,9 @@ mod tests {
         let plain = load(&join("http://127.0.0.1:15000", None)).unwrap();
         assert_eq!(plain.join.unwrap().ca_pem, None);
 
-        let message = message(load(&join("https://127.0.0.1:15000", None)), "--join");
-        assert!(
-            message.contains("--join-ca") && message.contains("causeway bundle"),
-            "{message}"
-        );
+        // Without a CA the joiner discovers the mesh's CAs (checked by the token) at join time.
+        let discover = load(&join("https://127.0.0.1:15000", None)).unwrap();
+        assert_eq!(discover.join.unwrap().ca_pem, None);
         assert_eq!(
             paths(load(&join("https://127.0.0.1:15000", Some(&junk)))),
             ["--join-ca"]

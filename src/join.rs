@@ -79,8 +79,25 @@ pub async fn join(
         url: settings.url.clone(),
         source,
     };
-    let client =
-        Client::with_ca(&settings.url, None, settings.ca_pem.as_deref()).map_err(refused)?;
+    let ca_pem = match (&settings.ca_pem, settings.url.starts_with("https://")) {
+        (Some(pem), _) => Some(pem.clone()),
+        // No CA given: learn the mesh's CAs from the server, which must prove it knows the
+        // join token before they are believed (see `Client::discover_trust`).
+        (None, true) => {
+            let clusters = Client::discover_trust(&settings.url, &settings.token)
+                .await
+                .map_err(refused)?;
+            tracing::info!(
+                url = %settings.url,
+                clusters = ?clusters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                "trusting the mesh's CAs: the gateway joined through proved it knows the join token"
+            );
+            let bundles: Vec<&str> = clusters.iter().map(|c| c.trust_bundle.as_str()).collect();
+            Some(bundles.join("\n").into_bytes())
+        }
+        (None, false) => None,
+    };
+    let client = Client::with_ca(&settings.url, None, ca_pem.as_deref()).map_err(refused)?;
     if !client.is_https() {
         tracing::warn!(url = %settings.url, "joining over plain HTTP: the join token crosses the network in clear text");
     }

@@ -467,9 +467,27 @@ fn a_mesh_formed_by_joins_shares_state_routes_services_and_refuses_writes_withou
     });
     assert!(body.starts_with("west-rest\nGET /via-rest"), "{body}");
 
-    // A fourth gateway joins and sees the whole state.
+    // A fourth gateway joins with no CA to verify the gateway it joins through: it learns the
+    // mesh's CAs from it and believes them only with proof of the join token. A token with
+    // the right id and a wrong secret gets no such proof, and the join stops before the
+    // token is sent (the real token stays unused).
     let token = create_token(&admin, "join");
-    let north = Spec::new("north", 4).join(&edge, &token).start(&net);
+    let (id, secret) = token.trim_start_matches("cw_").split_once('_').unwrap();
+    let wrong: String = secret.chars().rev().collect();
+    let forged = Spec::new("forged", 9)
+        .join_discovering(&edge, &format!("cw_{id}_{wrong}"))
+        .spawn(&net);
+    let (status, log) = forged.wait_exit_output(UP);
+    assert!(!status.success(), "joined with a forged token:\n{log}");
+    assert!(log.contains("no valid proof of the join token"), "{log}");
+    let north = Spec::new("north", 4)
+        .join_discovering(&edge, &token)
+        .start(&net);
+    assert!(
+        north.logs().contains("trusting the mesh's CAs"),
+        "{}",
+        north.logs()
+    );
     let north_api = Api::of(&north, admin.token.as_deref());
     // Until its copy of the state has caught up, north does not know our token yet.
     eventually("north to catch up", UP, || {

@@ -268,6 +268,20 @@ pub struct JoinResponse {
     pub clusters: Vec<JoinCluster>,
 }
 
+/// `GET /v1/join/discovery` → 200: the mesh's trust bundles as JSON text, and the server's
+/// proof that it knows the join token (see [`Client::discover_trust`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinDiscovery {
+    pub document: String,
+    pub mac: String,
+}
+
+/// What [`JoinDiscovery::document`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryDocument {
+    pub clusters: Vec<JoinCluster>,
+}
+
 /// A cluster of the mesh as a joining gateway learns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -337,6 +351,52 @@ impl Client {
             host: parsed.host,
             authorization,
         })
+    }
+
+    /// The mesh's trust bundles from `server` (`https://`), for a gateway about to join that
+    /// has no CA to verify the server by: asks `GET /v1/join/discovery` with the join token's
+    /// id over TLS *without* verifying the server, sends no secret, and accepts the answer only
+    /// if its proof checks out with the token's secret (only the mesh's members can make it).
+    /// Returns the clusters; their bundles then verify the server for the join itself.
+    pub async fn discover_trust(
+        server: &str,
+        join_token: &str,
+    ) -> Result<Vec<JoinCluster>, ClientError> {
+        let parsed = parse_server(server)?;
+        let Some(name) = parsed.server_name.clone() else {
+            return Err(ClientError::InvalidServer {
+                server: parsed.base,
+                reason: "trust discovery is for https:// servers".to_string(),
+            });
+        };
+        let Some((id, secret)) = federation::mesh::token::parse(join_token) else {
+            return Err(ClientError::InvalidToken {
+                reason: "not a Causeway token (cw_<id>_<secret>)".to_string(),
+            });
+        };
+        let client = Self {
+            base: parsed.base,
+            connect_to: parsed.connect_to,
+            tls: Some((unverified_tls_connector()?, name)),
+            host: parsed.host,
+            authorization: None,
+        };
+        let path = format!("/v1/join/discovery?token={}", encode(id));
+        let answer: JoinDiscovery = client.call(Method::GET, &path, None, None).await?;
+        if !federation::mesh::token::verify_discovery_mac(
+            secret,
+            answer.document.as_bytes(),
+            &answer.mac,
+        ) {
+            return Err(client.bad_response(
+                "its trust bundles carry no valid proof of the join token: it is not a gateway \
+                 of the mesh that made the token, or something in between answered"
+                    .to_string(),
+            ));
+        }
+        let document: DiscoveryDocument = serde_json::from_str(&answer.document)
+            .map_err(|e| client.bad_response(format!("the discovery document: {e}")))?;
+        Ok(document.clusters)
     }
 
     /// Whether requests go over TLS (`https://`).
@@ -711,6 +771,73 @@ fn parse_server(server: &str) -> Result<Server, ClientError> {
         host,
         server_name,
     })
+}
+
+/// A TLS client that accepts any server certificate (still checking that the server holds its
+/// key): only for [`Client::discover_trust`], whose answer carries its own proof and which
+/// sends nothing secret.
+fn unverified_tls_connector() -> Result<TlsConnector, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyServer(provider.clone()));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::InvalidCa {
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Accepts any certificate chain; verifies handshake signatures with the provider's algorithms.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A TLS client trusting only the CA certificates in `pem`, checking names as usual.

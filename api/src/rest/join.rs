@@ -15,7 +15,7 @@ use super::auth::{Caller, Joining};
 use super::input::{Body, Params};
 use super::problem::{Problem, ProblemBody, ProblemError};
 use super::tokens::json_body;
-use super::wire::{JoinCluster, JoinRequestDoc, JoinResponse};
+use super::wire::{DiscoveryDocument, JoinCluster, JoinDiscovery, JoinRequestDoc, JoinResponse};
 use crate::AdminState;
 
 /// Joins the mesh with a join token (single-use): records the gateway as a member with the
@@ -54,10 +54,76 @@ pub async fn join(
         CommandResult::Joined { node_id } => node_id,
         other => return Err(unexpected(other)),
     };
-    let (members, clusters) = state.mesh.read(|s| {
-        let members = s.members().into_iter().cloned().collect();
-        let clusters = s
-            .list(Kind::Cluster, None, None)
+    let members = state
+        .mesh
+        .read(|s| s.members().into_iter().cloned().collect());
+    Ok(Json(JoinResponse {
+        node_id,
+        members,
+        clusters: clusters(&state),
+    }))
+}
+
+/// The mesh's trust bundles for a gateway about to join that has no CA yet to verify this
+/// server by (`causeway gateway --join URL --token T` without `--join-ca`). Needs no bearer
+/// token: the joiner must not send its secret before it trusts the server. Instead the answer
+/// proves that this server knows the join token's secret (an HMAC keyed with the secret's
+/// hash, which only members hold); the joiner checks it, then trusts these bundles, and
+/// verifies this server's certificate by them before it sends the token to `POST /v1/join`.
+#[utoipa::path(
+    get,
+    path = "/v1/join/discovery",
+    tag = "members",
+    security(()),
+    params(
+        ("token" = String, Query, description = "The join token's id: the part between `cw_` and the next `_`. Never the secret."),
+    ),
+    responses(
+        (status = 200, description = "The trust bundles, and the proof", body = JoinDiscovery),
+        (status = 400, description = "No token id, or another query parameter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No usable join token has this id (unknown, already used, expired, or of another role)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "This gateway runs without the replicated store", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn discovery(
+    State(state): State<AdminState>,
+    params: Params,
+) -> Result<Json<JoinDiscovery>, Problem> {
+    params.only(&["token"])?;
+    let node = state.node()?;
+    let id = params
+        .text("token")?
+        .ok_or_else(|| Problem::bad_request("token", "give the join token's id: ?token=<id>"))?;
+    let now = token::now_rfc3339();
+    let lookup = || {
+        state
+            .mesh
+            .read(|s| s.join_token(id, &now).map(|r| r.secret_sha256.clone()))
+    };
+    let mut secret_sha256 = lookup();
+    // Created a moment ago through another gateway: catch up on what is committed first.
+    if secret_sha256.is_none() && node.read_index().await.is_ok() {
+        secret_sha256 = lookup();
+    }
+    let secret_sha256 = secret_sha256.ok_or_else(|| {
+        Problem::not_found(
+            "no usable join token has this id (unknown, already used, expired, or not a join token)",
+        )
+    })?;
+    let document = serde_json::to_string(&DiscoveryDocument {
+        clusters: clusters(&state),
+    })
+    .map_err(|e| Problem::internal(format!("cannot encode the trust bundles: {e}")))?;
+    Ok(Json(JoinDiscovery {
+        mac: token::discovery_mac(&secret_sha256, document.as_bytes()),
+        document,
+    }))
+}
+
+/// Every cluster's name and trust material, as this node has them.
+fn clusters(state: &AdminState) -> Vec<JoinCluster> {
+    state.mesh.read(|s| {
+        s.list(Kind::Cluster, None, None)
             .into_iter()
             .map(|c| {
                 let text = |field: &str| {
@@ -73,14 +139,8 @@ pub async fn join(
                     trust_bundle: text("trustBundle"),
                 }
             })
-            .collect();
-        (members, clusters)
-    });
-    Ok(Json(JoinResponse {
-        node_id,
-        members,
-        clusters,
-    }))
+            .collect()
+    })
 }
 
 /// What the state machine takes on trust from the proposer: the cluster's trust material must

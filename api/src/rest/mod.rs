@@ -1,7 +1,7 @@
 //! The admin REST API: the mesh's resources, tokens, members and status over HTTP/1.1 + JSON.
 //!
 //! ```text
-//!  /healthz /readyz ───────────────────────────────────────────────► handler
+//!  /healthz /readyz /v1/join/discovery ────────────────────────────► handler
 //!  everything else ─► auth::authenticate (bearer token → Principal) ─► handler(Caller<Role>, ..)
 //!                                                                       │ reads: SharedMesh::read
 //!                                                                       │ writes: Writer::propose
@@ -77,6 +77,7 @@ fn parts() -> (
     let (open, open_doc) = OpenApiRouter::<AdminState>::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(join::discovery))
         .split_for_parts();
     let (authenticated, authenticated_doc) = OpenApiRouter::<AdminState>::new()
         .routes(routes!(health::metrics))

@@ -22,16 +22,16 @@ use super::wire::{
 };
 
 /// Routes that need no token.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/v1/join/discovery"];
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Causeway admin API",
         description = "The mesh's resources, tokens, members and status, on every gateway's admin port. \
-Every route but /healthz and /readyz takes `Authorization: Bearer <token>`. Roles: viewer reads; operator also \
-applies and deletes; admin also manages tokens and reads the audit log; a join token is good for POST /v1/join \
-only. Every error is `application/problem+json` (a `Problem`); a method a route does not have answers 405 \
+Every route but /healthz, /readyz and /v1/join/discovery takes `Authorization: Bearer <token>`. Roles: viewer \
+reads; operator also applies and deletes; admin also manages tokens and reads the audit log; a join token is \
+good for POST /v1/join only. Every error is `application/problem+json` (a `Problem`); a method a route does not have answers 405 \
 `method-not-allowed`, an unknown path 404 `not-found`. Writes go through Raft: a follower forwards them to \
 the leader and answers once it has applied them itself."
     ),

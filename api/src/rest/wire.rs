@@ -262,6 +262,24 @@ pub struct JoinResponse {
     pub clusters: Vec<JoinCluster>,
 }
 
+/// `GET /v1/join/discovery` → 200: the mesh's trust bundles, with a proof that the server
+/// knows the join token's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JoinDiscovery {
+    /// JSON text of a [`DiscoveryDocument`] (`{"clusters": [...]}`), exactly the bytes `mac`
+    /// covers: parse it only after checking `mac`.
+    pub document: String,
+    /// Lowercase hex HMAC-SHA256 of `document`, keyed with the lowercase hex SHA-256 of the
+    /// join token's secret part.
+    pub mac: String,
+}
+
+/// What [`JoinDiscovery::document`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DiscoveryDocument {
+    pub clusters: Vec<JoinCluster>,
+}
+
 /// A cluster of the mesh as a joining gateway learns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -301,6 +301,17 @@ impl MeshState {
         valid.then_some(record)
     }
 
+    /// The join token with id `id` if it can still be used at `now` (RFC 3339): of the join
+    /// role, not used yet, not expired. Its secret is not checked: the caller proves it
+    /// knows the secret in other ways (see [`token::discovery_mac`]).
+    pub fn join_token(&self, id: &str, now: &str) -> Option<&TokenRecord> {
+        let record = self.tokens.get(id)?;
+        let usable = record.role == Role::Join
+            && !(record.single_use && record.used)
+            && !token::is_expired(record.expires_at.as_deref(), now);
+        usable.then_some(record)
+    }
+
     /// Every member, by node id.
     pub fn members(&self) -> Vec<&Member> {
         self.members.values().collect()

@@ -5,7 +5,7 @@
 //! hold anything a reader could present as a credential.
 
 use rand::Rng;
-use ring::digest;
+use ring::{digest, hmac};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
@@ -49,6 +49,34 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
 /// Lowercase hex SHA-256 of a token's secret part.
 pub fn hash(secret: &str) -> String {
     hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+/// A server's proof that it knows join token `id`'s secret, over `document` (the mesh's trust
+/// bundles, offered to a gateway that has no CA to verify the server by yet): HMAC-SHA256 keyed
+/// with the secret's hash, in hex. Every member holds that hash and nobody else does, so a man
+/// in the middle cannot forge the proof, and the joining gateway reveals nothing by checking it.
+pub fn discovery_mac(secret_sha256: &str, document: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret_sha256.as_bytes());
+    hex(hmac::sign(&key, document).as_ref())
+}
+
+/// Checks a [`discovery_mac`] with the token's secret itself (constant time).
+pub fn verify_discovery_mac(secret: &str, document: &[u8], mac_hex: &str) -> bool {
+    let Some(mac) = unhex(mac_hex) else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, hash(secret).as_bytes());
+    hmac::verify(&key, document, &mac).is_ok()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Compares two hashes without stopping at the first difference, so response times do not
@@ -114,6 +142,22 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_discovery_proof_verifies_with_the_secret_only() {
+        let (token, _, sha) = generate();
+        let (_, secret) = parse(&token).unwrap();
+        let doc = b"{\"clusters\":[]}";
+        let mac = discovery_mac(&sha, doc);
+        assert!(verify_discovery_mac(secret, doc, &mac));
+        // Another document, another secret, or a mangled proof: refused.
+        assert!(!verify_discovery_mac(secret, b"{\"clusters\":[1]}", &mac));
+        let (other, _, _) = generate();
+        assert!(!verify_discovery_mac(parse(&other).unwrap().1, doc, &mac));
+        assert!(!verify_discovery_mac(secret, doc, &mac[1..]));
+        assert!(!verify_discovery_mac(secret, doc, "zz"));
+        assert!(!verify_discovery_mac(secret, doc, ""));
+    }
 
     #[test]
     fn generated_tokens_parse_and_hash() {
