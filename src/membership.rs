@@ -10,11 +10,11 @@
 //!   loses one voter and never the quorum;
 //! - a cluster without a voter is served first, whatever the mesh's size;
 //! - a mesh of a single cluster gets up to three voters from it, so it survives losing one
-//!   gateway.
+//!   gateway; once three clusters exist, the extra voters of a cluster are demoted to learners
+//!   again (never the leader: another voter of its cluster goes).
 //!
 //! Extra gateways stay learners: they replicate everything and serve reads and the data plane,
-//! they just do not vote. (Voters are never demoted yet: a mesh that grew from one cluster with
-//! three voting gateways keeps them when others join.)
+//! they just do not vote.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,26 +33,25 @@ const SMALL_MESH_VOTERS: usize = 3;
 pub enum Step {
     AddLearner(u64),
     Promote(u64),
+    Demote(u64),
 }
 
 /// The next membership change, if any. `members` maps every recorded member's node id to its
 /// cluster; `voters`/`learners` are the group's current sets; `matched` the leader's view of
-/// each member's log, `commit` its commit index.
+/// each member's log, `commit` its commit index; `leader` is the node deciding (never demoted).
 pub fn next_step(
     members: &BTreeMap<u64, String>,
     voters: &BTreeSet<u64>,
     learners: &BTreeSet<u64>,
     matched: &BTreeMap<u64, u64>,
     commit: u64,
+    leader: u64,
 ) -> Option<Step> {
     if let Some(&id) = members
         .keys()
         .find(|id| !voters.contains(id) && !learners.contains(id))
     {
         return Some(Step::AddLearner(id));
-    }
-    if voters.len() >= MAX_VOTERS {
-        return None;
     }
     let cluster_of = |id: &u64| members.get(id).map(String::as_str);
     let clusters: BTreeSet<&str> = members.values().map(String::as_str).collect();
@@ -64,11 +63,33 @@ pub fn next_step(
         .filter_map(|id| Some((*id, cluster_of(id)?)))
         .collect();
     // A cluster without a voter first, whatever the mesh's size.
-    if let Some(&(id, _)) = candidates
-        .iter()
-        .find(|(_, cluster)| !voter_clusters.contains(cluster))
+    if voters.len() < MAX_VOTERS
+        && let Some(&(id, _)) = candidates
+            .iter()
+            .find(|(_, cluster)| !voter_clusters.contains(cluster))
     {
         return Some(Step::Promote(id));
+    }
+    // Three clusters or more: one voter each (a second one would make that cluster's loss
+    // cost two votes). Promotions above come first, so the group never shrinks while a
+    // cluster still waits for its voter and there is room for it.
+    if clusters.len() >= 3 {
+        let mut seen = BTreeSet::new();
+        // Walk the leader first, so that it is the one its cluster keeps.
+        let order = voters
+            .iter()
+            .filter(|&&id| id == leader)
+            .chain(voters.iter().filter(|&&id| id != leader));
+        for &id in order {
+            if let Some(cluster) = cluster_of(&id)
+                && !seen.insert(cluster)
+            {
+                return Some(Step::Demote(id));
+            }
+        }
+    }
+    if voters.len() >= MAX_VOTERS {
+        return None;
     }
     if clusters.len() == 1 && voters.len() < SMALL_MESH_VOTERS {
         return candidates.first().map(|&(id, _)| Step::Promote(id));
@@ -106,13 +127,20 @@ pub async fn reconcile(
         }
         let voters: BTreeSet<u64> = status.voters.iter().copied().collect();
         let learners: BTreeSet<u64> = status.learners.iter().copied().collect();
-        let Some(step) = next_step(&members, &voters, &learners, &status.matched, status.commit)
-        else {
+        let Some(step) = next_step(
+            &members,
+            &voters,
+            &learners,
+            &status.matched,
+            status.commit,
+            status.id,
+        ) else {
             continue;
         };
         let result = match step {
             Step::AddLearner(id) => node.add_learner(id).await,
             Step::Promote(id) => node.promote(id).await,
+            Step::Demote(id) => node.demote(id).await,
         };
         match result {
             Ok(()) => tracing::info!(?step, "raft membership changed"),
@@ -139,10 +167,54 @@ mod tests {
         ids.iter().map(|&id| (id, at)).collect()
     }
 
+    /// [`next_step`] as decided by node 1.
+    fn step(
+        m: &BTreeMap<u64, String>,
+        voters: &BTreeSet<u64>,
+        learners: &BTreeSet<u64>,
+        matched: &BTreeMap<u64, u64>,
+        commit: u64,
+    ) -> Option<Step> {
+        next_step(m, voters, learners, matched, commit, 1)
+    }
+
+    #[test]
+    fn a_mesh_grown_from_one_cluster_gives_up_its_extra_voters_once_three_clusters_vote() {
+        let m = members(&[
+            (1, "east"),
+            (2, "east"),
+            (3, "east"),
+            (4, "west"),
+            (5, "edge"),
+        ]);
+        let matched = all_matched(&[1, 2, 3, 4, 5], 20);
+        let decide = |voters: &[u64], learners: &[u64]| {
+            // Node 2 leads: its cluster keeps it.
+            next_step(&m, &set(voters), &set(learners), &matched, 20, 2)
+        };
+        // The newcomers get their voters first...
+        assert_eq!(decide(&[1, 2, 3], &[4, 5]), Some(Step::Promote(4)));
+        assert_eq!(decide(&[1, 2, 3, 4], &[5]), Some(Step::Promote(5)));
+        // ...then east keeps one, the leader.
+        assert_eq!(decide(&[1, 2, 3, 4, 5], &[]), Some(Step::Demote(1)));
+        assert_eq!(decide(&[2, 3, 4, 5], &[1]), Some(Step::Demote(3)));
+        assert_eq!(decide(&[2, 4, 5], &[1, 3]), None);
+
+        // Five voters and a fourth cluster waiting: demote first, to make room.
+        let mut more = m.clone();
+        more.insert(6, "north".to_string());
+        let matched = all_matched(&[1, 2, 3, 4, 5, 6], 20);
+        let decide = |voters: &[u64], learners: &[u64]| {
+            next_step(&more, &set(voters), &set(learners), &matched, 20, 2)
+        };
+        assert_eq!(decide(&[1, 2, 3, 4, 5], &[6]), Some(Step::Demote(1)));
+        assert_eq!(decide(&[2, 3, 4, 5], &[1, 6]), Some(Step::Promote(6)));
+    }
+
     #[test]
     fn recorded_members_become_learners_first() {
         let m = members(&[(1, "east"), (2, "west")]);
-        let step = next_step(&m, &set(&[1]), &set(&[]), &all_matched(&[1], 10), 10);
+        let step = step(&m, &set(&[1]), &set(&[]), &all_matched(&[1], 10), 10);
         assert_eq!(step, Some(Step::AddLearner(2)));
     }
 
@@ -150,10 +222,10 @@ mod tests {
     fn a_learner_is_promoted_only_once_caught_up() {
         let m = members(&[(1, "east"), (2, "west")]);
         let behind = all_matched(&[1], 100);
-        assert_eq!(next_step(&m, &set(&[1]), &set(&[2]), &behind, 100), None);
+        assert_eq!(step(&m, &set(&[1]), &set(&[2]), &behind, 100), None);
         let caught_up = all_matched(&[1, 2], 100);
         assert_eq!(
-            next_step(&m, &set(&[1]), &set(&[2]), &caught_up, 100),
+            step(&m, &set(&[1]), &set(&[2]), &caught_up, 100),
             Some(Step::Promote(2))
         );
     }
@@ -164,18 +236,15 @@ mod tests {
         let matched = all_matched(&[1, 2, 3, 4], 50);
         // east already votes: west's learner goes before east's second gateway.
         assert_eq!(
-            next_step(&m, &set(&[1]), &set(&[2, 3, 4]), &matched, 50),
+            step(&m, &set(&[1]), &set(&[2, 3, 4]), &matched, 50),
             Some(Step::Promote(3))
         );
         assert_eq!(
-            next_step(&m, &set(&[1, 3]), &set(&[2, 4]), &matched, 50),
+            step(&m, &set(&[1, 3]), &set(&[2, 4]), &matched, 50),
             Some(Step::Promote(4))
         );
         // Every cluster votes once: losing any cluster must not lose the quorum.
-        assert_eq!(
-            next_step(&m, &set(&[1, 3, 4]), &set(&[2]), &matched, 50),
-            None
-        );
+        assert_eq!(step(&m, &set(&[1, 3, 4]), &set(&[2]), &matched, 50), None);
     }
 
     #[test]
@@ -183,22 +252,16 @@ mod tests {
         let m = members(&[(1, "east"), (2, "east"), (3, "west"), (4, "west")]);
         let matched = all_matched(&[1, 2, 3, 4], 9);
         assert_eq!(
-            next_step(&m, &set(&[1]), &set(&[2, 3, 4]), &matched, 9),
+            step(&m, &set(&[1]), &set(&[2, 3, 4]), &matched, 9),
             Some(Step::Promote(3))
         );
-        assert_eq!(
-            next_step(&m, &set(&[1, 3]), &set(&[2, 4]), &matched, 9),
-            None
-        );
+        assert_eq!(step(&m, &set(&[1, 3]), &set(&[2, 4]), &matched, 9), None);
         let one = members(&[(1, "east"), (2, "east"), (3, "east"), (4, "east")]);
         assert_eq!(
-            next_step(&one, &set(&[1]), &set(&[2, 3, 4]), &matched, 9),
+            step(&one, &set(&[1]), &set(&[2, 3, 4]), &matched, 9),
             Some(Step::Promote(2))
         );
-        assert_eq!(
-            next_step(&one, &set(&[1, 2, 3]), &set(&[4]), &matched, 9),
-            None
-        );
+        assert_eq!(step(&one, &set(&[1, 2, 3]), &set(&[4]), &matched, 9), None);
     }
 
     #[test]
@@ -207,11 +270,11 @@ mod tests {
         let m: BTreeMap<u64, String> = list.into_iter().collect();
         let matched = all_matched(&[1, 2, 3, 4, 5, 6, 7], 3);
         assert_eq!(
-            next_step(&m, &set(&[1, 2, 3, 4]), &set(&[5, 6, 7]), &matched, 3),
+            step(&m, &set(&[1, 2, 3, 4]), &set(&[5, 6, 7]), &matched, 3),
             Some(Step::Promote(5))
         );
         assert_eq!(
-            next_step(&m, &set(&[1, 2, 3, 4, 5]), &set(&[6, 7]), &matched, 3),
+            step(&m, &set(&[1, 2, 3, 4, 5]), &set(&[6, 7]), &matched, 3),
             None
         );
     }

@@ -216,6 +216,8 @@ struct Proposal {
 enum MembershipChange {
     AddLearner(u64),
     Promote(u64),
+    /// A voter becomes a learner: it keeps the log but stops voting.
+    Demote(u64),
     Remove(u64),
 }
 
@@ -277,6 +279,11 @@ impl Node {
     /// Makes learner `id` a voter.
     pub async fn promote(&self, id: u64) -> Result<(), ProposeError> {
         self.change_membership(MembershipChange::Promote(id)).await
+    }
+
+    /// Makes voter `id` a learner again (not the leader itself: transfer leadership first).
+    pub async fn demote(&self, id: u64) -> Result<(), ProposeError> {
+        self.change_membership(MembershipChange::Demote(id)).await
     }
 
     /// Removes voter or learner `id` from the group.
@@ -778,10 +785,12 @@ impl<S: LogStore, M: StateMachine> Owner<S, M> {
             return waiter.fail(e);
         }
         // A leader that removes itself keeps leading a group it is not in (raft-rs does not step
-        // it down): move leadership first.
-        if change == MembershipChange::Remove(self.raw.raft.id) {
+        // it down), and one that demotes itself leads without a vote: move leadership first.
+        let me = self.raw.raft.id;
+        if change == MembershipChange::Remove(me) || change == MembershipChange::Demote(me) {
             return waiter.fail(ProposeError::Rejected {
-                reason: "the leader cannot remove itself; transfer leadership first".into(),
+                reason: "the leader cannot remove or demote itself; transfer leadership first"
+                    .into(),
             });
         }
         // raft-rs would turn a second change into an empty entry; say so now instead.
@@ -1130,6 +1139,7 @@ fn check_change(conf: &ConfState, change: MembershipChange) -> Result<(), Propos
     let problem = match change {
         MembershipChange::AddLearner(0)
         | MembershipChange::Promote(0)
+        | MembershipChange::Demote(0)
         | MembershipChange::Remove(0) => Some("node id 0 is reserved".to_string()),
         // raft-rs would quietly demote a voter.
         MembershipChange::AddLearner(id) if is_voter(id) => {
@@ -1137,6 +1147,12 @@ fn check_change(conf: &ConfState, change: MembershipChange) -> Result<(), Propos
         }
         MembershipChange::Promote(id) if !is_learner(id) => {
             Some(format!("node {id} is not a learner; add it as one first"))
+        }
+        MembershipChange::Demote(id) if !conf.voters.contains(&id) => {
+            Some(format!("node {id} is not a voter"))
+        }
+        MembershipChange::Demote(_) if conf.voters.len() < 2 => {
+            Some("the last voter cannot be demoted".to_string())
         }
         MembershipChange::Remove(id) if !is_voter(id) && !is_learner(id) => {
             Some(format!("node {id} is not a member"))
@@ -1153,7 +1169,11 @@ fn check_change(conf: &ConfState, change: MembershipChange) -> Result<(), Propos
 /// by itself once it is committed), so old and new majorities must both agree during the switch.
 fn conf_change(change: MembershipChange) -> ConfChangeV2 {
     let (change_type, node_id) = match change {
-        MembershipChange::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
+        // On a voter, AddLearnerNode demotes it (through the joint configuration: it votes in
+        // the outgoing half until the change is complete).
+        MembershipChange::AddLearner(id) | MembershipChange::Demote(id) => {
+            (ConfChangeType::AddLearnerNode, id)
+        }
         MembershipChange::Promote(id) => (ConfChangeType::AddNode, id),
         MembershipChange::Remove(id) => (ConfChangeType::RemoveNode, id),
     };
@@ -1735,6 +1755,23 @@ mod tests {
         cluster.converged(&all).await;
         assert!(cluster.status(leader).await.matched[&4] >= index);
 
+        // Demoted: a learner again, still replicating.
+        node.demote(4).await.unwrap();
+        let status = cluster.status(leader).await;
+        assert!(status.outgoing_voters.is_empty(), "still joint: {status:?}");
+        assert_eq!((status.voters, status.learners), (vec![1, 2, 3], vec![4]));
+        let (index, _) = node.propose(set("after", "demote")).await.unwrap();
+        cluster.converged(&all).await;
+        assert!(cluster.status(leader).await.matched[&4] >= index);
+        assert!(matches!(
+            node.demote(4).await,
+            Err(ProposeError::Rejected { .. })
+        ));
+        assert!(matches!(
+            node.demote(leader).await,
+            Err(ProposeError::Rejected { .. })
+        ));
+
         node.remove(4).await.unwrap();
         assert_eq!(cluster.status(leader).await.voters, vec![1, 2, 3]);
         node.propose(set("after", "remove")).await.unwrap();
@@ -1813,7 +1850,7 @@ mod tests {
     #[test]
     fn every_membership_change_goes_through_a_joint_configuration() {
         use MembershipChange::*;
-        for change in [AddLearner(4), Promote(4), Remove(4)] {
+        for change in [AddLearner(4), Promote(4), Demote(4), Remove(4)] {
             // Some(true): enter a joint configuration, and leave it automatically.
             assert_eq!(conf_change(change).enter_joint(), Some(true), "{change:?}");
         }
