@@ -88,23 +88,15 @@ pub async fn authenticate(
         Err(problem) => return problem.into_response(),
         Ok(token) => {
             let now = token::now_rfc3339();
-            let lookup = || {
-                state.mesh.read(|s| {
+            // A token created a moment ago through another gateway may not have reached this
+            // one's copy of the state yet: before refusing, catch up to what is committed and
+            // look again. Revocations take effect the same way: what is committed counts.
+            let record = state
+                .read_caught_up(|s| {
                     s.authenticate(token, &now)
                         .map(|r| (r.id.clone(), r.description.clone(), r.role))
                 })
-            };
-            let mut record = lookup();
-            // A token created a moment ago through another gateway may not have reached this
-            // one's copy of the state yet: before refusing, catch up to what is committed
-            // (a linearizable read barrier) and look again. Revocations take effect the same
-            // way: what is committed counts.
-            if record.is_none()
-                && let Some(node) = &state.node
-                && node.read_index().await.is_ok()
-            {
-                record = lookup();
-            }
+                .await;
             let Some((id, description, role)) = record else {
                 return Problem::new(
                     Slug::Unauthorized,

@@ -90,21 +90,15 @@ pub async fn discovery(
     params: Params,
 ) -> Result<Json<JoinDiscovery>, Problem> {
     params.only(&["token"])?;
-    let node = state.node()?;
+    state.node()?;
     let id = params
         .text("token")?
         .ok_or_else(|| Problem::bad_request("token", "give the join token's id: ?token=<id>"))?;
     let now = token::now_rfc3339();
-    let lookup = || {
-        state
-            .mesh
-            .read(|s| s.join_token(id, &now).map(|r| r.secret_sha256.clone()))
-    };
-    let mut secret_sha256 = lookup();
-    // Created a moment ago through another gateway: catch up on what is committed first.
-    if secret_sha256.is_none() && node.read_index().await.is_ok() {
-        secret_sha256 = lookup();
-    }
+    // Created a moment ago through another gateway: caught up with what is committed.
+    let secret_sha256 = state
+        .read_caught_up(|s| s.join_token(id, &now).map(|r| r.secret_sha256.clone()))
+        .await;
     let secret_sha256 = secret_sha256.ok_or_else(|| {
         Problem::not_found(
             "no usable join token has this id (unknown, already used, expired, or not a join token)",

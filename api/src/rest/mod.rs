@@ -147,6 +147,20 @@ impl AdminState {
             .ok_or_else(|| Problem::no_quorum("this gateway runs without the replicated store"))
     }
 
+    /// `read` on this node's copy of the state; when it finds nothing, once more after catching
+    /// up with what is committed (a read-index round), for what was created a moment ago
+    /// through another gateway (a token, say) and has not reached this one yet.
+    pub(crate) async fn read_caught_up<T>(
+        &self,
+        read: impl Fn(&federation::mesh::MeshState) -> Option<T>,
+    ) -> Option<T> {
+        if let Some(found) = self.mesh.read(&read) {
+            return Some(found);
+        }
+        self.node.as_ref()?.read_index().await.ok()?;
+        self.mesh.read(&read)
+    }
+
     /// For `?consistent=true`: waits until this node has applied every write committed before
     /// the request (a read-index round through the leader).
     pub(crate) async fn fresh(&self, consistent: bool) -> Result<(), Problem> {
