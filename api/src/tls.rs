@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Handshakes run off the accept path: a slow or garbage client holds one task until its
-//! timeout, never the listener.
+//! timeout, never the listener. The Raft transport accepts through the same [`accept_loop`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,7 +71,24 @@ impl TlsListener {
     pub(crate) fn new(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
-        let acceptor = tokio::spawn(accept(listener, TlsAcceptor::from(tls), accepted_tx));
+        let tls = TlsAcceptor::from(tls);
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            "admin API",
+            MAX_HANDSHAKES,
+            accepted_tx,
+            move |tcp, remote| {
+                let handshake =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tls.clone(), tcp, remote));
+                async move {
+                    let stream = handshake.await.unwrap_or_else(|_| {
+                        tracing::debug!(%remote, "admin TLS handshake timed out");
+                        None
+                    });
+                    stream.map(|s| (s, remote))
+                }
+            },
+        ));
         Ok(Self {
             accepted,
             local,
@@ -103,12 +121,23 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-async fn accept(
+/// Accepts TCP connections and runs `handshake` on each in a task of its own, at most
+/// `max_handshakes` at once (beyond that, accepting waits and the kernel backlog queues), so a
+/// slow or hostile handshake delays no one else; passes on what the handshakes yield. Ends
+/// once `accepted` is closed (the server stopped taking connections). Shared by the admin API
+/// and the Raft transport; `what` names the listener in logs.
+pub(crate) async fn accept_loop<T, H, F>(
     listener: TcpListener,
-    tls: TlsAcceptor,
-    accepted: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    what: &'static str,
+    max_handshakes: usize,
+    accepted: mpsc::Sender<T>,
+    mut handshake: H,
+) where
+    T: Send + 'static,
+    H: FnMut(TcpStream, SocketAddr) -> F,
+    F: Future<Output = Option<T>> + Send + 'static,
+{
+    let handshakes = Arc::new(Semaphore::new(max_handshakes));
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -119,24 +148,19 @@ async fn accept(
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "admin API cannot accept");
+                    tracing::warn!(error = %e, "{what} cannot accept");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let tls = tls.clone();
+        let done = handshake(tcp, remote);
         let accepted = accepted.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tls, tcp, remote));
-            match handshake.await {
-                Ok(Some(stream)) => {
-                    // Fails only when the server is shutting down.
-                    let _ = accepted.send((stream, remote)).await;
-                }
-                Ok(None) => {}
-                Err(_) => tracing::debug!(%remote, "admin TLS handshake timed out"),
+            if let Some(conn) = done.await {
+                // Fails only when the server is shutting down.
+                let _ = accepted.send(conn).await;
             }
         });
     }

@@ -14,7 +14,7 @@ use federation::identity::{SpiffeId, peer_spiffe_id};
 use store::{Node, NodeInbox};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
@@ -83,7 +83,15 @@ pub async fn serve(
         });
     }
     let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
-    let acceptor = tokio::spawn(accept(listener, tls, accepted_tx));
+    // Each connection is accepted with the newest TLS config, so a rotated SVID reaches every
+    // new handshake while established connections keep theirs.
+    let acceptor = tokio::spawn(crate::tls::accept_loop(
+        listener,
+        "raft transport",
+        MAX_HANDSHAKES,
+        accepted_tx,
+        move |tcp, remote| handshake(TlsAcceptor::from(tls.borrow().clone()), tcp, remote),
+    ));
     let incoming = futures::stream::unfold(accepted, |mut accepted| async move {
         let conn = accepted.recv().await?;
         Some((Ok::<_, io::Error>(conn), accepted))
@@ -106,44 +114,6 @@ pub async fn serve(
         .await;
     acceptor.abort();
     Ok(served?)
-}
-
-/// Accepts TCP connections and completes their TLS handshakes off the accept path, so a slow
-/// or hostile handshake delays no one else. Ends when the server stops taking connections.
-/// Each connection is accepted with the newest TLS config, so a rotated SVID reaches every new
-/// handshake while established connections keep theirs.
-async fn accept(
-    listener: TcpListener,
-    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
-    accepted: mpsc::Sender<TlsConn>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, remote) = tokio::select! {
-            () = accepted.closed() => return,
-            result = listener.accept() => match result {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "raft transport cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let tls = TlsAcceptor::from(tls.borrow().clone());
-        let accepted = accepted.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(conn) = handshake(tls, tcp, remote).await {
-                // Fails only when the server is shutting down.
-                let _ = accepted.send(conn).await;
-            }
-        });
-    }
 }
 
 async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConn> {
