@@ -329,7 +329,8 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let forward: Arc<dyn api::rest::Forward> = parts.transport.clone();
     let state = api::AdminState::new(registry, readiness.clone(), info)
         .with_store(mesh, parts.node.clone(), Some(forward))
-        .with_tunnels(tunnel_views_rx);
+        .with_tunnels(tunnel_views_rx)
+        .with_data_dir(config.data_dir.clone());
     let store = Some(parts);
     let admin_stop = stopped();
     control_tasks.spawn(async move {

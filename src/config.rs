@@ -296,8 +296,9 @@ pub struct Overrides {
     #[arg(long, env = "CAUSEWAY_RAFT_ADDR", value_name = "ADDR")]
     pub raft_addr: Option<SocketAddr>,
     /// Join an existing mesh through this gateway's admin API (https://host:port) instead of
-    /// founding a new one; needs a join token (`causeway token create --join gateway`) and,
-    /// for https, --join-ca
+    /// founding a new one; needs a join token (`causeway token create --join gateway`). The
+    /// mesh's CAs are fetched from that gateway and checked against the token (or pinned with
+    /// --join-ca)
     #[arg(long, env = "CAUSEWAY_JOIN", value_name = "URL")]
     pub join: Option<String>,
     /// Optional: the CA certificate (PEM) of the cluster whose gateway --join goes through, to

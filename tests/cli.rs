@@ -97,6 +97,8 @@ fn port_zero_works_and_flags_beat_environment() {
         "127.41.0.2:0",
         "--admin-addr",
         "127.41.0.2:0",
+        "--raft-addr",
+        "127.41.0.2:0",
         "--cluster",
         "south",
     ];
@@ -110,7 +112,9 @@ fn port_zero_works_and_flags_beat_environment() {
         ],
         Some(dir.path()),
     );
-    for addr in [gw.tunnel, gw.outbound, gw.dns, gw.admin] {
+    let raft = gw.raft.expect("the ready line names the Raft listener");
+    assert_eq!(raft.ip().to_string(), "127.41.0.2");
+    for addr in [gw.tunnel, gw.outbound, gw.dns, gw.admin, raft] {
         assert_ne!(addr.port(), 0, "port 0 logged instead of the bound port");
     }
     assert_eq!(gw.admin_get("/healthz").0, 200);

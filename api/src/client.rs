@@ -500,6 +500,19 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/tokens/recover`: an admin token for the secret whose hash `causeway token
+    /// recover` left in the gateway's data directory (no bearer token).
+    pub async fn recover_token(&self, secret: &str) -> Result<TokenCreated, ClientError> {
+        let body = json_body(&serde_json::json!({ "secret": secret }))?;
+        self.call(
+            Method::POST,
+            "/v1/tokens/recover",
+            Some((body, "application/json")),
+            None,
+        )
+        .await
+    }
+
     /// `GET /v1/tokens` (admin). Takes `{"items": [...]}` or a bare array.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
         let value = self.get_json("/v1/tokens").await?;

@@ -51,6 +51,9 @@ pub struct AdminState {
     pub info: NodeInfo,
     /// This gateway's tunnels, as the data plane last reported them.
     pub tunnels: watch::Receiver<Vec<TunnelView>>,
+    /// This gateway's data directory, where `causeway token recover` leaves its break-glass
+    /// request (see [`rest::recover`]); `None` turns recovery off.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Turns true when [`serve`] begins to shut down, so endless responses (watches) end and
     /// the graceful shutdown does not wait for them forever.
     stopping: watch::Receiver<bool>,
@@ -69,6 +72,7 @@ impl AdminState {
             writer: None,
             info,
             tunnels,
+            data_dir: None,
             stopping: watch::channel(false).1,
         }
     }
@@ -89,6 +93,13 @@ impl AdminState {
 
     pub fn with_tunnels(mut self, tunnels: watch::Receiver<Vec<TunnelView>>) -> Self {
         self.tunnels = tunnels;
+        self
+    }
+
+    /// Lets operators with access to `data_dir` recover an admin token (`causeway token
+    /// recover`).
+    pub fn with_data_dir(mut self, data_dir: std::path::PathBuf) -> Self {
+        self.data_dir = Some(data_dir);
         self
     }
 }

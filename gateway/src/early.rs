@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::http::{self, Body, Request};
+use crate::http::{self, Body, ClientBody, ClientFault, Request};
 use crate::preamble::{self, Verdict, VerdictCode};
 
 /// Bodies up to this size (with a known length) are buffered so the request can be replayed.
@@ -36,10 +36,11 @@ pub(crate) struct Replayable {
 }
 
 impl Replayable {
-    /// Buffers `req` if its body is small and of known length; otherwise gives it back.
+    /// Buffers `req` if its body is small and of known length; otherwise gives it back, with
+    /// a handle that tells whether reading the client's body failed on the way.
     pub async fn buffer(
         req: Request<Incoming>,
-    ) -> Result<Result<Self, Request<Body>>, hyper::Error> {
+    ) -> Result<Result<Self, (Request<Body>, ClientFault)>, hyper::Error> {
         let headers = req.headers();
         let chunked = headers.contains_key(::http::header::TRANSFER_ENCODING);
         let length = headers
@@ -48,7 +49,9 @@ impl Replayable {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let small = !chunked && length.unwrap_or(0) <= MAX_REPLAYABLE_BODY;
         if !small {
-            return Ok(Err(req.map(http::boxed)));
+            let (parts, body) = req.into_parts();
+            let (body, fault) = ClientBody::new(body);
+            return Ok(Err((Request::from_parts(parts, http::boxed(body)), fault)));
         }
         let (parts, body) = req.into_parts();
         let body = body.collect().await?.to_bytes();

@@ -19,6 +19,62 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// A client's request body that remembers whether reading it failed (a malformed chunk, a
+/// connection cut mid-body), so that a failed forward can be blamed right: the client's body
+/// (400) or the upstream (502).
+pub struct ClientBody {
+    inner: Incoming,
+    fault: ClientFault,
+}
+
+/// Set once the client's body failed to read; see [`ClientBody`].
+#[derive(Clone, Default)]
+pub struct ClientFault(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl ClientFault {
+    /// Why the client's body could not be read, if it could not.
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> (Self, ClientFault) {
+        let fault = ClientFault::default();
+        (
+            Self {
+                inner,
+                fault: fault.clone(),
+            },
+            fault,
+        )
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            let _ = self.fault.0.set(e.to_string());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A plain-text answer from the gateway itself, marked so it is never mistaken for the
 /// application's own error page.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {

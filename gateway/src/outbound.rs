@@ -72,6 +72,41 @@ pub(crate) fn parse_host(host: &str) -> Option<HostRoute> {
     })
 }
 
+/// The authority a request names, refusing what two parties could read two ways (RFC 9112
+/// §3.2): several `Host` headers, an absolute-form target that names another authority than
+/// `Host`, a port that is no port.
+fn request_host<B>(req: &http::Request<B>) -> Result<String, String> {
+    let mut hosts = req.headers().get_all(::http::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("request has more than one Host header".to_string());
+    }
+    let header = header
+        .map(|h| {
+            h.to_str()
+                .map_err(|_| "the Host header is not ASCII".to_string())
+        })
+        .transpose()?;
+    let target = req.uri().authority().map(|a| a.as_str());
+    let host = match (header, target) {
+        (Some(h), Some(t)) if !h.eq_ignore_ascii_case(t) => {
+            return Err(format!(
+                "the request target names {t:?} but the Host header says {h:?}"
+            ));
+        }
+        (Some(h), _) => h,
+        (None, Some(t)) => t,
+        (None, None) => return Err("request has no Host header naming a mesh service".into()),
+    };
+    if let Some((_, port)) = host.rsplit_once(':')
+        && !host.ends_with(']')
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("the Host {host:?} has no valid port"));
+    }
+    Ok(host.to_string())
+}
+
 pub(crate) async fn serve_http(
     listener: TcpListener,
     outbound: Arc<Outbound>,
@@ -114,17 +149,9 @@ pub(crate) async fn serve_http(
 
 async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> http::Response<Body> {
     let started = Instant::now();
-    let host = req
-        .headers()
-        .get(::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let Some(host) = host else {
-        return http::error_response(
-            StatusCode::BAD_REQUEST,
-            "request has no Host header naming a mesh service",
-        );
+    let host = match request_host(&req) {
+        Ok(host) => host,
+        Err(why) => return http::error_response(StatusCode::BAD_REQUEST, &why),
     };
     let Some(route) = parse_host(&host) else {
         return http::error_response(
@@ -168,9 +195,13 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
     headers.remove(crate::inbound::SOURCE_CLUSTER_HEADER);
     // A small request is buffered so that it can ride right behind its preamble and be
     // replayed on the next cluster if refused (see `early`); others wait for the verdict.
+    let mut client_fault = None;
     let mut req = match Replayable::buffer(req).await {
         Ok(Ok(replayable)) => Pending::Replayable(replayable),
-        Ok(Err(streaming)) => Pending::Streaming(Some(streaming)),
+        Ok(Err((streaming, fault))) => {
+            client_fault = Some(fault);
+            Pending::Streaming(Some(streaming))
+        }
         Err(e) => {
             record(outbound, &route.service, "unknown", 400, started);
             return http::error_response(
@@ -240,9 +271,16 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
                 }
             }
         };
-        let response = match sent {
-            Ok(resp) => resp,
-            Err(e) => http::error_response(
+        let client_failed = client_fault.as_ref().and_then(|f| f.get());
+        let response = match (sent, client_failed) {
+            // The client's own body broke the forward (a malformed chunk): its fault, not the
+            // upstream's.
+            (Err(_), Some(why)) => http::error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body failed: {why}"),
+            ),
+            (Ok(resp), _) => resp,
+            (Err(e), None) => http::error_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("{} in {dest} failed: {e}", route.service),
             ),
@@ -642,6 +680,50 @@ async fn proxy_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(target: &str, hosts: &[&str]) -> http::Request<()> {
+        let mut builder = ::http::Request::builder().uri(target);
+        for h in hosts {
+            builder = builder.header(::http::header::HOST, *h);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn ambiguous_hosts_are_refused() {
+        assert_eq!(
+            request_host(&request("/", &["echo.demo"])).unwrap(),
+            "echo.demo"
+        );
+        assert_eq!(
+            request_host(&request("http://echo.demo/x", &[])).unwrap(),
+            "echo.demo"
+        );
+        assert_eq!(
+            request_host(&request("http://Echo.Demo:80/x", &["echo.demo:80"])).unwrap(),
+            "echo.demo:80"
+        );
+        assert_eq!(
+            request_host(&request("/", &["[::1]:8080"])).unwrap(),
+            "[::1]:8080"
+        );
+        for (target, hosts, why) in [
+            ("/", &["a.b", "c.d"][..], "more than one Host"),
+            ("/", &["a.b", "a.b"], "more than one Host"),
+            (
+                "http://other.ns/",
+                &["echo.demo"],
+                "the request target names",
+            ),
+            ("/", &["x:99999"], "no valid port"),
+            ("/", &["x:0"], "no valid port"),
+            ("/", &["x:"], "no valid port"),
+            ("/", &[], "no Host header"),
+        ] {
+            let err = request_host(&request(target, hosts)).unwrap_err();
+            assert!(err.contains(why), "{target} {hosts:?}: {err}");
+        }
+    }
 
     #[test]
     fn host_forms() {

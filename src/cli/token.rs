@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use api::client::TokenInfo;
 use federation::mesh::Role;
 
-use super::context::ConnectionArgs;
+use std::path::Path;
+
+use super::context::{ConnectionArgs, resolve};
 use super::get::to_json;
 use super::table::{Table, age};
 use super::{Failure, Outcome, connect};
@@ -32,10 +34,23 @@ pub enum TokenCommand {
         #[arg(short, long, value_enum)]
         output: Option<ListOutput>,
     },
-    /// Revoke a token; requests bearing it are refused from then on.
+    /// Revoke a token; requests bearing it are refused from then on. The last admin token that
+    /// never expires cannot be revoked (create another first).
     Revoke {
         /// The token's id (or the whole token).
         id: String,
+    },
+    /// Break glass: create an admin token without one, proving local access to a gateway's data
+    /// directory. Run it on the gateway's machine as the user the gateway runs as (or root);
+    /// --server must name that gateway's admin API. Single use, audited as recovery@<gateway>.
+    #[command(
+        after_help = "Example:\n  causeway token recover --data-dir /var/lib/causeway --server https://127.0.0.1:15000"
+    )]
+    Recover {
+        /// The gateway's data directory (its `ca/ca.pem` verifies the server unless --ca-file
+        /// is given).
+        #[arg(long, value_name = "DIR")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -102,6 +117,9 @@ fn role(args: &CreateArgs) -> Role {
 }
 
 pub async fn run(args: TokenArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
+    if let TokenCommand::Recover { data_dir } = &args.command {
+        return recover(data_dir, &args.connection, env).await;
+    }
     let client = connect(&args.connection, env)?;
     match args.command {
         TokenCommand::Create(create) => {
@@ -138,6 +156,56 @@ pub async fn run(args: TokenArgs, env: &dyn Fn(&str) -> Option<String>) -> Outco
             client.revoke_token(id).await?;
             println!("token {id} revoked");
         }
+        TokenCommand::Recover { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// `token recover`: leaves a one-time request in the data directory, then asks the gateway to
+/// honour it (see `api::rest::recover`). Prints the new admin token on stdout.
+async fn recover(
+    data_dir: &Path,
+    connection: &ConnectionArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Outcome {
+    use api::rest::recover::write_request;
+
+    if !data_dir.join("ca").join("ca.pem").is_file() {
+        return Err(Failure::Usage(format!(
+            "{} is not a gateway's data directory (it has no ca/ca.pem)",
+            data_dir.display()
+        )));
+    }
+    let mut context = resolve(connection, env)?;
+    if context.ca_pem.is_none() {
+        let ca = data_dir.join("ca").join("ca.pem");
+        context.ca_pem = Some(
+            std::fs::read(&ca)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", ca.display())))?,
+        );
+    }
+    // The request alone proves local access; no bearer token goes with it.
+    context.token = None;
+    context.token_source = None;
+    let client = context.client()?;
+    let (secret, _, _) = federation::mesh::token::generate();
+    let request = write_request(data_dir, &secret).map_err(|e| {
+        Failure::Usage(format!(
+            "cannot write the recovery request into {}: {e} (run this as the gateway's user or \
+             root)",
+            data_dir.display()
+        ))
+    })?;
+    let created = client.recover_token(&secret).await;
+    // The gateway consumed a good request; any other outcome leaves nothing behind either.
+    let _ = std::fs::remove_file(&request);
+    let created = created?;
+    println!("{}", created.token);
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "admin token {} created by recovery through {}: keep it now, it cannot be shown again",
+            created.id, context.server
+        );
     }
     Ok(())
 }

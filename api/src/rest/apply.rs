@@ -10,7 +10,7 @@ use federation::mesh::{Command, CommandResult, RefusalCode, WriteResult, token};
 use federation::resource::{self, Resource, ResourceKey};
 
 use super::auth::{Caller, Operator};
-use super::input::{Body, Params, documents};
+use super::input::{Body, Params, documents, off_thread};
 use super::problem::{Problem, ProblemBody, ProblemError, Slug};
 use super::wire::{ApplyAction, ApplyDocuments, ApplyResponse, ApplyResult, Warning};
 use crate::AdminState;
@@ -125,7 +125,7 @@ pub async fn apply(
 ) -> Result<Response, Problem> {
     params.only(&["dryRun"])?;
     let dry_run = params.flag("dryRun")?;
-    let checked = check_all(documents(&body)?)?;
+    let checked = off_thread(move || check_all(documents(&body)?)).await?;
     let resources: Vec<Resource> = checked.iter().map(|c| c.resource.clone()).collect();
     let expect: Vec<Option<u64>> = checked.iter().map(|c| c.expect).collect();
     let writes = if dry_run {

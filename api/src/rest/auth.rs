@@ -122,6 +122,19 @@ pub async fn authenticate(
 
 fn bearer(request: &Request) -> Result<&str, Problem> {
     let unauthorized = |detail: &str| Problem::new(Slug::Unauthorized, detail);
+    // Two credentials leave it to chance which one a proxy in front of us and we would honour.
+    if request
+        .headers()
+        .get_all(AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Problem::bad_request(
+            "Authorization",
+            "send one Authorization header, not several",
+        ));
+    }
     let header = request
         .headers()
         .get(AUTHORIZATION)

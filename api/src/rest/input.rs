@@ -197,6 +197,28 @@ fn format_of(content_type: Option<&axum::http::HeaderValue>) -> Result<Format, P
     }
 }
 
+/// Bodies parsed at once; more wait for a turn. Parsing (and validating) up to [`MAX_BODY`] of
+/// YAML takes real CPU, so it runs on tokio's blocking pool rather than on the control-plane
+/// runtime's threads, which also serve Raft and the other gateways; the bound keeps a flood of
+/// large bodies from taking every core and every blocking thread.
+const PARSERS: usize = 2;
+
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSERS);
+
+/// Runs `parse` (body parsing and validation) off the control-plane runtime's threads, at most
+/// [`PARSERS`] at once.
+pub async fn off_thread<T: Send + 'static>(
+    parse: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    let _turn = PARSING
+        .acquire()
+        .await
+        .map_err(|_| Problem::internal("the parser pool is closed"))?;
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|e| Problem::internal(format!("parsing the body failed: {e}")))?
+}
+
 /// The documents of a body, each parsed to JSON or with the error that stopped it: JSON (an
 /// object, or an array of objects) when the text starts like JSON, YAML (`---`-separated
 /// documents) otherwise. The content type only gates what we accept; the text decides.

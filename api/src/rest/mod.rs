@@ -17,6 +17,7 @@ mod input;
 mod join;
 mod openapi;
 mod problem;
+pub mod recover;
 mod resources;
 mod status;
 mod tokens;
@@ -78,6 +79,7 @@ fn parts() -> (
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(join::discovery))
+        .routes(routes!(recover::recover))
         .split_for_parts();
     let (authenticated, authenticated_doc) = OpenApiRouter::<AdminState>::new()
         .routes(routes!(health::metrics))

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::apply::{Checked, check_one, conflict_message, unexpected};
 use super::auth::{Caller, Operator, Viewer};
-use super::input::{Body, Params, Segments, documents};
+use super::input::{Body, Params, Segments, documents, off_thread};
 use super::problem::{Problem, ProblemBody, ProblemError, Slug};
 use super::wire::{ListMeta, ResourceDoc, ResourceList, Warning};
 use crate::AdminState;
@@ -418,24 +418,29 @@ async fn put_one(
 ) -> Result<Response, Problem> {
     params.only(&["cluster"])?;
     let cluster = cluster_param(params, kind)?;
-    let mut docs = documents(&body)?;
-    if docs.len() != 1 {
-        return Err(Problem::bad_request(
-            "body",
-            format!("a PUT takes exactly one document, not {}", docs.len()),
-        ));
-    }
-    let doc = docs
-        .pop()
-        .unwrap_or_else(|| Ok(Value::Null))
-        .map_err(|e| Problem::invalid(vec![ProblemError::at(0, e)]))?;
-    let doc = put_document(kind, namespace, name, cluster, doc)?;
+    let (namespace_owned, name_owned) = (namespace.to_string(), name.to_string());
+    let cluster = cluster.map(str::to_string);
     let Checked {
         resource,
         warnings,
         expect,
         ..
-    } = check_one(0, doc).map_err(Problem::invalid)?;
+    } = off_thread(move || {
+        let mut docs = documents(&body)?;
+        if docs.len() != 1 {
+            return Err(Problem::bad_request(
+                "body",
+                format!("a PUT takes exactly one document, not {}", docs.len()),
+            ));
+        }
+        let doc = docs
+            .pop()
+            .unwrap_or_else(|| Ok(Value::Null))
+            .map_err(|e| Problem::invalid(vec![ProblemError::at(0, e)]))?;
+        let doc = put_document(kind, &namespace_owned, &name_owned, cluster.as_deref(), doc)?;
+        check_one(0, doc).map_err(Problem::invalid)
+    })
+    .await?;
     let command = Command::Apply {
         resources: vec![resource],
         expect: vec![expect],

@@ -39,7 +39,7 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Probl
 
 /// Proposes a token command, whose only success is `Done`. Creating and revoking a token
 /// both write this way, so they share the one place that maps any other result to a problem.
-async fn propose_done(state: &AdminState, command: &Command) -> Result<(), Problem> {
+pub(super) async fn propose_done(state: &AdminState, command: &Command) -> Result<(), Problem> {
     match state.writer()?.propose(command).await?.1 {
         CommandResult::Done => Ok(()),
         other => Err(unexpected(other)),

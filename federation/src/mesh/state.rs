@@ -429,6 +429,25 @@ impl MeshState {
     }
 
     fn revoke_token(&mut self, index: u64, id: &str, actor: &str, at: &str) -> Outcome {
+        let Some(record) = self.tokens.get(id) else {
+            return Err(refuse(
+                RefusalCode::NotFound,
+                format!("token {id} does not exist"),
+            ));
+        };
+        // Without an admin token that never expires the mesh would be locked out, now or when
+        // the others expire; recovery then needs local access to a gateway's data directory.
+        let lasting_admin = |t: &TokenRecord| t.role == Role::Admin && t.expires_at.is_none();
+        if lasting_admin(record) && !self.tokens.values().any(|t| t.id != id && lasting_admin(t)) {
+            return Err(refuse(
+                RefusalCode::Conflict,
+                format!(
+                    "token {id} is the last admin token that does not expire; revoking it would \
+                     lock everyone out of the mesh. Create another admin token first \
+                     (causeway token create --role admin)"
+                ),
+            ));
+        }
         let Some(record) = self.tokens.remove(id) else {
             return Err(refuse(
                 RefusalCode::NotFound,
@@ -1722,6 +1741,46 @@ pub(super) mod tests {
                 "join",
                 "token.revoke"
             ]
+        );
+    }
+
+    #[test]
+    fn the_last_lasting_admin_token_cannot_be_revoked() {
+        let mut state = bootstrapped();
+        let revoke = |state: &mut MeshState, index, id: &str| {
+            state.apply(
+                index,
+                Command::RevokeToken {
+                    id: id.into(),
+                    actor: "aaaaaaaaaaaa".into(),
+                    at: at(index),
+                },
+            )
+        };
+        // The founding admin token is the only one: refused, and still there.
+        let result = revoke(&mut state, 2, "aaaaaaaaaaaa");
+        assert_eq!(refused_code(&result), Some(RefusalCode::Conflict));
+        assert!(
+            format!("{result:?}").contains("last admin token"),
+            "{result:?}"
+        );
+        assert!(state.token("aaaaaaaaaaaa").is_some());
+        // An admin token that expires does not count: it would lock the mesh out later.
+        let mut expiring = admin_token("bbbbbbbbbbbb", "b-secret");
+        expiring.expires_at = Some("2999-01-01T00:00:00Z".into());
+        assert_eq!(create_token(&mut state, 3, expiring), CommandResult::Done);
+        assert_eq!(
+            refused_code(&revoke(&mut state, 4, "aaaaaaaaaaaa")),
+            Some(RefusalCode::Conflict)
+        );
+        // The expiring one itself may go, and with a second lasting admin the first may too.
+        assert_eq!(revoke(&mut state, 5, "bbbbbbbbbbbb"), CommandResult::Done);
+        let lasting = admin_token("cccccccccccc", "c-secret");
+        assert_eq!(create_token(&mut state, 6, lasting), CommandResult::Done);
+        assert_eq!(revoke(&mut state, 7, "aaaaaaaaaaaa"), CommandResult::Done);
+        assert_eq!(
+            refused_code(&revoke(&mut state, 8, "cccccccccccc")),
+            Some(RefusalCode::Conflict)
         );
     }
 

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod check;
+pub mod depth;
 mod istio;
 mod names;
 mod native;

@@ -12,15 +12,29 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use super::FieldError;
+use super::{FieldError, depth};
 
 /// Splits a request body into documents: YAML (multi-document, `---`) or JSON (an object, or
 /// an array of objects).
 ///
 /// Empty YAML documents (only comments) are skipped. A document that does not parse yields
 /// `Err` naming the cause, with line and column where the parser knows them.
+///
+/// A text nesting deeper than [`depth::MAX_DEPTH`] yields one `Err` naming the limit, found
+/// in one linear pass before any parser runs (see [`depth`]).
 pub fn parse_documents(text: &str) -> Vec<Result<Value, FieldError>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Err(too_deep) = depth::check(text, depth::MAX_DEPTH) {
+        return vec![Err(FieldError {
+            field: String::new(),
+            message: format!(
+                "nesting deeper than {} levels at line {}; documents may nest at most {} levels",
+                depth::MAX_DEPTH,
+                too_deep.line,
+                depth::MAX_DEPTH
+            ),
+        })];
+    }
     if looks_like_json(text) {
         match parse_json(text) {
             Ok(docs) => return docs,
@@ -343,6 +357,21 @@ mod tests {
             ok("8080: {mode: STRICT}\n"),
             [json!({"8080": {"mode": "STRICT"}})]
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000);
+        let message = err(&deep);
+        assert!(
+            message.contains("nesting deeper than 100 levels"),
+            "{message}"
+        );
+        let flow = "a: ".to_string() + &"[".repeat(40_000) + &"]".repeat(40_000);
+        assert!(err(&flow).contains("at line 1"));
+        // Every example nests well within the limit, whatever the style.
+        let nested = "a: ".to_string() + &"[".repeat(90) + &"]".repeat(90);
+        assert_eq!(ok(&nested).len(), 1);
     }
 
     #[test]
