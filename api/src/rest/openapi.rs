@@ -22,7 +22,12 @@ use super::wire::{
 };
 
 /// Routes that need no token.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/v1/join/discovery"];
+pub const OPEN_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/v1/join/discovery",
+    "/v1/tokens/recover",
+];
 
 #[derive(OpenApi)]
 #[openapi(

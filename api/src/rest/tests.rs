@@ -1062,6 +1062,7 @@ async fn openapi_document_lists_exactly_what_is_served() {
         "/v1/watch",
         "/v1/tokens",
         "/v1/tokens/{id}",
+        "/v1/tokens/recover",
         "/v1/audit",
         "/v1/join",
         "/v1/join/discovery",

@@ -162,7 +162,8 @@ pub async fn list_tokens(
     Ok(Json(TokenList { items }))
 }
 
-/// Revokes a token: it stops working on every gateway once the revocation applies there.
+/// Revokes a token: it stops working on every gateway once the revocation applies there. The
+/// last admin token that never expires cannot be revoked, so the mesh always has an admin.
 #[utoipa::path(
     delete,
     path = "/v1/tokens/{id}",
@@ -172,6 +173,7 @@ pub async fn list_tokens(
         (status = 204, description = "Revoked"),
         (status = 400, description = "A query parameter was given (there are none)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The last admin token that never expires; create another admin token first", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn revoke_token(
