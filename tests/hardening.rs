@@ -205,6 +205,32 @@ fn requests_two_parties_could_read_two_ways_are_refused() {
         assert!(answer.contains(why), "{request:?}: {answer}");
     }
 
+    // A request line longer than the gateway reads is 414 (URI Too Long), not 431: the client
+    // learns that its URL, not its headers, is at fault. The gateway stops reading and closes, so
+    // the answer is read while the rest is still being written.
+    let answer = eventually("an answer to an overlong request line", UP, || {
+        let mut s = TcpStream::connect_timeout(&out, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        let mut writer = s.try_clone().ok()?;
+        std::thread::spawn(move || {
+            let line = format!(
+                "GET /{} HTTP/1.1\r\nHost: quiet.demo\r\n\r\n",
+                "a".repeat(1 << 20)
+            );
+            let _ = writer.write_all(line.as_bytes());
+        });
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        (!answer.is_empty()).then(|| String::from_utf8_lossy(&answer).into_owned())
+    });
+    assert_eq!(status_of(&answer), 414, "{answer}");
+
     // The admin API takes one credential, not two.
     let token = support::admin_token(&net.data_dir("east"));
     let bearer = format!("Bearer {token}");

@@ -23,6 +23,7 @@ mod early;
 mod follow;
 mod http;
 mod inbound;
+mod long_line;
 pub mod metrics;
 mod outbound;
 mod pool;

@@ -27,6 +27,7 @@ use crate::drain;
 use crate::early::{Replayable, VerdictFirst};
 use crate::http::{self, Body, StatusCode};
 use crate::inbound::connect_endpoint;
+use crate::long_line::LongLine;
 use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
 use crate::pool;
 use crate::preamble::{self, StreamRequest, VerdictCode};
@@ -132,7 +133,7 @@ pub(crate) async fn serve_http(
                 async move { Ok::<_, std::convert::Infallible>(route_http(&outbound, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service);
+                .serve_connection(TokioIo::new(LongLine::new(tcp)), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
