@@ -24,7 +24,7 @@ mod support;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{Outcomes, cpu_ticks, env_or, ms, percentile, ratio};
+use common::{Outcomes, cpu_ticks, env_or, ms, percentile, ratio, serve_echo};
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -273,27 +272,6 @@ impl Backends {
             })
             .context("backend thread")?;
         Ok(addrs)
-    }
-}
-
-/// HTTP/1.1 with keep-alive; every response carries the request's body back.
-async fn serve_echo(listener: TcpListener) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            // Out of descriptors, most likely: let connections close rather than spin.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
-                let body = req.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
     }
 }
 

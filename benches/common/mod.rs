@@ -1,8 +1,13 @@
-//! Helpers both benchmarks use: settings from the environment, percentiles, CPU accounting and
-//! number formatting. Included by each bench with `#[path]`.
+//! Helpers the benchmarks share: settings from the environment, percentiles, CPU accounting,
+//! number formatting and an HTTP echo backend. Included by each bench with `#[path]`.
 #![allow(dead_code)] // each bench uses a different part
 
 use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
 where
@@ -75,5 +80,26 @@ impl Outcomes {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+    }
+}
+
+/// HTTP/1.1 with keep-alive; every response carries the request's body back.
+pub async fn serve_echo(listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: let connections close rather than spin.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
     }
 }
