@@ -129,3 +129,73 @@ fn the_drain_deadline_bounds_shutdown() {
     );
     drop(conn);
 }
+
+#[test]
+fn posts_keep_succeeding_while_one_of_two_exporting_clusters_shuts_down() {
+    let net = Net::new(34);
+    let v1 = backend::http_echo(&net.ip(2), "west-v1");
+    let v2 = backend::http_echo(&net.ip(3), "edge-v2");
+    let mut west = Spec::new("west", 2)
+        .peer("east", 1)
+        .http_service("echo.demo", v1)
+        .start(&net);
+    let _edge = Spec::new("edge", 3)
+        .peer("east", 1)
+        .http_service("echo.demo", v2)
+        .start(&net);
+    let east = Spec::new("east", 1)
+        .peer("west", 2)
+        .peer("edge", 3)
+        .start(&net);
+    let outbound = east.outbound;
+    let post = move || {
+        try_http(outbound, "POST", "echo.demo", "/", &[], b"not idempotent")
+            .map(|r| (r.0, r.2))
+            .unwrap_or_else(|e| (0, e.to_string()))
+    };
+    eventually("both clusters answering", UP, || {
+        let bodies: Vec<String> = (0..4).map(|_| post().1).collect();
+        (bodies.iter().any(|b| b.starts_with("west-v1"))
+            && bodies.iter().any(|b| b.starts_with("edge-v2")))
+        .then_some(())
+    });
+
+    // POSTs cannot be replayed once a gateway may have acted on them; a gateway that shuts
+    // down acts on nothing it has not answered, so none of these may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, body) = post();
+                    sent += 1;
+                    if status != 200 {
+                        failures.push(format!("{status}: {body}"));
+                    }
+                }
+                (sent, failures)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    west.signal("TERM");
+    assert!(west.wait_exit(Duration::from_secs(20)).success());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    let mut failures = Vec::new();
+    for s in senders {
+        let (n, f) = s.join().unwrap();
+        sent += n;
+        failures.extend(f);
+    }
+    assert!(sent > 20, "only {sent} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+}

@@ -31,6 +31,10 @@ pub mod preamble;
 mod spin;
 mod tunnel;
 
+/// The QUIC application close code of a gateway that shuts down. It closes its endpoint only
+/// after every accepted stream finished, so a peer may replay a request that got no verdict.
+pub(crate) const SHUTDOWN_CLOSE_CODE: u32 = 0;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -357,7 +361,7 @@ impl Gateway {
                 "drain deadline passed; closing the remaining streams"
             ),
         }
-        endpoint.close(0u32.into(), b"gateway shutting down");
+        endpoint.close(SHUTDOWN_CLOSE_CODE.into(), b"gateway shutting down");
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -397,8 +397,23 @@ async fn send_early(
             v.reason
         )),
         (Err(e), None) if replayable.idempotent() => Early::TryNext(format!("tunnel: {e}")),
+        // A gateway that shuts down closes its endpoint only once every stream it accepted has
+        // finished: a stream still without a verdict then was never acted on, so even a POST
+        // may go to the next cluster.
+        (Err(e), None) if closed_by_shutdown(conn) => {
+            Early::TryNext(format!("tunnel: {e} (the peer gateway shut down)"))
+        }
         (Err(e), _) => Early::Failed(e.to_string()),
     }
+}
+
+/// Whether the peer closed `conn` because it shut down (see [`crate::Gateway::shutdown`]).
+fn closed_by_shutdown(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == crate::SHUTDOWN_CLOSE_CODE.into()
+    )
 }
 
 /// Envoy's per-request timeout header, which Istio users already send.
