@@ -6,6 +6,8 @@
 //!                             └─QUIC──> edge 127.0.0.3  echo.demo v2
 //! ```
 //!
+//! (`--net 127.B.C` moves the three to `127.B.C.1`–`.3`, e.g. beside a demo already running.)
+//!
 //! The mesh forms the way an operator would form it: east founds it, west and edge join through
 //! east's admin API with one-time join tokens, and the echo services are registered through
 //! the REST API (`Service` + `ServiceExport`). The demo then writes a CLI context, so
@@ -16,7 +18,7 @@
 //! trust east's CA, `<dir>/east/ca/ca.pem`, to reach east.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,7 +30,8 @@ use crate::{app, bootstrap, cli, echo, join, signal};
 
 struct Cluster {
     name: &'static str,
-    ip: &'static str,
+    /// The last octet of its address in the demo's network.
+    host: u8,
     /// (service, version) served by this cluster's echo, if any.
     echo: Option<&'static str>,
     tcp_echo: bool,
@@ -37,28 +40,61 @@ struct Cluster {
 const CLUSTERS: [Cluster; 3] = [
     Cluster {
         name: "east",
-        ip: "127.0.0.1",
+        host: 1,
         echo: None,
         tcp_echo: false,
     },
     Cluster {
         name: "west",
-        ip: "127.0.0.2",
+        host: 2,
         echo: Some("v1"),
         tcp_echo: true,
     },
     Cluster {
         name: "edge",
-        ip: "127.0.0.3",
+        host: 3,
         echo: Some("v2"),
         tcp_echo: false,
     },
 ];
+/// The loopback network the clusters live in, `<prefix>.1` to `.3` (`--net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net([u8; 3]);
+
+impl Net {
+    fn ip(self, c: &Cluster) -> Ipv4Addr {
+        let [a, b, d] = self.0;
+        Ipv4Addr::new(a, b, d, c.host)
+    }
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Self([127, 0, 0])
+    }
+}
+
+impl std::str::FromStr for Net {
+    type Err = String;
+
+    /// `127.B.C`: the first three octets of a loopback address.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ip: Ipv4Addr = format!("{s}.1").parse().map_err(|_| {
+            format!("{s:?} is not the first three octets of an IPv4 address, e.g. 127.0.0")
+        })?;
+        if !ip.is_loopback() {
+            return Err(format!("{s:?} is not a loopback network (127.x.y)"));
+        }
+        let [a, b, c, _] = ip.octets();
+        Ok(Self([a, b, c]))
+    }
+}
+
 const ECHO_PORT: u16 = 18080;
 const TCP_ECHO_PORT: u16 = 19000;
 const TCP_SERVICE_PORT: u16 = 9000;
 
-pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
+pub async fn run(dir: PathBuf, net: Net) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -67,7 +103,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let mut backends = tokio::task::JoinSet::new();
     for c in &CLUSTERS {
         if let Some(version) = c.echo {
-            let addr = format!("{}:{ECHO_PORT}", c.ip);
+            let addr = format!("{}:{ECHO_PORT}", net.ip(c));
             let l = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot start the demo echo service on {addr}"))?;
@@ -79,7 +115,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
             ));
         }
         if c.tcp_echo {
-            let addr = format!("{}:{TCP_ECHO_PORT}", c.ip);
+            let addr = format!("{}:{TCP_ECHO_PORT}", net.ip(c));
             let l = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot start the demo TCP echo on {addr}"))?;
@@ -87,7 +123,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         }
     }
 
-    let (gateways, token) = match form_mesh(&dir).await {
+    let (gateways, token) = match form_mesh(&dir, net).await {
         Ok(formed) => formed,
         Err(e) => {
             let _ = stop.send(true);
@@ -100,7 +136,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let east_ca = east_ca(&dir);
     let ready = async {
         let client = east_client(&dir, east.1, &token)?;
-        register_services(&client).await?;
+        register_services(&client, net).await?;
         wait_for_voters(&client).await?;
         self_check(east.0).await?;
         let context = cli::context::write_context(client.server(), &token, Some(&east_ca))
@@ -113,7 +149,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     };
     match &outcome {
         Ok(context) => {
-            println!("{}", tour(&dir, east.0, east.1, context, &east_ca));
+            println!("{}", tour(&dir, net, east.0, east.1, context, &east_ca));
             signal::terminated().await;
             println!("\nstopping the demo...");
         }
@@ -135,10 +171,10 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
 
 /// Starts east, which founds the mesh (or restarts it, on a second run), then west and edge,
 /// which join through east's admin API. Returns the gateways and the admin token.
-async fn form_mesh(dir: &Path) -> anyhow::Result<(Vec<app::Bound>, String)> {
+async fn form_mesh(dir: &Path, net: Net) -> anyhow::Result<(Vec<app::Bound>, String)> {
     let mut gateways = Vec::new();
     let [east, others @ ..] = &CLUSTERS;
-    gateways.push(start(east, dir, None).await?);
+    gateways.push(start(east, net, dir, None).await?);
     let admin = gateways[0].admin;
     let token_file = dir.join(east.name).join(bootstrap::ADMIN_TOKEN_FILE);
     let token = wait_for_token(&token_file).await?;
@@ -166,7 +202,7 @@ async fn form_mesh(dir: &Path) -> anyhow::Result<(Vec<app::Bound>, String)> {
                 ca_pem: Some(ca_pem.clone()),
             })
         };
-        gateways.push(start(c, dir, join).await?);
+        gateways.push(start(c, net, dir, join).await?);
     }
     Ok((gateways, token))
 }
@@ -187,14 +223,20 @@ fn east_client(dir: &Path, admin: SocketAddr, token: &str) -> anyhow::Result<api
     )?)
 }
 
-async fn start(c: &Cluster, dir: &Path, join: Option<JoinSettings>) -> anyhow::Result<app::Bound> {
-    let mut config = Config::from_toml_str(&config_for(c, dir), dir, &Overrides::default())
+async fn start(
+    c: &Cluster,
+    net: Net,
+    dir: &Path,
+    join: Option<JoinSettings>,
+) -> anyhow::Result<app::Bound> {
+    let mut config = Config::from_toml_str(&config_for(c, net, dir), dir, &Overrides::default())
         .map_err(|e| anyhow::anyhow!("demo config for {}: {e}", c.name))?;
     config.join = join;
     app::build(config).await.with_context(|| {
         format!(
-            "cannot start gateway {} on {} (is another demo running?)",
-            c.name, c.ip
+            "cannot start gateway {} on {} (is another demo running? --net picks other addresses)",
+            c.name,
+            net.ip(c)
         )
     })
 }
@@ -244,14 +286,14 @@ async fn wait_for_voters(client: &api::client::Client) -> anyhow::Result<()> {
 
 /// Registers the echo services through the REST API, as an operator (or a VM agent) would.
 /// Applying again on a second run changes nothing.
-async fn register_services(client: &api::client::Client) -> anyhow::Result<()> {
+async fn register_services(client: &api::client::Client, net: Net) -> anyhow::Result<()> {
     let mut yaml = String::new();
     for c in &CLUSTERS {
         if c.echo.is_some() {
-            yaml += &service_yaml(c, "echo", 80, "http", ECHO_PORT);
+            yaml += &service_yaml(c, net, "echo", 80, "http", ECHO_PORT);
         }
         if c.tcp_echo {
-            yaml += &service_yaml(c, "echo-tcp", TCP_SERVICE_PORT, "tcp", TCP_ECHO_PORT);
+            yaml += &service_yaml(c, net, "echo-tcp", TCP_SERVICE_PORT, "tcp", TCP_ECHO_PORT);
         }
     }
     client
@@ -261,7 +303,14 @@ async fn register_services(client: &api::client::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn service_yaml(c: &Cluster, name: &str, port: u16, protocol: &str, backend: u16) -> String {
+fn service_yaml(
+    c: &Cluster,
+    net: Net,
+    name: &str,
+    port: u16,
+    protocol: &str,
+    backend: u16,
+) -> String {
     format!(
         r#"---
 apiVersion: causeway.dev/v1alpha1
@@ -285,16 +334,16 @@ metadata:
 spec: {{}}
 "#,
         cluster = c.name,
-        ip = c.ip,
+        ip = net.ip(c),
     )
 }
 
-fn config_for(c: &Cluster, dir: &Path) -> String {
+fn config_for(c: &Cluster, net: Net, dir: &Path) -> String {
     format!(
         "cluster = \"{name}\"\ndata_dir = \"{data}\"\nbind = \"{ip}\"\n",
         name = c.name,
         data = dir.join(c.name).display(),
-        ip = c.ip,
+        ip = net.ip(c),
     )
 }
 
@@ -344,7 +393,14 @@ async fn get_echo(outbound: SocketAddr) -> anyhow::Result<String> {
     Ok(body)
 }
 
-fn tour(dir: &Path, outbound: SocketAddr, admin: SocketAddr, context: &Path, ca: &Path) -> String {
+fn tour(
+    dir: &Path,
+    net: Net,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    context: &Path,
+    ca: &Path,
+) -> String {
     // The CLI commands name this very binary, so they work as printed even when `causeway`
     // is not on the PATH (e.g. under `cargo run`).
     let cli = std::env::current_exe()
@@ -368,9 +424,9 @@ east founded the mesh; west and edge joined it with one-time tokens; the echo
 services were registered through the REST API.
 
   cluster  gateway      trust domain  runs
-  east     127.0.0.1    east.mesh     (your clients)
-  west     127.0.0.2    west.mesh     echo.demo v1, echo-tcp.demo
-  edge     127.0.0.3    edge.mesh     echo.demo v2
+  east     {east:<12} east.mesh     (your clients)
+  west     {west:<12} west.mesh     echo.demo v1, echo-tcp.demo
+  edge     {edge:<12} edge.mesh     echo.demo v2
 
 Ports on each address: 15001 outbound (HTTP by Host), 15443/udp tunnels,
 15012 Raft, 15053 DNS, 15000 admin API over HTTPS (/v1/..., /metrics, /healthz,
@@ -386,7 +442,7 @@ Try these from another terminal:
   curl -H 'Host: echo.demo.edge.mesh' http://{outbound}/hello
 
   # TCP services get a port of their own on east's address (type a line: it comes back; Ctrl-C ends)
-  curl -sN telnet://127.0.0.1:{TCP_SERVICE_PORT}
+  curl -sN telnet://{east}:{TCP_SERVICE_PORT}
 
   # the mesh through the CLI (server, token and CA come from {context})
   {cli} status
@@ -399,14 +455,32 @@ Try these from another terminal:
   curl -s --cacert {ca} -H "Authorization: Bearer $(cat {token_file})" https://{admin}/metrics | grep causeway_requests_total
 
   # service discovery through the mesh DNS (needs dig)
-  dig +short @127.0.0.1 -p 15053 echo.demo.mesh
-  dig +short @127.0.0.1 -p 15053 SRV echo-tcp.demo.mesh
+  dig +short @{east} -p 15053 echo.demo.mesh
+  dig +short @{east} -p 15053 SRV echo-tcp.demo.mesh
 
 The gateways keep their data (CAs, keys, Raft logs) under {dir}.
 Press Ctrl-C to stop everything."#,
         context = context.display(),
+        east = net.ip(&CLUSTERS[0]).to_string(),
+        west = net.ip(&CLUSTERS[1]).to_string(),
+        edge = net.ip(&CLUSTERS[2]).to_string(),
         token_file = token_file.display(),
         ca = ca.display(),
         dir = dir.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_net_is_a_loopback_prefix() {
+        let net: Net = "127.77.0".parse().unwrap();
+        assert_eq!(net.ip(&CLUSTERS[2]), Ipv4Addr::new(127, 77, 0, 3));
+        assert_eq!(Net::default(), "127.0.0".parse().unwrap());
+        for bad in ["10.0.0", "127.0", "127.0.0.1", "127.0.300", ""] {
+            assert!(bad.parse::<Net>().is_err(), "{bad}");
+        }
+    }
 }

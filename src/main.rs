@@ -49,6 +49,10 @@ enum Command {
         /// Where the demo keeps its gateways' data (CAs, keys).
         #[arg(long, default_value = "./causeway-demo", env = "CAUSEWAY_DEMO_DIR")]
         dir: PathBuf,
+        /// The loopback network the clusters get: east <NET>.1, west .2, edge .3 (each on the
+        /// default ports); another value runs a second demo beside one on 127.0.0.x
+        #[arg(long, default_value = "127.0.0", value_name = "NET")]
+        net: demo::Net,
     },
     /// The admin CLI: apply, get, delete, status, token (clients of a gateway's REST API).
     #[command(flatten)]
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Gateway { overrides } => run_gateway(overrides).await,
             Command::Bundle { overrides } => print_bundle(overrides),
-            Command::Demo { dir } => demo::run(dir).await,
+            Command::Demo { dir, net } => demo::run(dir, net).await,
             Command::Admin(command) => cli::run(command).await,
         }
     });

@@ -1,5 +1,6 @@
 //! `causeway demo` works as its tour says, and Ctrl-C leaves nothing running.
-//! It uses the default ports of 127.0.0.1-3, so no other test may use those addresses.
+//! It runs on `--net 127.77.0` (the default ports of 127.77.0.1-3), so a demo running on the
+//! machine's 127.0.0.x does not get in its way.
 
 mod support;
 
@@ -17,7 +18,7 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     // The demo writes a CLI context; keep it out of the real home.
     let config_home = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["demo", "--dir"])
+        .args(["demo", "--net", "127.77.0", "--dir"])
         .arg(dir.path())
         .env("XDG_CONFIG_HOME", config_home.path())
         .stdin(Stdio::null())
@@ -41,12 +42,12 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     });
     let tour = out.lock().unwrap().clone();
     assert!(
-        tour.contains("curl -H 'Host: echo.demo' http://127.0.0.1:15001/"),
+        tour.contains("curl -H 'Host: echo.demo' http://127.77.0.1:15001/"),
         "{tour}"
     );
 
     // The tour's first command, as printed: answered by west (v1) and edge (v2) in turn.
-    let east: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+    let east: SocketAddr = "127.77.0.1:15001".parse().unwrap();
     let versions: Vec<String> = (0..4)
         .map(|_| {
             let (status, _, body) = http_get(east, "echo.demo", "/");
@@ -69,7 +70,7 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
 
     // The TCP listeners follow the mesh in a task of their own.
     let mut tcp = eventually("east's TCP port 9000", Duration::from_secs(20), || {
-        TcpStream::connect_timeout(&"127.0.0.1:9000".parse().unwrap(), Duration::from_secs(5)).ok()
+        TcpStream::connect_timeout(&"127.77.0.1:9000".parse().unwrap(), Duration::from_secs(5)).ok()
     });
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     tcp.write_all(b"hello over the tunnel\n").unwrap();
@@ -128,10 +129,10 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     assert!(status.success(), "{status}: {}", out.lock().unwrap());
     assert!(out.lock().unwrap().contains("nothing is left running"));
     for addr in [
-        "127.0.0.1:15001",
-        "127.0.0.2:15000",
-        "127.0.0.3:18080",
-        "127.0.0.1:9000",
+        "127.77.0.1:15001",
+        "127.77.0.2:15000",
+        "127.77.0.3:18080",
+        "127.77.0.1:9000",
     ] {
         assert!(
             !accepts(addr.parse().unwrap()),
