@@ -210,13 +210,18 @@ static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSE
 pub async fn off_thread<T: Send + 'static>(
     parse: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
-    let _turn = PARSING
+    let turn = PARSING
         .acquire()
         .await
         .map_err(|_| Problem::internal("the parser pool is closed"))?;
-    tokio::task::spawn_blocking(parse)
-        .await
-        .map_err(|e| Problem::internal(format!("parsing the body failed: {e}")))?
+    // The permit goes with the work: a client that hangs up does not free a turn while its
+    // body is still being parsed.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        parse()
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("parsing the body failed: {e}")))?
 }
 
 /// The documents of a body, each parsed to JSON or with the error that stopped it: JSON (an
