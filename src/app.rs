@@ -159,6 +159,11 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         },
         drain_timeout: config.shutdown.drain_timeout,
         busy_poll: config.dataplane.busy_poll,
+        clients: gateway::ClientLimits {
+            max_connections: config.dataplane.max_client_connections as usize,
+            header_read_timeout: config.dataplane.header_read_timeout,
+            idle_timeout: config.dataplane.idle_timeout,
+        },
     };
     let dataplane = start_dataplane(
         settings,

@@ -23,6 +23,7 @@ mod early;
 mod follow;
 mod http;
 mod inbound;
+mod listen;
 pub mod metrics;
 mod outbound;
 mod pool;
@@ -42,6 +43,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use inbound::{SOURCE_CLUSTER_HEADER, SOURCE_PRINCIPAL_HEADER};
+pub use listen::ClientLimits;
 
 use crate::catalog::Snapshot;
 use crate::follow::Follower;
@@ -80,6 +82,8 @@ pub struct Settings {
     /// How long the data plane keeps polling instead of sleeping while an answer from a peer
     /// gateway or a local endpoint is awaited (see `spin`); zero sleeps at once.
     pub busy_poll: Duration,
+    /// Limits on local clients' connections (outbound listener, TCP service ports).
+    pub clients: ClientLimits,
 }
 
 /// One peer's tunnel, for status reports.
@@ -184,6 +188,18 @@ impl Gateway {
         })?;
         let outbound_listener = bind_tcp("outbound", settings.outbound_addr).await?;
         let outbound_addr = local_addr("outbound", &outbound_listener, settings.outbound_addr)?;
+        if settings.clients.max_connections == 0 {
+            return Err(GatewayError::Config(
+                "max_client_connections must be at least 1".into(),
+            ));
+        }
+        let slots = listen::Slots::new(settings.clients.max_connections);
+        let outbound_listener = listen::Listener::new(
+            outbound_listener,
+            listen::Kind::OutboundHttp,
+            slots.clone(),
+            metrics.clone(),
+        );
         let dns_udp = tokio::net::UdpSocket::bind(settings.dns_addr)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -266,6 +282,8 @@ impl Gateway {
             metrics,
             next_target: AtomicUsize::new(0),
             next_endpoint: AtomicUsize::new(0),
+            limits: settings.clients,
+            slots,
         });
         tasks.spawn(outbound::serve_http(
             outbound_listener,
