@@ -108,7 +108,7 @@ impl RateLog {
             return None;
         }
         let window = self.window.take()?;
-        (window.quiet > 0).then(|| Summary {
+        (window.quiet > 0).then_some(Summary {
             count: window.quiet,
             interval: self.interval,
             last: window.last,

@@ -49,6 +49,10 @@ use crate::catalog::Snapshot;
 use crate::follow::Follower;
 use crate::metrics::Metrics;
 
+/// DNS-over-TCP connections open at once (clients mostly use UDP; TCP is for truncated
+/// answers, which the mesh zone's small answers rarely need).
+const DNS_TCP_MAX_CONNECTIONS: usize = 512;
+
 /// Tunnel tuning, from the `[tunnel]` config section.
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
@@ -222,6 +226,14 @@ impl Gateway {
             Err(e) => return Err(e),
         };
         let dns_tcp_addr = local_addr("DNS (TCP)", &dns_tcp, settings.dns_addr)?;
+        // DNS over TCP has its own budget: a flood of DNS clients must not take the outbound
+        // listener's slots, nor the other way round.
+        let dns_tcp = listen::Listener::new(
+            dns_tcp,
+            listen::Kind::DnsTcp,
+            listen::Slots::new(DNS_TCP_MAX_CONNECTIONS),
+            metrics.clone(),
+        );
 
         // Empty until the follower below reads the mesh, before anything serves.
         let snapshot = Snapshot {
