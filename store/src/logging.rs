@@ -3,9 +3,15 @@
 //! `RUST_LOG`-style filter) sees both.
 //!
 //! ```text
-//!  raft-rs ── slog::Logger ── TracingDrain ── tracing event (target "raft", same level)
+//!  raft-rs ── slog::Logger ── TracingDrain ── tracing event (target "raft")
 //!                                   message: "<msg> key=value key=value"
 //! ```
+//!
+//! Levels carry over, except that raft-rs's INFO is its internal chatter (every vote, every
+//! configuration switch, "newRaft", dropped proposals while leaderless): it goes to DEBUG. An
+//! operator needs to see a leader elected and the membership change; the first stays at INFO
+//! here ("became leader at term N"), the second is logged at INFO by the node itself when it
+//! applies the change ("membership changed").
 //!
 //! slog keys are dynamic while tracing fields are fixed at compile time, so the record's key-values
 //! are folded into the message text rather than becoming tracing fields.
@@ -40,11 +46,23 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => forward!(tracing::Level::ERROR),
             Level::Warning => forward!(tracing::Level::WARN),
-            Level::Info => forward!(tracing::Level::INFO),
+            Level::Info if operator_needs(record) => forward!(tracing::Level::INFO),
+            Level::Info => forward!(tracing::Level::DEBUG),
             Level::Debug => forward!(tracing::Level::DEBUG),
             Level::Trace => forward!(tracing::Level::TRACE),
         }
         Ok(())
+    }
+}
+
+/// raft-rs INFO records an operator reads; the rest of its INFO goes to DEBUG.
+fn operator_needs(record: &Record<'_>) -> bool {
+    // A `format_args!` without arguments is a plain string; raft-rs formats this one with the
+    // term, so compare the template's start, which `as_str` does not give: format it.
+    let msg = record.msg();
+    match msg.as_str() {
+        Some(text) => text.starts_with("became leader"),
+        None => msg.to_string().starts_with("became leader"),
     }
 }
 
@@ -116,6 +134,7 @@ mod tests {
         tracing::subscriber::with_default(capture.clone(), || {
             let logger = raft_logger(7);
             slog::info!(logger, "became leader at term {term}", term = 3; "lead" => 7);
+            slog::info!(logger, "switched to configuration"; "config" => "voters: {1, 2}");
             slog::warn!(logger, "dropping message"; "to" => 2);
             slog::error!(logger, "broken");
         });
@@ -127,6 +146,12 @@ mod tests {
                     Level::INFO,
                     "raft".to_string(),
                     "became leader at term 3 lead=7 term=3 raft_id=7".to_string()
+                ),
+                // raft-rs's internal INFO chatter is DEBUG to us.
+                (
+                    Level::DEBUG,
+                    "raft".to_string(),
+                    "switched to configuration config=voters: {1, 2} raft_id=7".to_string()
                 ),
                 (
                     Level::WARN,
