@@ -139,6 +139,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let feed = seed::MeshFeed::new(seed, own_bundle);
     let gateway_metrics = gateway::metrics::Metrics::register(metrics_root);
     let raft_metrics = store::RaftMetrics::register(metrics_root);
+    let admin_metrics = api::AdminMetrics::register(metrics_root);
     let registry = Arc::new(registry);
     let store_svid = svid.clone();
     let own_id = svid.borrow().id().clone();
@@ -334,7 +335,8 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let forward: Arc<dyn api::rest::Forward> = parts.transport.clone();
     let state = api::AdminState::new(registry, readiness.clone(), info)
         .with_store(mesh, parts.node.clone(), Some(forward))
-        .with_tunnels(tunnel_views_rx);
+        .with_tunnels(tunnel_views_rx)
+        .with_admin_metrics(admin_metrics);
     let store = Some(parts);
     let admin_stop = stopped();
     control_tasks.spawn(async move {

@@ -16,6 +16,9 @@ mod tls;
 use std::future::Future;
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -51,6 +54,8 @@ pub struct AdminState {
     pub info: NodeInfo,
     /// This gateway's tunnels, as the data plane last reported them.
     pub tunnels: watch::Receiver<Vec<TunnelView>>,
+    /// Counts connections the admin port turns away.
+    pub admin_metrics: AdminMetrics,
     /// Turns true when [`serve`] begins to shut down, so endless responses (watches) end and
     /// the graceful shutdown does not wait for them forever.
     stopping: watch::Receiver<bool>,
@@ -69,8 +74,15 @@ impl AdminState {
             writer: None,
             info,
             tunnels,
+            admin_metrics: AdminMetrics::default(),
             stopping: watch::channel(false).1,
         }
+    }
+
+    /// Counts the admin port's refusals in `metrics` (see [`AdminMetrics::register`]).
+    pub fn with_admin_metrics(mut self, metrics: AdminMetrics) -> Self {
+        self.admin_metrics = metrics;
+        self
     }
 
     /// Serves the mesh in `mesh` (the state machine `node` applies to). `forward` carries a
@@ -93,6 +105,38 @@ impl AdminState {
     }
 }
 
+/// Connections the admin port turned away, by reason: `plain_http` (HTTP on the HTTPS port),
+/// `tls_handshake` (failed or timed out), `max_connections`. Anyone can cause these without a
+/// token, so they are counted here and logged only aggregated.
+#[derive(Clone, Default)]
+pub struct AdminMetrics {
+    refusals: Family<AdminRefusalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminRefusalLabels {
+    reason: &'static str,
+}
+
+impl AdminMetrics {
+    /// Registers `admin_refusals` (`causeway_admin_refusals_total` under the `causeway` prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "admin_refusals",
+            "Connections the admin port turned away (plain HTTP, failed TLS handshake, too many connections)",
+            m.refusals.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refusals
+            .get_or_create(&AdminRefusalLabels { reason })
+            .inc();
+    }
+}
+
 /// The admin API's router (see [`rest`]).
 pub fn router(state: AdminState) -> axum::Router {
     rest::router(state)
@@ -110,13 +154,8 @@ pub async fn serve(
     let limits = Limits::default();
     match tls {
         Some(tls) => {
-            serve_on(
-                tls::TlsListener::new(listener, tls)?,
-                state,
-                limits,
-                shutdown,
-            )
-            .await
+            let listener = tls::TlsListener::new(listener, tls, state.admin_metrics.clone())?;
+            serve_on(listener, state, limits, shutdown).await
         }
         None => serve_on(listener, state, limits, shutdown).await,
     }
@@ -164,6 +203,7 @@ where
 
     let (stop, stopping) = watch::channel(false);
     let state = AdminState { stopping, ..state };
+    let metrics = state.admin_metrics.clone();
     let app = router(state);
     let max = limits.max_connections;
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
@@ -178,6 +218,9 @@ where
             accepted = listener.accept() => accepted,
         };
         let permit = slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            metrics.refused("max_connections");
+        }
         if permit.is_none() && refused.event(|| format!("from {remote:?}")) {
             tracing::warn!(
                 ?remote,

@@ -127,7 +127,11 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    pub(crate) fn new(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    pub(crate) fn new(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        metrics: crate::AdminMetrics,
+    ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
         let tls = TlsAcceptor::from(tls);
@@ -141,10 +145,12 @@ impl TlsListener {
             move |tcp, remote| {
                 let handshake = tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
-                    handshake(tls.clone(), tcp, remote, plain.clone()),
+                    handshake(tls.clone(), tcp, remote, plain.clone(), metrics.clone()),
                 );
+                let metrics = metrics.clone();
                 async move {
                     let stream = handshake.await.unwrap_or_else(|_| {
+                        metrics.refused("tls_handshake");
                         tracing::debug!(%remote, "admin TLS handshake timed out");
                         None
                     });
@@ -243,6 +249,7 @@ async fn handshake(
     mut tcp: TcpStream,
     remote: SocketAddr,
     plain: Arc<Throttled>,
+    metrics: crate::AdminMetrics,
 ) -> Option<TlsStream<TcpStream>> {
     let _ = tcp.set_nodelay(true);
     let mut first = [0u8; 1];
@@ -251,6 +258,7 @@ async fn handshake(
         Ok(1) => {
             // Someone used http://. What they sent (a token, perhaps) has crossed in clear
             // already; all we can do is not answer it, and say how to do it right.
+            metrics.refused("plain_http");
             if plain.event(|| format!("from {remote}")) {
                 tracing::warn!(%remote, "plain HTTP on the HTTPS admin port refused");
             }
@@ -274,6 +282,7 @@ async fn handshake(
     match tls.accept(tcp).await {
         Ok(stream) => Some(stream),
         Err(e) => {
+            metrics.refused("tls_handshake");
             tracing::debug!(%remote, error = %e, "admin TLS handshake failed");
             None
         }
