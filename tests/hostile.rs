@@ -166,10 +166,15 @@ fn out_of_file_descriptors_the_outbound_listener_backs_off_quietly_and_recovers(
     limit_fds(gw.pid(), limit);
 
     // Far more clients than descriptors: the kernel completes their handshakes into the
-    // backlog, and the gateway cannot accept them.
-    let clients: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect_timeout(&gw.outbound, Duration::from_secs(2)).ok())
-        .collect();
+    // backlog, and the gateway cannot accept them. Once the backlog is full too, connecting
+    // times out: stop there.
+    let mut clients = Vec::new();
+    while clients.len() < 300 {
+        match TcpStream::connect_timeout(&gw.outbound, Duration::from_millis(500)) {
+            Ok(s) => clients.push(s),
+            Err(_) => break,
+        }
+    }
     assert!(
         clients.len() >= 100,
         "only {} clients connected",
@@ -377,6 +382,10 @@ fn plain_http_on_the_admin_port_is_answered_and_logged_aggregated() {
         assert!(body.contains("https://"), "{body}");
     }
     healthz_ok(&gw);
+    let counted = gw
+        .metric("causeway_admin_refusals_total", &[("reason", "plain_http")])
+        .unwrap_or(0.0);
+    assert!(counted >= 200.0, "plain HTTP refusals counted: {counted}");
     let logs = gw.logs();
     assert!(
         logs.contains("plain HTTP on the HTTPS admin port refused"),
