@@ -197,7 +197,20 @@ impl Gateway {
                 "max_client_connections must be at least 1".into(),
             ));
         }
-        let slots = listen::Slots::new(settings.clients.max_connections);
+        let max_clients = listen::fd_bounded(
+            settings.clients.max_connections,
+            DNS_TCP_MAX_CONNECTIONS,
+            listen::open_files_limit(),
+        );
+        if max_clients < settings.clients.max_connections {
+            tracing::warn!(
+                configured = settings.clients.max_connections,
+                using = max_clients,
+                fd_limit = listen::open_files_limit(),
+                "max_client_connections leaves too few file descriptors for the rest of the gateway (raise ulimit -n); lowered"
+            );
+        }
+        let slots = listen::Slots::new(max_clients);
         let outbound_listener = listen::Listener::new(
             outbound_listener,
             listen::Kind::OutboundHttp,

@@ -67,6 +67,41 @@ impl Default for ClientLimits {
     }
 }
 
+/// Descriptors kept back from client connections for everything else the process opens:
+/// tunnels, connections to endpoints, the store's files, the admin API and Raft.
+const FD_RESERVE: u64 = 256;
+
+/// The client connection cap the gateway can honour: `configured`, lowered if together with
+/// `other` (the DNS-over-TCP cap) it would leave fewer than [`FD_RESERVE`] of `fd_limit`
+/// descriptors. Running out of descriptors stops more than the listeners (the store stops when
+/// it cannot open a file), so the cap must bite first. At least 1.
+pub(crate) fn fd_bounded(configured: usize, other: usize, fd_limit: Option<u64>) -> usize {
+    let Some(limit) = fd_limit else {
+        return configured;
+    };
+    let other = u64::try_from(other).unwrap_or(u64::MAX);
+    let room = limit
+        .saturating_sub(FD_RESERVE)
+        .saturating_sub(other)
+        .max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+/// The soft limit on open files (`ulimit -n`) from `/proc/self/limits`; none where unlimited
+/// or unknown (not Linux).
+pub(crate) fn open_files_limit() -> Option<u64> {
+    parse_open_files_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Which listener, as the `listener` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -571,6 +606,23 @@ mod tests {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         }
+    }
+
+    #[test]
+    fn the_client_cap_leaves_descriptors_for_the_rest_of_the_process() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_open_files_limit(limits), Some(1024));
+        assert_eq!(
+            parse_open_files_limit("Max open files  unlimited  unlimited  files"),
+            None
+        );
+        // 1024 - 256 reserved - 512 for DNS.
+        assert_eq!(fd_bounded(10_000, 512, Some(1024)), 256);
+        assert_eq!(fd_bounded(100, 512, Some(1024)), 100);
+        assert_eq!(fd_bounded(10_000, 512, Some(20_000)), 10_000);
+        assert_eq!(fd_bounded(10_000, 512, Some(300)), 1);
+        assert_eq!(fd_bounded(10_000, 512, None), 10_000);
     }
 
     #[test]
