@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Levels carry over, except that raft-rs's INFO is its internal chatter (every vote, every
-//! configuration switch, "newRaft", dropped proposals while leaderless): it goes to DEBUG. An
-//! operator needs to see a leader elected and the membership change; the first stays at INFO
-//! here ("became leader at term N"), the second is logged at INFO by the node itself when it
-//! applies the change ("membership changed").
+//! role change and configuration switch, "newRaft", dropped proposals while leaderless): it
+//! goes to DEBUG. What an operator needs is logged at INFO by us: "raft leader elected" and
+//! "raft leader lost" (the composition root, from the node's status) and "membership changed"
+//! (the node, when it applies a change).
 //!
 //! slog keys are dynamic while tracing fields are fixed at compile time, so the record's key-values
 //! are folded into the message text rather than becoming tracing fields.
@@ -46,23 +46,10 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => forward!(tracing::Level::ERROR),
             Level::Warning => forward!(tracing::Level::WARN),
-            Level::Info if operator_needs(record) => forward!(tracing::Level::INFO),
-            Level::Info => forward!(tracing::Level::DEBUG),
-            Level::Debug => forward!(tracing::Level::DEBUG),
+            Level::Info | Level::Debug => forward!(tracing::Level::DEBUG),
             Level::Trace => forward!(tracing::Level::TRACE),
         }
         Ok(())
-    }
-}
-
-/// raft-rs INFO records an operator reads; the rest of its INFO goes to DEBUG.
-fn operator_needs(record: &Record<'_>) -> bool {
-    // A `format_args!` without arguments is a plain string; raft-rs formats this one with the
-    // term, so compare the template's start, which `as_str` does not give: format it.
-    let msg = record.msg();
-    match msg.as_str() {
-        Some(text) => text.starts_with("became leader"),
-        None => msg.to_string().starts_with("became leader"),
     }
 }
 
@@ -142,12 +129,12 @@ mod tests {
         assert_eq!(
             events,
             vec![
+                // raft-rs's INFO is internal chatter: DEBUG to us.
                 (
-                    Level::INFO,
+                    Level::DEBUG,
                     "raft".to_string(),
                     "became leader at term 3 lead=7 term=3 raft_id=7".to_string()
                 ),
-                // raft-rs's internal INFO chatter is DEBUG to us.
                 (
                     Level::DEBUG,
                     "raft".to_string(),
