@@ -326,6 +326,20 @@ async fn refused_tunnel_handshakes_are_counted_and_logged_aggregated() {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    // Garbage first: random datagrams, some shaped like QUIC v1 Initials.
+    {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..2000 {
+            let mut datagram = vec![0u8; 1200];
+            rng.fill(&mut datagram[..]);
+            if i % 2 == 0 {
+                datagram[..6].copy_from_slice(&[0xc3, 0, 0, 0, 1, 8]);
+            }
+            let _ = garbage.send_to(&datagram, west.tunnel);
+        }
+    }
     const ATTEMPTS: u32 = 100;
     for _ in 0..ATTEMPTS {
         let Ok(connecting) = endpoint.connect(west.tunnel, "west.mesh") else {
