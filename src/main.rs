@@ -133,9 +133,10 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// hickory's server logs every DNS query at INFO; per-query lines belong at DEBUG (anyone who
-/// can send queries could fill the disk). Applies unless the filter names hickory itself.
-const QUIET_DEPENDENCIES: &str = "hickory_server=warn";
+/// hickory's server logs every DNS query at INFO, and a WARN for every datagram from a source
+/// it cannot answer (port 0, a multicast address: spoofable): anyone who can send queries could
+/// fill the disk. Our handler logs what matters. Applies unless the filter names hickory itself.
+const QUIET_DEPENDENCIES: &str = "hickory_server=error";
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
