@@ -139,6 +139,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let feed = seed::MeshFeed::new(seed, own_bundle);
     let gateway_metrics = gateway::metrics::Metrics::register(metrics_root);
     let raft_metrics = store::RaftMetrics::register(metrics_root);
+    let admin_metrics = api::AdminMetrics::register(metrics_root);
     let registry = Arc::new(registry);
     let store_svid = svid.clone();
     let own_id = svid.borrow().id().clone();
@@ -159,6 +160,11 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         },
         drain_timeout: config.shutdown.drain_timeout,
         busy_poll: config.dataplane.busy_poll,
+        clients: gateway::ClientLimits {
+            max_connections: config.dataplane.max_client_connections as usize,
+            header_read_timeout: config.dataplane.header_read_timeout,
+            idle_timeout: config.dataplane.idle_timeout,
+        },
     };
     let dataplane = start_dataplane(
         settings,
@@ -330,7 +336,8 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let state = api::AdminState::new(registry, readiness.clone(), info)
         .with_store(mesh, parts.node.clone(), Some(forward))
         .with_tunnels(tunnel_views_rx)
-        .with_data_dir(config.data_dir.clone());
+        .with_data_dir(config.data_dir.clone())
+        .with_admin_metrics(admin_metrics);
     let store = Some(parts);
     let admin_stop = stopped();
     control_tasks.spawn(async move {

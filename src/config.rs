@@ -204,6 +204,17 @@ pub struct DataplaneSettings {
     /// spinning steals CPU from the other processes): a choice for machines with cores to spare.
     #[serde(serialize_with = "human")]
     pub busy_poll: Duration,
+    /// Client connections open at once on the outbound listener and the TCP service ports
+    /// together; a client beyond it gets a 503 (HTTP) or is closed (TCP). Keep it below the
+    /// process's file descriptor limit, with room for tunnels, endpoints and the store.
+    pub max_client_connections: u32,
+    /// The head of an HTTP request on the outbound listener must arrive within this long of
+    /// its first byte, or the connection is closed (slow-header clients).
+    #[serde(serialize_with = "human")]
+    pub header_read_timeout: Duration,
+    /// An outbound HTTP connection with no request in progress is closed after this long.
+    #[serde(serialize_with = "human")]
+    pub idle_timeout: Duration,
 }
 
 /// Longest `busy_poll` accepted: beyond it a slow upstream would keep a core spinning.
@@ -214,6 +225,9 @@ impl Default for DataplaneSettings {
         Self {
             worker_threads: 1,
             busy_poll: Duration::ZERO,
+            max_client_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -482,6 +496,30 @@ impl Config {
             busy_poll: r
                 .take(&mut t, "dataplane", "busy_poll", at_most(MAX_BUSY_POLL))
                 .unwrap_or(DataplaneSettings::default().busy_poll),
+            max_client_connections: r
+                .take(
+                    &mut t,
+                    "dataplane",
+                    "max_client_connections",
+                    int_in(1u32, 1_000_000),
+                )
+                .unwrap_or(DataplaneSettings::default().max_client_connections),
+            header_read_timeout: r
+                .take(
+                    &mut t,
+                    "dataplane",
+                    "header_read_timeout",
+                    duration_in(Duration::from_millis(100), Duration::from_secs(600)),
+                )
+                .unwrap_or(DataplaneSettings::default().header_read_timeout),
+            idle_timeout: r
+                .take(
+                    &mut t,
+                    "dataplane",
+                    "idle_timeout",
+                    duration_in(Duration::from_millis(100), Duration::from_secs(3600)),
+                )
+                .unwrap_or(DataplaneSettings::default().idle_timeout),
         };
         r.finish(t, "dataplane");
         let has_store = root.contains_key("store");
@@ -1217,6 +1255,18 @@ fn at_most(max: Duration) -> impl Fn(Value) -> Result<Duration, String> {
     }
 }
 
+fn duration_in(min: Duration, max: Duration) -> impl Fn(Value) -> Result<Duration, String> {
+    move |value| match duration(value)? {
+        d if d < min || d > max => Err(format!(
+            "must be between {} and {}, got {}",
+            fmt_duration(min),
+            fmt_duration(max),
+            fmt_duration(d)
+        )),
+        d => Ok(d),
+    }
+}
+
 fn int_in<T>(min: T, max: T) -> impl Fn(Value) -> Result<T, String>
 where
     T: TryFrom<i64> + Into<i64> + Copy + fmt::Display,
@@ -1353,6 +1403,49 @@ mod tests {
     }
 
     #[test]
+    fn client_connection_limits_are_typed_and_range_checked() {
+        let config = parse(
+            "[dataplane]\nmax_client_connections = 200\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+        )
+        .expect("valid limits");
+        assert_eq!(config.dataplane.max_client_connections, 200);
+        assert_eq!(config.dataplane.header_read_timeout, Duration::from_secs(1));
+        assert_eq!(config.dataplane.idle_timeout, Duration::from_secs(2));
+        // The effective config loads back the same.
+        assert_eq!(parse(&config.to_toml()).unwrap(), config);
+        let errors = parse(
+            "[dataplane]\nmax_client_connections = 0\nheader_read_timeout = \"0s\"\nidle_timeout = 60\n",
+        )
+        .expect_err("bad limits accepted")
+        .errors;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "dataplane.max_client_connections",
+                "dataplane.header_read_timeout",
+                "dataplane.idle_timeout"
+            ],
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].message.contains("between 1 and 1000000"),
+            "{}",
+            errors[0].message
+        );
+        assert!(
+            errors[1].message.contains("between 100ms and 10m"),
+            "{}",
+            errors[1].message
+        );
+        assert!(
+            errors[2].message.contains("duration"),
+            "{}",
+            errors[2].message
+        );
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.cluster.as_str(), "local");
@@ -1395,6 +1488,12 @@ mod tests {
             "{}",
             errors[0].message
         );
+        assert_eq!(config.dataplane.max_client_connections, 10_000);
+        assert_eq!(
+            config.dataplane.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.dataplane.idle_timeout, Duration::from_secs(60));
         assert!(config.peers.is_empty() && config.services.is_empty());
         // No file at all is the same as an empty one.
         assert_eq!(Config::load(&Overrides::default()).unwrap(), config);

@@ -137,11 +137,24 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// hickory's server logs every DNS query at INFO, and a WARN for every datagram from a source
+/// it cannot answer (port 0, a multicast address: spoofable): anyone who can send queries could
+/// fill the disk. Our handler logs what matters. Applies unless the filter names hickory itself.
+const QUIET_DEPENDENCIES: &str = "hickory_server=error";
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CAUSEWAY_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("CAUSEWAY_LOG")
+        .or_else(|_| std::env::var(EnvFilter::DEFAULT_ENV))
+        .ok()
+        .filter(|spec| EnvFilter::try_new(spec).is_ok())
+        .unwrap_or_else(|| "info".to_string());
+    let spec = if spec.contains("hickory") {
+        spec
+    } else {
+        format!("{spec},{QUIET_DEPENDENCIES}")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -149,7 +149,8 @@ fn three_gateways_elect_one_leader_fail_over_and_take_a_restarted_member_back() 
 #[test]
 fn readiness_waits_for_a_known_leader() {
     let net = Net::new(52);
-    let east = spec(0).start(&net);
+    // raft-rs's role changes are DEBUG (operators get "raft leader elected" from us).
+    let east = spec(0).start_with_env(&net, &[("CAUSEWAY_LOG", "info,gateway=debug,raft=debug")]);
     // The lone member campaigns (pre-votes first) once its election timeout passes, and finds
     // no quorum: it knows no leader, so it is not ready.
     // (Its metrics need a token, and a member that never had a leader knows no tokens yet:

@@ -1178,7 +1178,9 @@ mod tests {
             "/v1/status",
             get(|| async { axum::Json(serde_json::json!({"ok": true})) }),
         );
-        let listener = crate::tls::TlsListener::new(listener, Arc::new(tls)).unwrap();
+        let listener =
+            crate::tls::TlsListener::new(listener, Arc::new(tls), crate::AdminMetrics::default())
+                .unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
 
         let pem = ca.bundle_pem();

@@ -13,8 +13,10 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use federation::ratelog::{Decision, RateLog, Summary};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +29,9 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; beyond this, accepting waits (the kernel backlog queues).
 const MAX_HANDSHAKES: usize = 128;
+/// An accept error pauses accepting this long, doubling up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Finished handshakes waiting for the server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
@@ -34,6 +39,60 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// What a client speaking plain HTTP to the HTTPS port reads, instead of TLS garbage.
 const PLAIN_HTTP_BODY: &str = "this port speaks HTTPS: use https:// and trust the cluster's CA \
 (`causeway bundle` prints it)\n";
+
+/// At most one aggregated warning per kind of unauthenticated failure in this long.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A [`RateLog`] shared by the tasks reporting one kind of event anyone on the network can
+/// cause; a burst that ends is summarized at the end of its interval by a timer task. (The
+/// data plane has the same wrapper; `api` and `gateway` share only `federation`, which has no
+/// tokio.)
+pub(crate) struct Throttled {
+    log: Mutex<RateLog>,
+    summarize: Box<dyn Fn(&Summary) + Send + Sync>,
+}
+
+impl Throttled {
+    pub(crate) fn new(summarize: impl Fn(&Summary) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            log: Mutex::new(RateLog::new(LOG_INTERVAL)),
+            summarize: Box::new(summarize),
+        })
+    }
+
+    /// Records one event; true when the caller should log it in full now.
+    pub(crate) fn event(self: &Arc<Self>, detail: impl FnOnce() -> String) -> bool {
+        let now = tokio::time::Instant::now().into_std();
+        let decision = self.lock().event(now, detail);
+        match decision {
+            Decision::Log { summary } => {
+                if let Some(summary) = summary {
+                    (self.summarize)(&summary);
+                }
+                true
+            }
+            Decision::Quiet {
+                first_quiet: true,
+                flush_at,
+            } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(flush_at)).await;
+                    let summary = this.lock().flush(tokio::time::Instant::now().into_std());
+                    if let Some(summary) = summary {
+                        (this.summarize)(&summary);
+                    }
+                });
+                false
+            }
+            Decision::Quiet { .. } => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RateLog> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 fn plain_http_answer() -> String {
     format!(
@@ -68,20 +127,30 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    pub(crate) fn new(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    pub(crate) fn new(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        metrics: crate::AdminMetrics,
+    ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
         let tls = TlsAcceptor::from(tls);
+        let plain =
+            Throttled::new(|s| tracing::warn!("plain HTTP on the HTTPS admin port refused: {s}"));
         let acceptor = tokio::spawn(accept_loop(
             listener,
             "admin API",
             MAX_HANDSHAKES,
             accepted_tx,
             move |tcp, remote| {
-                let handshake =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tls.clone(), tcp, remote));
+                let handshake = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    handshake(tls.clone(), tcp, remote, plain.clone(), metrics.clone()),
+                );
+                let metrics = metrics.clone();
                 async move {
                     let stream = handshake.await.unwrap_or_else(|_| {
+                        metrics.refused("tls_handshake");
                         tracing::debug!(%remote, "admin TLS handshake timed out");
                         None
                     });
@@ -138,6 +207,8 @@ pub(crate) async fn accept_loop<T, H, F>(
     F: Future<Output = Option<T>> + Send + 'static,
 {
     let handshakes = Arc::new(Semaphore::new(max_handshakes));
+    let errors = Throttled::new(move |s| tracing::warn!("{what} accept errors: {s}"));
+    let mut backoff = BACKOFF_MIN;
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -145,11 +216,18 @@ pub(crate) async fn accept_loop<T, H, F>(
         let (tcp, remote) = tokio::select! {
             () = accepted.closed() => return,
             result = listener.accept() => match result {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff = BACKOFF_MIN;
+                    conn
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "{what} cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Out of file descriptors and the like: pause rather than spin, and say so
+                    // once per interval, not once per attempt.
+                    if errors.event(|| e.to_string()) {
+                        tracing::warn!(error = %e, ?backoff, "{what} cannot accept; backing off");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             },
@@ -170,6 +248,8 @@ async fn handshake(
     tls: TlsAcceptor,
     mut tcp: TcpStream,
     remote: SocketAddr,
+    plain: Arc<Throttled>,
+    metrics: crate::AdminMetrics,
 ) -> Option<TlsStream<TcpStream>> {
     let _ = tcp.set_nodelay(true);
     let mut first = [0u8; 1];
@@ -178,7 +258,10 @@ async fn handshake(
         Ok(1) => {
             // Someone used http://. What they sent (a token, perhaps) has crossed in clear
             // already; all we can do is not answer it, and say how to do it right.
-            tracing::warn!(%remote, "plain HTTP on the HTTPS admin port refused");
+            metrics.refused("plain_http");
+            if plain.event(|| format!("from {remote}")) {
+                tracing::warn!(%remote, "plain HTTP on the HTTPS admin port refused");
+            }
             let _ = tcp.write_all(plain_http_answer().as_bytes()).await;
             let _ = tcp.shutdown().await;
             // Closing with their request unread would reset the connection, and the reset can
@@ -199,6 +282,7 @@ async fn handshake(
     match tls.accept(tcp).await {
         Ok(stream) => Some(stream),
         Err(e) => {
+            metrics.refused("tls_handshake");
             tracing::debug!(%remote, error = %e, "admin TLS handshake failed");
             None
         }

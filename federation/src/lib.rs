@@ -7,4 +7,5 @@
 pub mod identity;
 pub mod mesh;
 pub mod model;
+pub mod ratelog;
 pub mod resource;

@@ -24,7 +24,8 @@
 //!
 //! Names outside the zone, and classes other than IN, are REFUSED: this server is not a
 //! resolver. Opcodes other than QUERY are NOTIMP; requests without exactly one question are
-//! FORMERR; requests hickory cannot parse are dropped or answered FORMERR by hickory itself.
+//! FORMERR; requests hickory cannot parse are dropped or answered FORMERR by hickory itself
+//! (over TCP, a frame that is not a DNS message closes the connection).
 //!
 //! Answers come from the [`DnsTable`] in a `tokio::sync::watch` channel, read afresh for every
 //! request, so a catalog change is visible to the next query.
@@ -32,22 +33,30 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use federation::model::{ClusterName, ServiceKey};
+use futures::StreamExt;
 use hickory_proto::ProtoError;
 use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::net::xfer::{BufDnsStreamHandle, Protocol};
+use hickory_server::server::{
+    Request, RequestHandler, ResponseHandle, ResponseHandler, ResponseInfo,
+};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, warn};
+
+use crate::listen::{Accepted, Listener};
 
 /// What the DNS server answers from; rebuilt by the gateway whenever the catalog changes and published through a tokio watch channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,35 +83,99 @@ pub const ZONE: &str = "mesh.";
 
 /// TTL of every record, and the SOA minimum (negative-caching TTL).
 const TTL: u32 = 5;
-/// How long a TCP connection may stay idle before hickory closes it.
+/// How long a TCP connection may stay idle (or take to send a request or read an answer)
+/// before it is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Responses queued per TCP connection before hickory applies backpressure.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// Serves DNS on both sockets until `shutdown` resolves, then stops gracefully.
 ///
+/// UDP is hickory's server. TCP is accepted here, through [`crate::listen::Listener`] (backs
+/// off on accept errors, caps connections), because hickory's TCP accept loop retries at
+/// once on EMFILE and takes unlimited connections; each connection is framed here and its
+/// requests go to the same handler through hickory's `ResponseHandle`.
+///
 /// Returns an error only if the server stopped on its own (a socket failed) before `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     udp: UdpSocket,
-    tcp: TcpListener,
+    tcp: Listener,
     table: watch::Receiver<DnsTable>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let handler = MeshDns::new(table).map_err(io::Error::other)?;
+    let handler = MeshDns::new(table.clone()).map_err(io::Error::other)?;
+    let tcp_handler = Arc::new(MeshDns::new(table).map_err(io::Error::other)?);
     let mut server = Server::new(handler);
     server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+    // Aborting it drops the listener and every connection task with it.
+    let mut tcp_task = tokio::spawn(serve_tcp(tcp, tcp_handler));
 
     // `block_until_done` only returns once every socket task has ended, which before a
     // shutdown means they all failed.
     let stopped_on_its_own = tokio::select! {
         result = server.block_until_done() => Some(result),
+        _ = &mut tcp_task => Some(Ok(())),
         () = shutdown => None,
     };
+    tcp_task.abort();
+    let _ = tcp_task.await;
     match stopped_on_its_own {
         None => server.shutdown_gracefully().await.map_err(io::Error::other),
         Some(Err(error)) => Err(io::Error::other(error)),
         Some(Ok(())) => Err(io::Error::other("DNS server stopped before shutdown")),
+    }
+}
+
+/// Accepts DNS-over-TCP connections until aborted.
+async fn serve_tcp(mut listener: Listener, dns: Arc<MeshDns>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // Over the cap a client is simply closed.
+        if let Accepted::Conn(tcp, src, slot) = listener.accept().await {
+            let dns = dns.clone();
+            connections.spawn(async move {
+                let _slot = slot;
+                serve_tcp_connection(tcp, src, &dns).await;
+            });
+        }
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// Answers length-prefixed requests (RFC 1035 §4.2.2) one at a time until the client closes,
+/// stays idle for [`TCP_IDLE_TIMEOUT`] or sends something that is not a DNS message.
+async fn serve_tcp_connection(mut tcp: TcpStream, src: SocketAddr, dns: &MeshDns) {
+    loop {
+        let frame = tokio::time::timeout(TCP_IDLE_TIMEOUT, async {
+            let len = tcp.read_u16().await?;
+            let mut buf = vec![0; usize::from(len)];
+            tcp.read_exact(&mut buf).await?;
+            io::Result::Ok(buf)
+        })
+        .await;
+        let Ok(Ok(frame)) = frame else { return };
+        let Ok(request) = Request::from_bytes(frame, src, Protocol::Tcp) else {
+            debug!(%src, "not a DNS message on TCP; closing");
+            return;
+        };
+        let (stream, mut responses) = BufDnsStreamHandle::new(src);
+        dns.respond(&request, ResponseHandle::new(src, stream, Protocol::Tcp))
+            .await;
+        // The handle went with `respond`, so the channel ends after its response.
+        while let Some(response) = responses.next().await {
+            let bytes = response.bytes();
+            let Ok(len) = u16::try_from(bytes.len()) else {
+                return;
+            };
+            let written = async {
+                tcp.write_all(&len.to_be_bytes()).await?;
+                tcp.write_all(bytes).await
+            };
+            if !matches!(
+                tokio::time::timeout(TCP_IDLE_TIMEOUT, written).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
     }
 }
 
@@ -431,13 +504,11 @@ fn srv_records(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::str::FromStr;
     use std::sync::atomic::{AtomicU16, Ordering};
 
     use hickory_proto::op::{Message, MessageType, Query};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use tokio::net::TcpListener;
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
     use tokio::time::timeout;
@@ -488,6 +559,15 @@ mod tests {
         );
         let (table, receiver) = watch::channel(initial);
         let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = crate::metrics::Metrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        );
+        let tcp = Listener::new(
+            tcp,
+            crate::listen::Kind::DnsTcp,
+            crate::listen::Slots::new(16),
+            metrics,
+        );
         let task = tokio::spawn(serve(udp, tcp, receiver, async move {
             let _ = stopped.await;
         }));

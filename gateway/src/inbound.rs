@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::catalog::Snapshot;
 use crate::drain;
 use crate::http;
+use crate::listen::Throttled;
 use crate::metrics::{HandshakeLabels, Metrics, RefusalLabels, Reporter, RequestLabels, TcpLabels};
 use crate::pool;
 use crate::preamble::{
@@ -51,6 +52,9 @@ pub(crate) async fn accept_loop(
     inbound: Arc<Inbound>,
     drain: drain::Watch,
 ) {
+    // Anyone can send QUIC Initials: refusals are counted in
+    // `causeway_tunnel_handshake_failures_total` and logged aggregated, never one line each.
+    let refused = Throttled::new(|s| tracing::warn!("tunnel handshakes refused: {s}"));
     loop {
         let incoming = tokio::select! {
             _ = drain.signaled() => break,
@@ -61,13 +65,16 @@ pub(crate) async fn accept_loop(
         };
         let inbound = inbound.clone();
         let drain = drain.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, inbound, drain).await,
+                Ok(conn) => serve_connection(conn, inbound, drain, &refused).await,
                 Err(e) => {
                     count_refused_connection(&inbound);
-                    tracing::warn!(%remote, error = %e, "refused tunnel handshake");
+                    if refused.event(|| format!("from {remote}: {e}")) {
+                        tracing::warn!(%remote, error = %e, "refused tunnel handshake");
+                    }
                 }
             }
         });
@@ -95,7 +102,12 @@ fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
     identity::peer_spiffe_id(&certs).ok()
 }
 
-async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain: drain::Watch) {
+async fn serve_connection(
+    conn: quinn::Connection,
+    inbound: Arc<Inbound>,
+    drain: drain::Watch,
+    refused: &Arc<Throttled>,
+) {
     // The verifier already checked the chain; this only reads back what it accepted.
     let Some(peer) = peer_id(&conn) else {
         conn.close(2u32.into(), b"no SPIFFE identity");
@@ -109,7 +121,12 @@ async fn serve_connection(conn: quinn::Connection, inbound: Arc<Inbound>, drain:
         Some(cluster) => cluster,
         None => {
             count_refused_connection(&inbound);
-            tracing::warn!(%peer, remote = %conn.remote_address(), "refused tunnel: not the gateway of a peer cluster");
+            let remote = conn.remote_address();
+            if refused
+                .event(|| format!("from {remote}: {peer} is not the gateway of a peer cluster"))
+            {
+                tracing::warn!(%peer, %remote, "refused tunnel: not the gateway of a peer cluster");
+            }
             conn.close(3u32.into(), b"not a peer gateway");
             return;
         }

@@ -23,6 +23,7 @@ mod early;
 mod follow;
 mod http;
 mod inbound;
+mod listen;
 mod long_line;
 pub mod metrics;
 mod outbound;
@@ -47,10 +48,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use inbound::{SOURCE_CLUSTER_HEADER, SOURCE_PRINCIPAL_HEADER};
+pub use listen::ClientLimits;
 
 use crate::catalog::Snapshot;
 use crate::follow::Follower;
 use crate::metrics::Metrics;
+
+/// DNS-over-TCP connections open at once (clients mostly use UDP; TCP is for truncated
+/// answers, which the mesh zone's small answers rarely need).
+const DNS_TCP_MAX_CONNECTIONS: usize = 512;
 
 /// Tunnel tuning, from the `[tunnel]` config section.
 #[derive(Debug, Clone)]
@@ -85,6 +91,8 @@ pub struct Settings {
     /// How long the data plane keeps polling instead of sleeping while an answer from a peer
     /// gateway or a local endpoint is awaited (see `spin`); zero sleeps at once.
     pub busy_poll: Duration,
+    /// Limits on local clients' connections (outbound listener, TCP service ports).
+    pub clients: ClientLimits,
 }
 
 /// One peer's tunnel, for status reports.
@@ -189,6 +197,31 @@ impl Gateway {
         })?;
         let outbound_listener = bind_tcp("outbound", settings.outbound_addr).await?;
         let outbound_addr = local_addr("outbound", &outbound_listener, settings.outbound_addr)?;
+        if settings.clients.max_connections == 0 {
+            return Err(GatewayError::Config(
+                "max_client_connections must be at least 1".into(),
+            ));
+        }
+        let max_clients = listen::fd_bounded(
+            settings.clients.max_connections,
+            DNS_TCP_MAX_CONNECTIONS,
+            listen::open_files_limit(),
+        );
+        if max_clients < settings.clients.max_connections {
+            tracing::warn!(
+                configured = settings.clients.max_connections,
+                using = max_clients,
+                fd_limit = listen::open_files_limit(),
+                "max_client_connections leaves too few file descriptors for the rest of the gateway (raise ulimit -n); lowered"
+            );
+        }
+        let slots = listen::Slots::new(max_clients);
+        let outbound_listener = listen::Listener::new(
+            outbound_listener,
+            listen::Kind::OutboundHttp,
+            slots.clone(),
+            metrics.clone(),
+        );
         let dns_udp = tokio::net::UdpSocket::bind(settings.dns_addr)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -211,6 +244,14 @@ impl Gateway {
             Err(e) => return Err(e),
         };
         let dns_tcp_addr = local_addr("DNS (TCP)", &dns_tcp, settings.dns_addr)?;
+        // DNS over TCP has its own budget: a flood of DNS clients must not take the outbound
+        // listener's slots, nor the other way round.
+        let dns_tcp = listen::Listener::new(
+            dns_tcp,
+            listen::Kind::DnsTcp,
+            listen::Slots::new(DNS_TCP_MAX_CONNECTIONS),
+            metrics.clone(),
+        );
 
         // Empty until the follower below reads the mesh, before anything serves.
         let snapshot = Snapshot {
@@ -271,6 +312,8 @@ impl Gateway {
             metrics,
             next_target: AtomicUsize::new(0),
             next_endpoint: AtomicUsize::new(0),
+            limits: settings.clients,
+            slots,
         });
         tasks.spawn(outbound::serve_http(
             outbound_listener,

@@ -65,6 +65,19 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `outbound_http`, `outbound_tcp` or `dns_tcp`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerRefusalLabels {
+    pub listener: &'static str,
+    /// `max_connections`, `accept_error`, `header_timeout` or `idle_timeout`.
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -82,6 +95,8 @@ pub struct Metrics {
     pub tunnel_connects: Family<PeerLabels, Counter>,
     pub tunnel_handshake_failures: Family<HandshakeLabels, Counter>,
     pub stream_refusals: Family<RefusalLabels, Counter>,
+    pub listener_connections: Family<ListenerLabels, Gauge>,
+    pub listener_refusals: Family<ListenerRefusalLabels, Counter>,
 }
 
 impl Metrics {
@@ -96,6 +111,8 @@ impl Metrics {
             tunnel_connects: Family::default(),
             tunnel_handshake_failures: Family::default(),
             stream_refusals: Family::default(),
+            listener_connections: Family::default(),
+            listener_refusals: Family::default(),
         };
         registry.register(
             "requests",
@@ -137,7 +154,30 @@ impl Metrics {
             "Tunnel streams refused by this gateway, by reason",
             m.stream_refusals.clone(),
         );
+        registry.register(
+            "listener_connections",
+            "Client connections open on a data-plane listener",
+            m.listener_connections.clone(),
+        );
+        registry.register(
+            "listener_refusals",
+            "Client connections refused or closed by a data-plane listener, and accept errors, by reason",
+            m.listener_refusals.clone(),
+        );
         m
+    }
+
+    /// Counts an open client connection on a listener until the returned guard drops.
+    pub fn open_client(&self, labels: ListenerLabels) -> OpenConnection {
+        let gauge = self.listener_connections.get_or_create(&labels).clone();
+        gauge.inc();
+        OpenConnection { gauge }
+    }
+
+    pub fn count_refusal(&self, listener: &'static str, reason: &'static str) {
+        self.listener_refusals
+            .get_or_create(&ListenerRefusalLabels { listener, reason })
+            .inc();
     }
 
     /// Counts an open TCP connection until the returned guard drops.

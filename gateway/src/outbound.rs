@@ -27,6 +27,7 @@ use crate::drain;
 use crate::early::{Replayable, VerdictFirst};
 use crate::http::{self, Body, StatusCode};
 use crate::inbound::connect_endpoint;
+use crate::listen::{self, Accepted, ClientLimits, Kind, SharedTimer, TimedIo, Tracked};
 use crate::long_line::LongLine;
 use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
 use crate::pool;
@@ -45,6 +46,10 @@ pub(crate) struct Outbound {
     pub metrics: Metrics,
     pub next_target: AtomicUsize,
     pub next_endpoint: AtomicUsize,
+    /// Timers of HTTP client connections.
+    pub limits: ClientLimits,
+    /// The client connection budget of the HTTP listener and every TCP service port.
+    pub slots: listen::Slots,
 }
 
 /// Where a `Host` header points.
@@ -109,34 +114,50 @@ fn request_host<B>(req: &http::Request<B>) -> Result<String, String> {
 }
 
 pub(crate) async fn serve_http(
-    listener: TcpListener,
+    mut listener: listen::Listener,
     outbound: Arc<Outbound>,
     drain: drain::Watch,
 ) {
+    let refusing = listen::refusing();
     loop {
-        let (tcp, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = drain.signaled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, remote, slot) = match accepted {
+            Accepted::Conn(tcp, remote, slot) => (tcp, remote, slot),
+            Accepted::Refused(tcp) => {
+                listen::refuse_http(tcp, &refusing);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let outbound = outbound.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let timer = SharedTimer::new(&outbound.limits);
             let service = hyper::service::service_fn(|req| {
+                // The connection is busy (no idle or header timer) until the response is sent.
+                let busy = timer.request();
                 let outbound = outbound.clone();
-                async move { Ok::<_, std::convert::Infallible>(route_http(&outbound, req).await) }
+                async move {
+                    let resp = route_http(&outbound, req).await;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|inner| Tracked { inner, _busy: busy }),
+                    )
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(LongLine::new(tcp)), service);
+            let io = TokioIo::new(LongLine::new(TimedIo::new(tcp, timer.clone())));
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                why = timer.expired() => {
+                    // Dropping the connection closes it; nothing is in progress on it.
+                    outbound.metrics.count_refusal(Kind::OutboundHttp.label(), why.reason());
+                    tracing::debug!(client = %remote, reason = why.reason(), "closed an HTTP client connection");
+                }
                 _ = drain.signaled() => {
                     // Finish the request in flight, then close; the drain deadline bounds it.
                     conn.as_mut().graceful_shutdown();
@@ -599,6 +620,12 @@ pub(crate) async fn run_tcp_listeners(
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
                     tracing::info!(%service, %addr, "listening for TCP service");
+                    let listener = listen::Listener::new(
+                        listener,
+                        Kind::OutboundTcp,
+                        outbound.slots.clone(),
+                        outbound.metrics.clone(),
+                    );
                     let task = tokio::spawn(serve_tcp(
                         listener,
                         outbound.clone(),
@@ -624,27 +651,26 @@ pub(crate) async fn run_tcp_listeners(
 }
 
 async fn serve_tcp(
-    listener: TcpListener,
+    mut listener: listen::Listener,
     outbound: Arc<Outbound>,
     service: ServiceKey,
     port: u16,
     drain: drain::Watch,
 ) {
     loop {
-        let (client, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = drain.signaled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(%service, error = %e, "TCP accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
+        };
+        // Over the cap a raw TCP client can only be closed.
+        let Accepted::Conn(client, peer, slot) = accepted else {
+            continue;
         };
         let outbound = outbound.clone();
         let service = service.clone();
         let watch = drain.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = proxy_tcp(client, &outbound, &service, port).await {
                 tracing::info!(%service, client = %peer, error = %e, "TCP connection not proxied");
             }

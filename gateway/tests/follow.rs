@@ -74,6 +74,7 @@ impl Cluster {
             },
             drain_timeout: Duration::from_secs(1),
             busy_poll: Duration::from_micros(500),
+            clients: gateway::ClientLimits::default(),
         };
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = gateway::metrics::Metrics::register(&mut registry);

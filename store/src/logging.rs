@@ -3,9 +3,15 @@
 //! `RUST_LOG`-style filter) sees both.
 //!
 //! ```text
-//!  raft-rs ── slog::Logger ── TracingDrain ── tracing event (target "raft", same level)
+//!  raft-rs ── slog::Logger ── TracingDrain ── tracing event (target "raft")
 //!                                   message: "<msg> key=value key=value"
 //! ```
+//!
+//! Levels carry over, except that raft-rs's INFO is its internal chatter (every vote, every
+//! role change and configuration switch, "newRaft", dropped proposals while leaderless): it
+//! goes to DEBUG. What an operator needs is logged at INFO by us: "raft leader elected" and
+//! "raft leader lost" (the composition root, from the node's status) and "membership changed"
+//! (the node, when it applies a change).
 //!
 //! slog keys are dynamic while tracing fields are fixed at compile time, so the record's key-values
 //! are folded into the message text rather than becoming tracing fields.
@@ -40,8 +46,7 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => forward!(tracing::Level::ERROR),
             Level::Warning => forward!(tracing::Level::WARN),
-            Level::Info => forward!(tracing::Level::INFO),
-            Level::Debug => forward!(tracing::Level::DEBUG),
+            Level::Info | Level::Debug => forward!(tracing::Level::DEBUG),
             Level::Trace => forward!(tracing::Level::TRACE),
         }
         Ok(())
@@ -116,6 +121,7 @@ mod tests {
         tracing::subscriber::with_default(capture.clone(), || {
             let logger = raft_logger(7);
             slog::info!(logger, "became leader at term {term}", term = 3; "lead" => 7);
+            slog::info!(logger, "switched to configuration"; "config" => "voters: {1, 2}");
             slog::warn!(logger, "dropping message"; "to" => 2);
             slog::error!(logger, "broken");
         });
@@ -123,10 +129,16 @@ mod tests {
         assert_eq!(
             events,
             vec![
+                // raft-rs's INFO is internal chatter: DEBUG to us.
                 (
-                    Level::INFO,
+                    Level::DEBUG,
                     "raft".to_string(),
                     "became leader at term 3 lead=7 term=3 raft_id=7".to_string()
+                ),
+                (
+                    Level::DEBUG,
+                    "raft".to_string(),
+                    "switched to configuration config=voters: {1, 2} raft_id=7".to_string()
                 ),
                 (
                     Level::WARN,

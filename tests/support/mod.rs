@@ -207,9 +207,14 @@ impl<'a> Spec<'a> {
     }
 
     pub fn start(&self, net: &Net) -> Gateway {
+        self.start_with_env(net, &[])
+    }
+
+    /// [`Spec::start`] with extra environment, e.g. another `CAUSEWAY_LOG` filter.
+    pub fn start_with_env(&self, net: &Net, env: &[(&str, &str)]) -> Gateway {
         let args = self.args(net);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut gw = Gateway::start(&args, &[]);
+        let mut gw = Gateway::start(&args, env);
         gw.token_dir = Some(net.dir.path().to_path_buf());
         // Its admin certificate comes from its own cluster's CA.
         let plain = self.extra.contains("tls = false");

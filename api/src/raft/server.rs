@@ -26,6 +26,7 @@ use super::{
     MAX_GRPC_MESSAGE_BYTES, MAX_LARGE_MESSAGE_BYTES, MAX_PROPOSAL_BYTES, PeerTable,
     RaftTransportError, proposal,
 };
+use crate::tls::Throttled;
 
 /// A peer that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,12 +86,21 @@ pub async fn serve(
     let (accepted_tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
     // Each connection is accepted with the newest TLS config, so a rotated SVID reaches every
     // new handshake while established connections keep theirs.
+    // Anyone who can reach the Raft port can fail a handshake: log those aggregated.
+    let refused = Throttled::new(|s| tracing::warn!("raft peers refused: {s}"));
     let acceptor = tokio::spawn(crate::tls::accept_loop(
         listener,
         "raft transport",
         MAX_HANDSHAKES,
         accepted_tx,
-        move |tcp, remote| handshake(TlsAcceptor::from(tls.borrow().clone()), tcp, remote),
+        move |tcp, remote| {
+            handshake(
+                TlsAcceptor::from(tls.borrow().clone()),
+                tcp,
+                remote,
+                refused.clone(),
+            )
+        },
     ));
     let incoming = futures::stream::unfold(accepted, |mut accepted| async move {
         let conn = accepted.recv().await?;
@@ -116,18 +126,27 @@ pub async fn serve(
     Ok(served?)
 }
 
-async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConn> {
+async fn handshake(
+    tls: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    refused: Arc<Throttled>,
+) -> Option<TlsConn> {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%remote, error = %e, "cannot set TCP_NODELAY");
     }
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "refused raft peer: TLS handshake failed");
+            if refused.event(|| format!("from {remote}: TLS handshake failed: {e}")) {
+                tracing::warn!(%remote, error = %e, "refused raft peer: TLS handshake failed");
+            }
             return None;
         }
         Err(_) => {
-            tracing::warn!(%remote, "refused raft peer: TLS handshake timed out");
+            if refused.event(|| format!("from {remote}: TLS handshake timed out")) {
+                tracing::warn!(%remote, "refused raft peer: TLS handshake timed out");
+            }
             return None;
         }
     };
