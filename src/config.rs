@@ -1320,6 +1320,9 @@ fn services_as_file<S: Serializer>(services: &[LocalService], s: S) -> Result<S:
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

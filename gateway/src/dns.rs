@@ -49,6 +49,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// What the DNS server answers from; rebuilt by the gateway whenever the catalog changes and published through a tokio watch channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsTable {
