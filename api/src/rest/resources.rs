@@ -182,7 +182,7 @@ async fn list(
     params(
         ("plural" = String, Path, description = "The kind's plural"),
         ("labelSelector" = Option<String>, Query, description = "`k=v`, `k!=v`, `k`, `!k`, comma-separated; all must hold"),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: only this cluster's"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: only this cluster's"),
         ("consistent" = Option<bool>, Query, description = "Confirm with the leader first that this node has every committed write"),
     ),
     responses(
@@ -210,7 +210,7 @@ pub async fn list_all(
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("labelSelector" = Option<String>, Query, description = "`k=v`, `k!=v`, `k`, `!k`, comma-separated; all must hold"),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: only this cluster's"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: only this cluster's"),
         ("consistent" = Option<bool>, Query, description = "Confirm with the leader first that this node has every committed write"),
     ),
     responses(
@@ -520,7 +520,7 @@ async fn delete_one(
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("name" = String, Path),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
         ("consistent" = Option<bool>, Query, description = "Confirm with the leader first that this node has every committed write"),
     ),
     responses(
@@ -545,7 +545,7 @@ put_one_path! {
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("name" = String, Path),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: the cluster"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: the cluster"),
     ),
     not_found = "Unknown kind",
     /// Creates or replaces one namespaced or cluster-local resource. The document's kind, name
@@ -572,7 +572,7 @@ put_one_path! {
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("name" = String, Path),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
         ("resourceVersion" = Option<u64>, Query, description = "Delete only if this is still the stored version"),
     ),
     responses(
