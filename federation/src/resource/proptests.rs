@@ -295,3 +295,17 @@ fn every_seed_validates_and_round_trips() {
         "a kind has no seed: {kinds:?}"
     );
 }
+
+/// Found by `fuzz/fuzz_targets/resource.rs`: serde_yaml_ng panicked ("unexpected end of
+/// mapping") on an alias used as a mapping key in a broken block; the body is now refused.
+#[test]
+fn a_yaml_stream_that_panics_the_parser_is_refused() {
+    let found = "apiVersion: causeway.deqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqxqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqv3v1alpha1\nkind: PeerAuthentication\nmetada:\n  mtls:\n   *modeqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqxqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqv3v1alpha1\nkind: PeerAuthentication\nmetada:\n  mtls:: STRICT\n";
+    for text in [found, "a:\n  b:\n   *x\nc: d\n"] {
+        let docs = parse_documents(text);
+        let last = docs.last().expect("an answer");
+        let error = last.as_ref().expect_err("refused");
+        assert!(error.message.starts_with("not valid YAML"), "{error}");
+    }
+    check_body(found);
+}
