@@ -62,12 +62,12 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    /// `name=true|false`; a bare `name` means true; absent means false.
+    /// `name=true|false`, the schema's `boolean`, and nothing else; absent means false.
     pub fn flag(&self, name: &str) -> Result<bool, Problem> {
         match self.get(name) {
             None => Ok(false),
-            Some("" | "true" | "1") => Ok(true),
-            Some("false" | "0") => Ok(false),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
             Some(other) => Err(Problem::bad_request(
                 name,
                 format!("{name} must be true or false, not {other:?}"),

@@ -91,6 +91,11 @@ async fn numbers_beyond_the_schema_and_an_empty_cluster_are_refused() {
         "/v1/namespaces/demo/services/echo?cluster=",
         "/v1/watch?kind=",
         "/v1/watch?from=9223372036854775808",
+        // The schema's boolean is `true` or `false`: no bare flag, no 1 or 0.
+        "/v1/services?consistent=",
+        "/v1/services?consistent",
+        "/v1/services?consistent=1",
+        "/v1/namespaces/demo/services/echo?consistent=0",
     ] {
         let answer = api.get(path, &api.admin).await;
         let problem = answer.problem(400, "bad-request");
