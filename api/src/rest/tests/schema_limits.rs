@@ -197,3 +197,65 @@ async fn ttls_outside_the_schema_are_refused_and_those_inside_are_taken() {
     assert_eq!(pattern_of("admin"), TTL_PATTERN);
     assert_eq!(pattern_of("join"), JOIN_TTL_PATTERN);
 }
+
+/// `labelSelector` is read by exactly the grammar the schema's pattern states.
+#[test]
+fn selector_grammar_is_the_schema_pattern() {
+    use crate::rest::resources::{SELECTOR_PATTERN, parse_selector};
+    for path in ["/v1/{plural}", "/v1/namespaces/{namespace}/{plural}"] {
+        assert_eq!(
+            param_schema("get", path, "labelSelector")["pattern"],
+            SELECTOR_PATTERN
+        );
+    }
+    let pattern = regex::Regex::new(SELECTOR_PATTERN).unwrap();
+    let alphabet: Vec<char> = "ab9_./-=!, \t\n\u{e9}".chars().collect();
+    let mut state: u64 = 0x5e1ec7;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut texts: Vec<String> = [
+        "",
+        ",",
+        " , ,",
+        "app=web, tier==front,env!=prod,canary,!legacy",
+        "a = b",
+        "a=",
+        "a!=",
+        "!a",
+        "! a",
+        "!a=b",
+        "a=!b",
+        "a!b",
+        "a==b",
+        "a===b",
+        "a= =b",
+        "a b",
+        "a=b c",
+        "!=b",
+        "=b",
+        "k8s.io/app=v1.2",
+        "a=b\n",
+        "\u{e9}=b",
+    ]
+    .map(String::from)
+    .into();
+    for _ in 0..50_000 {
+        let len = (next() % 12) as usize;
+        texts.push(
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect(),
+        );
+    }
+    for text in &texts {
+        assert_eq!(
+            pattern.is_match(text),
+            parse_selector(text).is_ok(),
+            "{text:?}"
+        );
+    }
+}
