@@ -237,3 +237,21 @@ mod proptests {
         }
     }
 }
+
+/// Found by `fuzz/fuzz_targets/dns.rs`: a question whose name is a compression pointer into
+/// the header was echoed as received, so the answer's pointer read our header's bytes as a
+/// label and no resolver could parse it. Now FORMERR, without the question.
+#[cfg(test)]
+#[test]
+fn a_question_pointing_into_the_header_gets_a_readable_formerr() {
+    use hickory_proto::op::{Message, ResponseCode};
+    let raw = [
+        0x11, 0xff, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0x02, 0x00,
+        0x01, 0x00, 0x32,
+    ];
+    let out = answer(&DnsTable::default(), &raw, false).expect("an answer");
+    let message = Message::from_vec(&out).expect("a readable answer");
+    assert_eq!(message.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(message.metadata.id, 0x11ff);
+    assert!(message.queries.is_empty());
+}
