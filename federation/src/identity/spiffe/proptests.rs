@@ -25,7 +25,7 @@ fn near_miss() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn valid_ids_parse_and_print_back(td in trust_domain(), path in path()) {
