@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Runs Schemathesis over the admin API's own OpenAPI document (/v1/openapi.json) against one
-# real gateway, and fails on any finding: a 5xx, a response the schema does not describe, an
-# input the schema refuses that the server accepted, or a status code the schema does not list.
+# real gateway, and fails on any finding: a 5xx or a dropped connection, a response or status
+# code or content type the document does not describe, an input the document refuses that the
+# server takes, or an input the document allows that the server refuses (except where
+# scripts/schemathesis.toml says why a schema cannot tell).
 #
 #   scripts/schemathesis.sh [max-examples]      (default 100 per operation; about a minute)
 #
-# Uses the debug `causeway` binary from $CARGO_TARGET_DIR (built if missing or stale) and a
-# Schemathesis installed in a venv under ~/.cache (created on first use; PyPI).
-# The gateway listens on 127.93.0.1 (tests/support: nets 91-99 are this script's and the fuzz
-# work's). Left out: GET /v1/watch (a stream that never ends by itself) and
-# DELETE /v1/tokens/{id} (revoking the admin token would lock the run out); unit tests in
-# api/src/rest/tests.rs cover their input checks.
+# Builds the debug `causeway` binary (cargo says where it is) and installs Schemathesis into a
+# venv under ~/.cache on first use (PyPI). The gateway listens on 127.93.0.1 (of the loopback
+# nets, 91-99 are this script's and the fuzz work's). Phases: coverage and fuzzing. Left out:
+# `examples` (the document has a handful, and with Python 3.11 Schemathesis 4.32.5 fails in
+# it on the recursive JSON schema of apply bodies: "AST constructor recursion depth
+# mismatch"), `stateful` (its links could revoke the run's own token), GET /v1/watch (a stream
+# that does not end by itself) and DELETE /v1/tokens/{id} (revoking the admin token would lock
+# the run out); api unit tests cover those two routes' inputs. The seed is fixed (1) so that a
+# failure reproduces; CAUSEWAY_SCHEMATHESIS_SEED picks another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,7 +86,6 @@ curl -fsS --cacert "$work/data/ca/ca.pem" -H "Authorization: Bearer $token" \
 
 echo "== schemathesis $version: $max_examples examples per operation"
 status=0
-# The phases without `stateful`: its links could revoke the run's own token.
 (cd "$work" && "$venv/bin/schemathesis" --config-file "$config" run "$work/openapi.json" \
   --url "$base" \
   --header "Authorization: Bearer $token" \
