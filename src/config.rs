@@ -1370,6 +1370,12 @@ fn services_as_file<S: Serializer>(services: &[LocalService], s: S) -> Result<S:
     }))
 }
 
+// The path is explicit so that fuzz/fuzz_targets/config.rs, which includes this file by
+// `#[path]`, resolves it the same way (rustfmt follows it even where cfg(test) is off).
+#[cfg(test)]
+#[path = "config/proptests.rs"]
+mod proptests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,19 +44,23 @@ use hickory_proto::ProtoError;
 use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::{BufDnsStreamHandle, Protocol};
 use hickory_server::server::{
     Request, RequestHandler, ResponseHandle, ResponseHandler, ResponseInfo,
 };
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::listen::{Accepted, Listener};
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// What the DNS server answers from; rebuilt by the gateway whenever the catalog changes and published through a tokio watch channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,9 +222,32 @@ impl MeshDns {
             edns.set_version(0);
             if request_edns.version() > 0 {
                 let response = error(ResponseCode::BADVERS);
-                return send(request, Some(&edns), response, &mut handle).await;
+                return send(
+                    request,
+                    &request.queries,
+                    Some(&edns),
+                    response,
+                    &mut handle,
+                )
+                .await;
             }
             response_edns = Some(edns);
+        }
+        // hickory echoes the question section's bytes as they came. A compression pointer in
+        // them into the header would, behind the response's header, point at other bytes and
+        // make the answer unreadable (found by fuzz/fuzz_targets/dns.rs): FORMERR, without
+        // the question.
+        if points_into_header(request.queries.as_bytes(), request.queries.len()) {
+            let none = Queries::read(&mut BinDecoder::new(&[]), 0).expect("zero queries read");
+            let response = error(ResponseCode::FormErr);
+            return send(
+                request,
+                &none,
+                response_edns.as_ref(),
+                response,
+                &mut handle,
+            )
+            .await;
         }
         let response = if request.metadata.op_code != OpCode::Query {
             error(ResponseCode::NotImp)
@@ -234,7 +261,14 @@ impl MeshDns {
                 }
             }
         };
-        send(request, response_edns.as_ref(), response, &mut handle).await
+        send(
+            request,
+            &request.queries,
+            response_edns.as_ref(),
+            response,
+            &mut handle,
+        )
+        .await
     }
 
     /// The answer to one question.
@@ -336,6 +370,7 @@ fn error(code: ResponseCode) -> Answer {
 
 async fn send<R: ResponseHandler>(
     request: &Request,
+    queries: &Queries,
     edns: Option<&Edns>,
     answer: Answer,
     handle: &mut R,
@@ -343,7 +378,7 @@ async fn send<R: ResponseHandler>(
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.authoritative = answer.authoritative;
     metadata.response_code = answer.code;
-    let response = MessageResponseBuilder::new(&request.queries, edns).build(
+    let response = MessageResponseBuilder::new(queries, edns).build(
         metadata,
         answer.answers.iter(),
         answer.authorities.iter(),
@@ -362,6 +397,40 @@ async fn send<R: ResponseHandler>(
             })
         }
     }
+}
+
+/// Whether a name in `questions` (the question section as received, `count` questions, at
+/// offset 12 of the message) has a compression pointer into the 12-byte header: nothing a
+/// resolver sends, since no name precedes the first question.
+fn points_into_header(questions: &[u8], count: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = questions.get(at) else {
+                return false;
+            };
+            match len {
+                0 => {
+                    at += 1;
+                    break;
+                }
+                0xc0.. => {
+                    let low = questions.get(at + 1).copied().unwrap_or(0);
+                    if u16::from_be_bytes([len & 0x3f, low]) < 12 {
+                        return true;
+                    }
+                    at += 2;
+                    break;
+                }
+                // hickory refuses the extended label types (0x40, 0x80) before we see them.
+                0x40.. => return false,
+                _ => at += 1 + usize::from(len),
+            }
+        }
+        // Type and class.
+        at += 4;
+    }
+    false
 }
 
 /// What a name in the zone is.

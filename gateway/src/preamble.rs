@@ -300,6 +300,9 @@ pub fn wire_protocol(p: federation::model::Protocol) -> StreamProtocol {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use federation::model::Protocol;

@@ -12,6 +12,10 @@ use super::problem::{Problem, Slug};
 /// The largest body we read: a few thousand resources of YAML.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// The largest number a query parameter takes: the schema's `int64` says so (Raft indexes,
+/// the only large ones, never get near it).
+pub const MAX_NUMBER: u64 = i64::MAX as u64;
+
 /// The query string's parameters, in order. Handlers declare which they take
 /// ([`Params::only`]), so a misspelt parameter is a 400 naming it rather than silently ignored.
 pub struct Params(Vec<(String, String)>);
@@ -58,12 +62,12 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    /// `name=true|false`; a bare `name` means true; absent means false.
+    /// `name=true|false`, the schema's `boolean`, and nothing else; absent means false.
     pub fn flag(&self, name: &str) -> Result<bool, Problem> {
         match self.get(name) {
             None => Ok(false),
-            Some("" | "true" | "1") => Ok(true),
-            Some("false" | "0") => Ok(false),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
             Some(other) => Err(Problem::bad_request(
                 name,
                 format!("{name} must be true or false, not {other:?}"),
@@ -71,15 +75,20 @@ impl Params {
         }
     }
 
+    /// `name=<n>`, 0 to [`MAX_NUMBER`]: what the OpenAPI document's `int64` with `minimum: 0`
+    /// allows, so the server refuses exactly what the schema refuses.
     pub fn number(&self, name: &str) -> Result<Option<u64>, Problem> {
         self.get(name)
             .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    Problem::bad_request(
-                        name,
-                        format!("{name} must be a non-negative integer, not {v:?}"),
-                    )
-                })
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= MAX_NUMBER)
+                    .ok_or_else(|| {
+                        Problem::bad_request(
+                            name,
+                            format!("{name} must be an integer from 0 to {MAX_NUMBER}, not {v:?}"),
+                        )
+                    })
             })
             .transpose()
     }

@@ -76,7 +76,7 @@ pub async fn join(
     tag = "members",
     security(()),
     params(
-        ("token" = String, Query, description = "The join token's id: the part between `cw_` and the next `_`. Never the secret."),
+        ("token" = String, Query, min_length = 1, description = "The join token's id: the part between `cw_` and the next `_`. Never the secret."),
     ),
     responses(
         (status = 200, description = "The trust bundles, and the proof", body = JoinDiscovery),

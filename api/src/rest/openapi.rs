@@ -15,7 +15,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use super::auth::{Caller, Viewer};
 use super::input::Params;
 use super::problem::{PROBLEM_JSON, Problem, ProblemBody};
-use super::resources::plurals;
+use super::resources::{SELECTOR_PATTERN, plurals};
 use super::wire::{
     AuditEntryDoc, JoinRequestDoc, MemberDoc, ObjectMetaDoc, ResourceDoc, RoleDoc, WatchEventDoc,
     WatchEventType,
@@ -99,6 +99,7 @@ pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
         let open = OPEN_PATHS.contains(&path.as_str());
         let plural_values = plural_values(path);
         for op in operations(item) {
+            state_selector_grammar(op);
             if let Some(values) = &plural_values {
                 restrict_plural(op, values);
             }
@@ -154,6 +155,20 @@ fn plural_values(path: &str) -> Option<Vec<&'static str>> {
     } else {
         plurals(&[Scope::Mesh])
     })
+}
+
+/// The grammar `parse_selector` reads, from the one constant both use.
+fn state_selector_grammar(op: &mut Operation) {
+    for param in op.parameters.iter_mut().flatten() {
+        if param.name == "labelSelector" {
+            param.schema = Some(RefOr::T(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(SELECTOR_PATTERN))
+                    .into(),
+            ));
+        }
+    }
 }
 
 fn restrict_plural(op: &mut Operation, values: &[&'static str]) {

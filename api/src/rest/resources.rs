@@ -89,6 +89,10 @@ fn cluster_param(params: &Params, kind: Kind) -> Result<Option<&str>, Problem> {
 
 // ---- list ----
 
+/// What [`parse_selector`] reads, as the OpenAPI document states it (`openapi::complete` sets
+/// it as the `pattern` of every `labelSelector`; a test checks it against the parser).
+pub const SELECTOR_PATTERN: &str = "^( *(!?[A-Za-z0-9_./-]+|[A-Za-z0-9_./-]+ *(==?|!=) *[A-Za-z0-9_.-]*)? *)(,( *(!?[A-Za-z0-9_./-]+|[A-Za-z0-9_./-]+ *(==?|!=) *[A-Za-z0-9_.-]*)? *))*$";
+
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
@@ -100,36 +104,55 @@ pub enum Requirement {
 
 /// Parses `k=v,k==v,k!=v,k,!k`.
 pub fn parse_selector(text: &str) -> Result<Vec<Requirement>, Problem> {
-    let bad = |part: &str, why: &str| {
-        Problem::bad_request(
-            "labelSelector",
-            format!("labelSelector {part:?} {why}; use k=v, k!=v, k or !k, separated by commas"),
-        )
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))
     };
-    let key = |k: &str, part: &str| -> Result<String, Problem> {
-        let k = k.trim();
-        let ok = !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        if ok {
-            Ok(k.to_string())
-        } else {
-            Err(bad(part, "has an invalid label key"))
+    let is_value = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    let requirement = |part: &str| -> Option<Requirement> {
+        if let Some(k) = part.strip_prefix('!').filter(|k| is_key(k)) {
+            return Some(Requirement::Absent(k.to_string()));
         }
+        let Some(at) = part.find(['=', '!']) else {
+            return is_key(part).then(|| Requirement::Exists(part.to_string()));
+        };
+        let (key, rest) = part.split_at(at);
+        let key = key.trim_end_matches(' ');
+        let (equals, value) = if let Some(v) = rest.strip_prefix("!=") {
+            (false, v)
+        } else if let Some(v) = rest.strip_prefix("==").or_else(|| rest.strip_prefix('=')) {
+            (true, v)
+        } else {
+            return None;
+        };
+        let value = value.trim_start_matches(' ');
+        if !is_key(key) || !is_value(value) {
+            return None;
+        }
+        let (key, value) = (key.to_string(), value.to_string());
+        Some(if equals {
+            Requirement::Equals(key, value)
+        } else {
+            Requirement::NotEquals(key, value)
+        })
     };
     text.split(',')
-        .map(str::trim)
+        .map(|part| part.trim_matches(' '))
         .filter(|part| !part.is_empty())
         .map(|part| {
-            if let Some((k, v)) = part.split_once("!=") {
-                Ok(Requirement::NotEquals(key(k, part)?, v.trim().to_string()))
-            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-                Ok(Requirement::Equals(key(k, part)?, v.trim().to_string()))
-            } else if let Some(k) = part.strip_prefix('!') {
-                Ok(Requirement::Absent(key(k, part)?))
-            } else {
-                Ok(Requirement::Exists(key(part, part)?))
-            }
+            requirement(part).ok_or_else(|| {
+                Problem::bad_request(
+                    "labelSelector",
+                    format!(
+                        "labelSelector {part:?} is not k=v, k==v, k!=v, k or !k (keys of A-Z a-z \
+                         0-9 _ . / -, values of A-Z a-z 0-9 _ . -), separated by commas"
+                    ),
+                )
+            })
         })
         .collect()
 }
@@ -182,7 +205,7 @@ async fn list(
     params(
         ("plural" = String, Path, description = "The kind's plural"),
         ("labelSelector" = Option<String>, Query, description = "`k=v`, `k!=v`, `k`, `!k`, comma-separated; all must hold"),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: only this cluster's"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: only this cluster's"),
         ("consistent" = Option<bool>, Query, description = "Confirm with the leader first that this node has every committed write"),
     ),
     responses(
@@ -210,7 +233,7 @@ pub async fn list_all(
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("labelSelector" = Option<String>, Query, description = "`k=v`, `k!=v`, `k`, `!k`, comma-separated; all must hold"),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: only this cluster's"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: only this cluster's"),
         ("consistent" = Option<bool>, Query, description = "Confirm with the leader first that this node has every committed write"),
     ),
     responses(
@@ -525,7 +548,7 @@ async fn delete_one(
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("name" = String, Path),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
         ("consistent" = Option<bool>, Query, description = "Confirm with the leader first that this node has every committed write"),
     ),
     responses(
@@ -550,7 +573,7 @@ put_one_path! {
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("name" = String, Path),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: the cluster"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: the cluster"),
     ),
     not_found = "Unknown kind",
     /// Creates or replaces one namespaced or cluster-local resource. The document's kind, name
@@ -577,7 +600,7 @@ put_one_path! {
         ("namespace" = String, Path),
         ("plural" = String, Path, description = "The kind's plural"),
         ("name" = String, Path),
-        ("cluster" = Option<String>, Query, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
+        ("cluster" = Option<String>, Query, min_length = 1, description = "Cluster-local kinds: the cluster; without it the name must be unique across clusters"),
         ("resourceVersion" = Option<u64>, Query, description = "Delete only if this is still the stored version"),
     ),
     responses(

@@ -26,6 +26,8 @@ use tokio::time::{Instant, sleep, timeout};
 use super::*;
 use crate::{AdminState, Readiness, SharedMesh};
 
+mod schema_limits;
+
 async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
     mut probe: impl FnMut() -> F,

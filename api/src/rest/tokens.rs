@@ -46,6 +46,33 @@ pub(super) async fn propose_done(state: &AdminState, command: &Command) -> Resul
     }
 }
 
+/// A `ttl` as the OpenAPI document's [`TTL_PATTERN`](super::wire::TTL_PATTERN) says: `<1 to 999999><s|m|h|d>`.
+pub(crate) fn parse_ttl(text: &str) -> Result<Duration, Problem> {
+    let bad = || {
+        Problem::bad_request(
+            "ttl",
+            format!("ttl {text:?} is not 1 to 999999 s, m, h or d (e.g. 30m, 720h, 7d)"),
+        )
+    };
+    // ASCII first: the split below is by bytes.
+    if !text.is_ascii() {
+        return Err(bad());
+    }
+    let digits = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (n, unit) = text.split_at(digits);
+    let valid =
+        (1..=6).contains(&n.len()) && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
+    let n: u64 = n.parse().ok().filter(|_| valid).ok_or_else(bad)?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(n * seconds))
+}
+
 /// Creates a token. The token string is in this answer only; the mesh keeps its hash. Join
 /// tokens are single-use and live 1 h unless `ttl` says otherwise (at most 24 h).
 #[utoipa::path(
@@ -69,17 +96,7 @@ pub async fn create_token(
 ) -> Result<Response, Problem> {
     params.only(&[])?;
     let request: TokenRequest = json_body(&body)?;
-    let ttl = request
-        .ttl
-        .as_deref()
-        .map(|text| {
-            humantime::parse_duration(text)
-                .map_err(|e| Problem::bad_request("ttl", format!("ttl {text:?}: {e}")))
-        })
-        .transpose()?;
-    if ttl.is_some_and(|t| t.is_zero()) {
-        return Err(Problem::bad_request("ttl", "ttl must be longer than 0"));
-    }
+    let ttl = request.ttl.as_deref().map(parse_ttl).transpose()?;
     let ttl = match (request.role, ttl) {
         (Role::Join, None) => Some(JOIN_TTL_DEFAULT),
         (Role::Join, Some(t)) if t > JOIN_TTL_MAX => {
@@ -202,7 +219,8 @@ pub async fn revoke_token(
     tag = "audit",
     params(
         ("since" = Option<u64>, Query, description = "Only writes with a higher index (default 0)"),
-        ("limit" = Option<u64>, Query, description = "At most this many entries, 1 to 1000 (default 100)"),
+        // minimum and maximum are AUDIT_LIMIT_MAX's range (a test holds them together).
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "At most this many entries (default 100)"),
     ),
     responses(
         (status = 200, description = "Audit entries", body = AuditList),

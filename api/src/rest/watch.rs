@@ -43,7 +43,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
     tag = "resources",
     params(
         ("from" = Option<u64>, Query, description = "Send changes with a higher index (a list's `metadata.resourceVersion`); default: only changes from now on"),
-        ("kind" = Option<String>, Query, description = "Only this kind (its plural)"),
+        ("kind" = Option<String>, Query, min_length = 1, description = "Only this kind (its plural)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Instead of `from`, when reconnecting"),
     ),
     responses(
@@ -68,6 +68,7 @@ pub async fn watch(
             v.to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n <= super::input::MAX_NUMBER)
                 .ok_or_else(|| {
                     Problem::bad_request("Last-Event-ID", "Last-Event-ID must be an index")
                 })

@@ -201,20 +201,61 @@ pub struct AuditList {
     pub items: Vec<AuditEntry>,
 }
 
-/// `POST /v1/tokens` body.
-#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+/// `POST /v1/tokens` body. Its schema is written out below: the `ttl` a join token may have
+/// depends on the role, which only a `oneOf` can say.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
-    #[schema(value_type = RoleDoc)]
     pub role: Role,
     #[serde(default)]
     pub description: Option<String>,
-    /// How long the token is valid, e.g. `1h`, `30m`, `7days` (humantime). Join tokens: default
-    /// 1 h, at most 24 h; other roles: no expiry by default.
+    /// How long the token is valid ([`TTL_PATTERN`]). Join tokens: default 1 h, at most 24 h;
+    /// other roles: no expiry by default.
     #[serde(default)]
-    #[schema(example = "1h")]
     pub ttl: Option<String>,
 }
+
+/// A token's `ttl`: 1 to 999999 seconds, minutes, hours or days, e.g. `90s`, `30m`, `720h`,
+/// `7d` (the bound keeps every expiry a real date). `tokens::parse_ttl` reads exactly this.
+pub const TTL_PATTERN: &str = "^[1-9][0-9]{0,5}[smhd]$";
+
+/// A join token's `ttl`: [`TTL_PATTERN`], at most 24 h (`tokens::JOIN_TTL_MAX`).
+pub const JOIN_TTL_PATTERN: &str = "^(([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h|1d)$";
+
+impl utoipa::PartialSchema for TokenRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let variant = |roles: &[&str], pattern: &str, ttl: &str| {
+            serde_json::json!({
+                "type": "object",
+                "required": ["role"],
+                "additionalProperties": false,
+                "properties": {
+                    "role": {"type": "string", "enum": roles},
+                    "description": {"type": ["string", "null"]},
+                    "ttl": {"type": ["string", "null"], "pattern": pattern, "description": ttl, "example": "1h"},
+                },
+            })
+        };
+        let schema = serde_json::json!({
+            "description": "`POST /v1/tokens` body.",
+            "oneOf": [
+                variant(
+                    &["viewer", "operator", "admin"],
+                    TTL_PATTERN,
+                    "How long the token is valid: 1 to 999999 s, m, h or d (`30m`, `720h`, `7d`); no expiry if absent",
+                ),
+                variant(
+                    &["join"],
+                    JOIN_TTL_PATTERN,
+                    "How long the join token is valid: as for other roles, at most 24 h (`86400s`, `1440m`, `24h`, `1d`); 1 h if absent",
+                ),
+            ],
+        });
+        serde_json::from_value(schema).expect("a well-formed schema")
+    }
+}
+
+impl ToSchema for TokenRequest {}
 
 /// `POST /v1/tokens` → 201. `token` is shown this once; the mesh keeps only its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

@@ -36,6 +36,8 @@ pub use error::IdentityError;
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use svid::{Svid, peer_spiffe_id};
 pub use trust::TrustStore;
+#[doc(hidden)]
+pub use verifier::fuzzing;
 pub use verifier::{
     ALPN, client_config, client_config_with_alpn, server_config, server_config_with_alpn,
 };

@@ -230,6 +230,9 @@ impl From<SpiffeId> for String {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

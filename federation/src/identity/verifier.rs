@@ -324,6 +324,52 @@ fn chain_error(err: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(cert_error)
 }
 
+/// The checks a handshake runs on a peer's chain, without a handshake: for the fuzz targets
+/// (`fuzz/`) and property tests, which feed them arbitrary and mutated certificates.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// What the server checks of a client's chain (leaf first).
+    pub fn verify_client_chain(
+        trust: &TrustStore,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        let provider = rustls::crypto::ring::default_provider();
+        SpiffeClientVerifier(SpiffeVerifier::new(trust.clone(), &provider))
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+    }
+
+    /// What a client that dialled `expected` checks of the server's chain (leaf first).
+    pub fn verify_server_chain(
+        trust: &TrustStore,
+        expected: &TrustDomain,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        let provider = rustls::crypto::ring::default_provider();
+        let verifier = SpiffeServerVerifier {
+            inner: SpiffeVerifier::new(trust.clone(), &provider),
+            expected: expected.clone(),
+        };
+        let name = ServerName::from(std::net::IpAddr::from([192, 0, 2, 1]));
+        verifier
+            .verify_server_cert(leaf, intermediates, &name, &[], now)
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod proptests;
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -17,6 +17,8 @@ mod istio;
 mod names;
 mod native;
 mod parse;
+#[cfg(test)]
+mod proptests;
 mod schema;
 #[cfg(test)]
 mod tests;

@@ -73,7 +73,22 @@ fn parse_yaml(text: &str) -> Vec<Result<Value, FieldError>> {
     let mut docs = Vec::new();
     let mut last_error: Option<String> = None;
     for document in serde_yaml_ng::Deserializer::from_str(text) {
-        match Strict.deserialize(document) {
+        // serde_yaml_ng 0.10 panics on some malformed event streams ("unexpected end of
+        // mapping", found by fuzz/fuzz_targets/resource.rs) instead of returning an error. A
+        // request body must never panic its handler: such a document is refused like any
+        // other YAML error, and the stream is not read further (the parser's state after a
+        // panic is not to be trusted).
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Strict.deserialize(document)
+        }));
+        let Ok(parsed) = parsed else {
+            docs.push(Err(FieldError {
+                field: String::new(),
+                message: "not valid YAML: the document's structure is malformed".into(),
+            }));
+            break;
+        };
+        match parsed {
             // A document of only comments (or a stray `---`) is null: nothing to apply.
             Ok(Value::Null) => {}
             Ok(value) => docs.push(Ok(value)),
