@@ -21,6 +21,7 @@ pub mod recover;
 mod resources;
 mod status;
 mod tokens;
+pub use tokens::ttl_duration;
 mod watch;
 mod wire;
 mod writer;

@@ -46,31 +46,34 @@ pub(super) async fn propose_done(state: &AdminState, command: &Command) -> Resul
     }
 }
 
-/// A `ttl` as the OpenAPI document's [`TTL_PATTERN`](super::wire::TTL_PATTERN) says: `<1 to 999999><s|m|h|d>`.
-pub(crate) fn parse_ttl(text: &str) -> Result<Duration, Problem> {
-    let bad = || {
-        Problem::bad_request(
-            "ttl",
-            format!("ttl {text:?} is not 1 to 999999 s, m, h or d (e.g. 30m, 720h, 7d)"),
-        )
-    };
+/// A `ttl` as the OpenAPI document's [`TTL_PATTERN`](super::wire::TTL_PATTERN) says:
+/// `<1 to 999999><s|m|h|d>`, e.g. `30m`, `720h`, `7d`. The CLI checks its `--ttl` with this too.
+pub fn ttl_duration(text: &str) -> Option<Duration> {
     // ASCII first: the split below is by bytes.
     if !text.is_ascii() {
-        return Err(bad());
+        return None;
     }
-    let digits = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (n, unit) = text.split_at(digits);
+    let (n, unit) = text.split_at(text.len().checked_sub(1)?);
     let valid =
         (1..=6).contains(&n.len()) && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
-    let n: u64 = n.parse().ok().filter(|_| valid).ok_or_else(bad)?;
+    let n: u64 = n.parse().ok().filter(|_| valid)?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => return Err(bad()),
+        _ => return None,
     };
-    Ok(Duration::from_secs(n * seconds))
+    Some(Duration::from_secs(n * seconds))
+}
+
+pub(crate) fn parse_ttl(text: &str) -> Result<Duration, Problem> {
+    ttl_duration(text).ok_or_else(|| {
+        Problem::bad_request(
+            "ttl",
+            format!("ttl {text:?} is not 1 to 999999 s, m, h or d (e.g. 30m, 720h, 7d)"),
+        )
+    })
 }
 
 /// Creates a token. The token string is in this answer only; the mesh keeps its hash. Join
