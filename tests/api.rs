@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::rest::Api;
-use support::{BIN, Gateway, Net, Spec, backend, eventually, try_http, try_https};
+use support::rest::{Api, founder};
+use support::{BIN, Net, Spec, backend, eventually, try_http, try_https};
 
 const UP: Duration = Duration::from_secs(30);
 
@@ -63,17 +63,6 @@ fn path_of(doc: &Value) -> String {
         plural(doc),
         doc["metadata"]["name"].as_str().unwrap()
     )
-}
-
-/// A gateway that founds its own one-member mesh, and its admin API with the first admin token.
-fn founder(net: &Net, cluster: &'static str, host: u8) -> (Gateway, Api) {
-    let gw = Spec::new(cluster, host).start(net);
-    let token = support::admin_token(&net.data_dir(cluster));
-    let api = Api::of(&gw, Some(&token));
-    eventually("the mesh to be founded", UP, || {
-        (api.raw("GET", "/v1/status", None).status == 200).then_some(())
-    });
-    (gw, api)
 }
 
 fn create_token(admin: &Api, role: &str) -> String {

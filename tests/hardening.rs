@@ -9,20 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::rest::Api;
-use support::{BIN, Gateway, Net, Spec, eventually};
+use support::rest::founder;
+use support::{BIN, Net, Spec, eventually};
 
 const UP: Duration = Duration::from_secs(30);
-
-fn founder(net: &Net, cluster: &'static str, host: u8) -> (Gateway, Api) {
-    let gw = Spec::new(cluster, host).start(net);
-    let token = support::admin_token(&net.data_dir(cluster));
-    let api = Api::of(&gw, Some(&token));
-    eventually("the mesh to be founded", UP, || {
-        (api.raw("GET", "/v1/status", None).status == 200).then_some(())
-    });
-    (gw, api)
-}
 
 #[test]
 fn deeply_nested_bodies_are_refused_at_once_naming_the_limit() {

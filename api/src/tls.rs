@@ -13,10 +13,10 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use federation::ratelog::{Decision, RateLog, Summary};
+pub(crate) use federation::ratelog::Throttled;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,60 +39,6 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// What a client speaking plain HTTP to the HTTPS port reads, instead of TLS garbage.
 const PLAIN_HTTP_BODY: &str = "this port speaks HTTPS: use https:// and trust the cluster's CA \
 (`causeway bundle` prints it)\n";
-
-/// At most one aggregated warning per kind of unauthenticated failure in this long.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A [`RateLog`] shared by the tasks reporting one kind of event anyone on the network can
-/// cause; a burst that ends is summarized at the end of its interval by a timer task. (The
-/// data plane has the same wrapper; `api` and `gateway` share only `federation`, which has no
-/// tokio.)
-pub(crate) struct Throttled {
-    log: Mutex<RateLog>,
-    summarize: Box<dyn Fn(&Summary) + Send + Sync>,
-}
-
-impl Throttled {
-    pub(crate) fn new(summarize: impl Fn(&Summary) + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self {
-            log: Mutex::new(RateLog::new(LOG_INTERVAL)),
-            summarize: Box::new(summarize),
-        })
-    }
-
-    /// Records one event; true when the caller should log it in full now.
-    pub(crate) fn event(self: &Arc<Self>, detail: impl FnOnce() -> String) -> bool {
-        let now = tokio::time::Instant::now().into_std();
-        let decision = self.lock().event(now, detail);
-        match decision {
-            Decision::Log { summary } => {
-                if let Some(summary) = summary {
-                    (self.summarize)(&summary);
-                }
-                true
-            }
-            Decision::Quiet {
-                first_quiet: true,
-                flush_at,
-            } => {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(flush_at)).await;
-                    let summary = this.lock().flush(tokio::time::Instant::now().into_std());
-                    if let Some(summary) = summary {
-                        (this.summarize)(&summary);
-                    }
-                });
-                false
-            }
-            Decision::Quiet { .. } => false,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, RateLog> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 fn plain_http_answer() -> String {
     format!(

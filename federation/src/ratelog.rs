@@ -116,6 +116,67 @@ impl RateLog {
     }
 }
 
+/// How long a [`Throttled`] log stays quiet after logging an event in full.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A [`RateLog`] shared by the tasks that report one kind of event anyone on the network can
+/// cause; a summary of a burst that ends is logged at the end of its interval by a timer task
+/// started for it. Needs a tokio runtime (feature `throttled`).
+#[cfg(feature = "throttled")]
+pub struct Throttled {
+    log: std::sync::Mutex<RateLog>,
+    summarize: Box<dyn Fn(&Summary) + Send + Sync>,
+}
+
+#[cfg(feature = "throttled")]
+impl Throttled {
+    /// `summarize` logs a burst's summary (its `Display` reads "N ... in the last 10s, last
+    /// ...").
+    pub fn new(summarize: impl Fn(&Summary) + Send + Sync + 'static) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            log: std::sync::Mutex::new(RateLog::new(LOG_INTERVAL)),
+            summarize: Box::new(summarize),
+        })
+    }
+
+    /// Records one event; true when the caller should log it in full now. `detail` describes
+    /// it for the summary, e.g. "from 192.0.2.7: bad certificate".
+    pub fn event(self: &std::sync::Arc<Self>, detail: impl FnOnce() -> String) -> bool {
+        use tokio::time::Instant;
+        let now = Instant::now().into_std();
+        let decision = self.lock().event(now, detail);
+        match decision {
+            Decision::Log { summary } => {
+                if let Some(summary) = summary {
+                    (self.summarize)(&summary);
+                }
+                true
+            }
+            Decision::Quiet {
+                first_quiet: true,
+                flush_at,
+            } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(Instant::from_std(flush_at)).await;
+                    let summary = this.lock().flush(Instant::now().into_std());
+                    if let Some(summary) = summary {
+                        (this.summarize)(&summary);
+                    }
+                });
+                false
+            }
+            Decision::Quiet { .. } => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RateLog> {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

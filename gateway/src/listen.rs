@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use federation::ratelog::{Decision, RateLog, Summary};
+pub(crate) use federation::ratelog::Throttled;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -36,8 +36,6 @@ use tokio::time::Instant;
 
 use crate::metrics::{ListenerLabels, Metrics};
 
-/// At most one aggregated warning per kind of hostile event in this long.
-pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Refused HTTP clients being told so at once; beyond this they are just closed.
@@ -125,56 +123,6 @@ impl Kind {
             Kind::OutboundTcp => "outbound TCP service listener",
             Kind::DnsTcp => "DNS TCP listener",
         }
-    }
-}
-
-/// A [`RateLog`] shared by the tasks that report one kind of event; a summary of a burst that
-/// ends is logged at the end of its interval by a timer task started for it.
-pub(crate) struct Throttled {
-    log: Mutex<RateLog>,
-    summarize: Box<dyn Fn(&Summary) + Send + Sync>,
-}
-
-impl Throttled {
-    pub(crate) fn new(summarize: impl Fn(&Summary) + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self {
-            log: Mutex::new(RateLog::new(LOG_INTERVAL)),
-            summarize: Box::new(summarize),
-        })
-    }
-
-    /// Records one event; true when the caller should log it in full now. `detail` describes
-    /// it for the summary, e.g. "from 192.0.2.7: bad certificate".
-    pub(crate) fn event(self: &Arc<Self>, detail: impl FnOnce() -> String) -> bool {
-        let now = Instant::now().into_std();
-        let decision = self.lock().event(now, detail);
-        match decision {
-            Decision::Log { summary } => {
-                if let Some(summary) = summary {
-                    (self.summarize)(&summary);
-                }
-                true
-            }
-            Decision::Quiet {
-                first_quiet: true,
-                flush_at,
-            } => {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(Instant::from_std(flush_at)).await;
-                    let summary = this.lock().flush(Instant::now().into_std());
-                    if let Some(summary) = summary {
-                        (this.summarize)(&summary);
-                    }
-                });
-                false
-            }
-            Decision::Quiet { .. } => false,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, RateLog> {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::{Gateway, HttpResponse, try_http, try_https};
+use super::{Gateway, HttpResponse, Net, Spec, eventually, try_http, try_https};
 
 /// A REST client bound to one gateway's admin address and one bearer token.
 pub struct Api {
@@ -251,4 +251,18 @@ fn template_matches(template: &str, path: &str) -> bool {
         && t.iter()
             .zip(&p)
             .all(|(t, p)| (t.starts_with('{') && t.ends_with('}') && !p.is_empty()) || t == p)
+}
+
+/// A gateway that founds its own one-member mesh, and its admin API with the first admin token.
+#[allow(dead_code)] // not every test crate uses it
+pub fn founder(net: &Net, cluster: &'static str, host: u8) -> (Gateway, Api) {
+    let gw = Spec::new(cluster, host).start(net);
+    let token = super::admin_token(&net.data_dir(cluster));
+    let api = Api::of(&gw, Some(&token));
+    eventually(
+        "the mesh to be founded",
+        std::time::Duration::from_secs(30),
+        || (api.raw("GET", "/v1/status", None).status == 200).then_some(()),
+    );
+    (gw, api)
 }
