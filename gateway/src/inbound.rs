@@ -47,6 +47,11 @@ pub(crate) struct Inbound {
     pub next_endpoint: AtomicUsize,
 }
 
+/// Tunnel handshakes in progress at once. Anyone can send QUIC Initials; beyond this many, new
+/// ones are refused at once (quinn answers CONNECTION_REFUSED) instead of piling up tasks and
+/// memory. Peers retry with back-off, and a handshake takes milliseconds.
+const MAX_HANDSHAKES: usize = 256;
+
 pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
     inbound: Arc<Inbound>,
@@ -55,6 +60,7 @@ pub(crate) async fn accept_loop(
     // Anyone can send QUIC Initials: refusals are counted in
     // `causeway_tunnel_handshake_failures_total` and logged aggregated, never one line each.
     let refused = Throttled::new(|s| tracing::warn!("tunnel handshakes refused: {s}"));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let incoming = tokio::select! {
             _ = drain.signaled() => break,
@@ -63,12 +69,23 @@ pub(crate) async fn accept_loop(
                 None => break,
             },
         };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            count_refused_connection(&inbound);
+            let remote = incoming.remote_address();
+            if refused.event(|| format!("from {remote}: {MAX_HANDSHAKES} handshakes in progress")) {
+                tracing::warn!(%remote, max = MAX_HANDSHAKES, "refused tunnel handshake: too many in progress");
+            }
+            incoming.refuse();
+            continue;
+        };
         let inbound = inbound.clone();
         let drain = drain.clone();
         let refused = refused.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
+            let handshaken = incoming.await;
+            drop(handshake);
+            match handshaken {
                 Ok(conn) => serve_connection(conn, inbound, drain, &refused).await,
                 Err(e) => {
                     count_refused_connection(&inbound);

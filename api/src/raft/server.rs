@@ -32,6 +32,9 @@ use crate::tls::Throttled;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; beyond this, accepting waits (the kernel backlog queues).
 const MAX_HANDSHAKES: usize = 64;
+/// Established connections at once: a handful per member is normal (a unary channel and a
+/// snapshot stream each way, reconnects overlapping).
+const MAX_CONNECTIONS: usize = 256;
 /// Authenticated connections waiting for the gRPC server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
 /// Concurrent calls on one connection: a peer's Raft sender has one call in flight and its
@@ -88,6 +91,7 @@ pub async fn serve(
     // new handshake while established connections keep theirs.
     // Anyone who can reach the Raft port can fail a handshake: log those aggregated.
     let refused = Throttled::new(|s| tracing::warn!("raft peers refused: {s}"));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let acceptor = tokio::spawn(crate::tls::accept_loop(
         listener,
         "raft transport",
@@ -99,6 +103,7 @@ pub async fn serve(
                 tcp,
                 remote,
                 refused.clone(),
+                slots.clone(),
             )
         },
     ));
@@ -131,6 +136,7 @@ async fn handshake(
     tcp: TcpStream,
     remote: SocketAddr,
     refused: Arc<Throttled>,
+    slots: Arc<tokio::sync::Semaphore>,
 ) -> Option<TlsConn> {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%remote, error = %e, "cannot set TCP_NODELAY");
@@ -162,10 +168,21 @@ async fn handshake(
             return None;
         }
     };
+    // Only holders of a trusted SVID get this far, but one of them must not be able to take
+    // every descriptor either.
+    let Ok(slot) = slots.try_acquire_owned() else {
+        if refused
+            .event(|| format!("from {remote} ({spiffe_id}): {MAX_CONNECTIONS} connections open"))
+        {
+            tracing::warn!(%remote, peer = %spiffe_id, max = MAX_CONNECTIONS, "refused raft peer: too many connections");
+        }
+        return None;
+    };
     tracing::info!(%remote, peer = %spiffe_id, "raft peer connected");
     Some(TlsConn {
         stream,
         peer: PeerIdentity { spiffe_id, remote },
+        _slot: slot,
     })
 }
 
@@ -173,6 +190,8 @@ async fn handshake(
 struct TlsConn {
     stream: TlsStream<TcpStream>,
     peer: PeerIdentity,
+    /// Its place among [`MAX_CONNECTIONS`], given back when the connection closes.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for TlsConn {
