@@ -9,3 +9,4 @@ pub mod mesh;
 pub mod model;
 pub mod ratelog;
 pub mod resource;
+pub mod traffic;
