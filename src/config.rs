@@ -872,6 +872,7 @@ fn read_services(r: &mut Reader, root: &mut Table) -> Vec<Option<LocalService>> 
             .map_err(|e| r.error(p, e.to_string()))
             .ok()?;
         Some(LocalService {
+            endpoint_labels: Default::default(),
             key,
             ports: ports?.into_iter().collect::<Option<_>>()?,
             endpoints: endpoints?.into_iter().collect::<Option<_>>()?,

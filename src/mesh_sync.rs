@@ -122,6 +122,7 @@ mod tests {
 
     fn service(key: &str, port: u16) -> LocalService {
         LocalService {
+            endpoint_labels: Default::default(),
             key: key.parse().unwrap(),
             ports: vec![ServicePort {
                 port,

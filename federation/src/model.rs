@@ -2,6 +2,7 @@
 //!
 //! Names are validated once, here, so every other crate handles typed values only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -187,6 +188,10 @@ pub struct LocalService {
     pub key: ServiceKey,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<SocketAddr>,
+    /// Labels of the endpoints that have any (`version: v2`), which DestinationRule subsets
+    /// select on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_labels: BTreeMap<SocketAddr, BTreeMap<String, String>>,
     /// Whether other clusters may reach it (exported) or only local clients.
     pub export: bool,
 }
@@ -194,6 +199,32 @@ pub struct LocalService {
 impl LocalService {
     pub fn port(&self, port: u16) -> Option<ServicePort> {
         self.ports.iter().copied().find(|p| p.port == port)
+    }
+
+    /// The labels of endpoint `addr` (empty if it has none).
+    pub fn labels_of(&self, addr: &SocketAddr) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.endpoint_labels.get(addr).unwrap_or(&NONE)
+    }
+
+    /// The same service with only the endpoints whose labels `selects` accepts: a subset.
+    pub fn subset(&self, selects: impl Fn(&BTreeMap<String, String>) -> bool) -> LocalService {
+        let endpoints: Vec<SocketAddr> = self
+            .endpoints
+            .iter()
+            .filter(|a| selects(self.labels_of(a)))
+            .copied()
+            .collect();
+        LocalService {
+            endpoint_labels: self
+                .endpoint_labels
+                .iter()
+                .filter(|(a, _)| endpoints.contains(a))
+                .map(|(a, l)| (*a, l.clone()))
+                .collect(),
+            endpoints,
+            ..self.clone()
+        }
     }
 }
 

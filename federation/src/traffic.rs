@@ -67,7 +67,10 @@ pub enum RouteAction {
     Forward(WeightedDestinations),
     Redirect(Redirect),
     /// Answer at the source gateway without calling anyone.
-    Direct { status: u16, body: Option<String> },
+    Direct {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 /// Destinations with their weights as a cumulative array, for a pick by one random number.
@@ -357,7 +360,10 @@ pub enum LoadBalancer {
 pub enum HashOn {
     /// Lower-cased header name.
     Header(String),
-    Cookie { name: String, ttl: Option<Duration> },
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+    },
     SourceIp,
     QueryParam(String),
 }

@@ -4,12 +4,13 @@
 //! `Arc` once and routes on it, so a change is one pointer swap and in-flight requests finish on
 //! the snapshot they started with.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use federation::identity::TrustDomain;
 use federation::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
+use federation::traffic::RouteTable;
 
 use crate::Peer;
 use crate::dns::{DnsService, DnsTable};
@@ -24,6 +25,61 @@ pub(crate) struct Snapshot {
     pub peers: BTreeMap<ClusterName, PeerView>,
     /// Every other cluster of the mesh, by trust domain: whose gateways may open tunnels here.
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
+    /// Compiled traffic policy and where each subset lives.
+    pub policy: Arc<Policy>,
+}
+
+/// The traffic policy of one mesh snapshot, as the data plane reads it.
+#[derive(Default, Debug)]
+pub(crate) struct Policy {
+    pub routes: Arc<RouteTable>,
+    /// For each (service, subset) some DestinationRule defines: the clusters with at least one
+    /// endpoint in it, and this cluster's endpoints in it.
+    pub subsets: HashMap<(ServiceKey, String), SubsetView>,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct SubsetView {
+    pub clusters: BTreeSet<ClusterName>,
+    pub local: Option<Arc<LocalService>>,
+}
+
+impl Policy {
+    /// Reads the mesh's subsets: which cluster runs endpoints of which subset. Endpoints
+    /// never leave their cluster, but their labels are in the replicated catalog, so every
+    /// gateway knows where a subset lives.
+    pub fn new(
+        routes: Arc<RouteTable>,
+        services: &BTreeMap<ClusterName, Vec<LocalService>>,
+        own: &ClusterName,
+    ) -> Self {
+        let mut subsets: HashMap<(ServiceKey, String), SubsetView> = HashMap::new();
+        for (cluster, services) in services {
+            for svc in services {
+                let Some(rule) = routes.get(&svc.key).and_then(|p| p.destination.as_ref()) else {
+                    continue;
+                };
+                for subset in &rule.subsets {
+                    let view = subsets
+                        .entry((svc.key.clone(), subset.name.clone()))
+                        .or_default();
+                    let members = svc.subset(|labels| subset.selects(labels));
+                    if members.endpoints.is_empty() {
+                        continue;
+                    }
+                    view.clusters.insert(cluster.clone());
+                    if cluster == own {
+                        view.local = Some(Arc::new(members));
+                    }
+                }
+            }
+        }
+        Policy { routes, subsets }
+    }
+
+    pub fn subset(&self, service: &ServiceKey, subset: &str) -> Option<&SubsetView> {
+        self.subsets.get(&(service.clone(), subset.to_string()))
+    }
 }
 
 #[derive(Clone)]
@@ -272,6 +328,7 @@ mod tests {
 
     fn svc(key: &str, ports: &[(u16, Protocol)]) -> LocalService {
         LocalService {
+            endpoint_labels: Default::default(),
             key: key.parse().unwrap(),
             ports: ports
                 .iter()
@@ -311,6 +368,7 @@ mod tests {
                     (cluster, view)
                 })
                 .collect(),
+            policy: Arc::default(),
             clusters_by_domain: BTreeMap::new(),
         }
     }

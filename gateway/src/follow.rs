@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::Peer;
-use crate::catalog::{Exports, PeerView, Snapshot};
+use crate::catalog::{Exports, PeerView, Policy, Snapshot};
 use crate::drain;
 use crate::metrics::PeerLabels;
 use crate::tunnel::{self, Dialer};
@@ -37,6 +37,7 @@ pub(crate) struct Plan {
     pub local: BTreeMap<ServiceKey, Arc<LocalService>>,
     pub peers: BTreeMap<ClusterName, PlannedPeer>,
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
+    pub policy: Arc<Policy>,
 }
 
 #[derive(Debug)]
@@ -57,6 +58,7 @@ pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName) -> Plan {
             .flatten()
             .map(|s| (s.key.clone(), Arc::new(s.clone())))
             .collect(),
+        policy: Arc::new(Policy::new(mesh.routes.clone(), &mesh.services, own)),
         ..Plan::default()
     };
     for (name, cluster) in &mesh.clusters {
@@ -161,6 +163,7 @@ pub(crate) fn apply(
         local: plan.local.clone(),
         peers,
         clusters_by_domain: plan.clusters_by_domain.clone(),
+        policy: plan.policy.clone(),
     };
     (next, changes)
 }
@@ -278,6 +281,7 @@ mod tests {
 
     fn service(key: &str, port: u16, export: bool) -> LocalService {
         LocalService {
+            endpoint_labels: Default::default(),
             key: key.parse().unwrap(),
             ports: vec![ServicePort {
                 port,

@@ -365,6 +365,10 @@ fn proxy_request(
         source: outbound.svid.borrow().id().clone(),
         deadline,
         traceparent,
+        choice: preamble::RouteChoice {
+            attempt: 1,
+            ..Default::default()
+        },
     }
 }
 

@@ -268,6 +268,7 @@ mod tests {
 
     fn service(addr: SocketAddr) -> LocalService {
         LocalService {
+            endpoint_labels: Default::default(),
             key: "web.demo".parse().unwrap(),
             ports: vec![],
             endpoints: vec![addr],

@@ -18,8 +18,9 @@ use federation::model::{ServiceKey, ServicePort};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The preamble version this gateway speaks.
-pub const VERSION: u32 = 1;
+/// The preamble version this gateway speaks. 2 added the route's choices (subset, route
+/// name, attempt); a v1 gateway refuses it as unsupported, and this one refuses v1.
+pub const VERSION: u32 = 2;
 
 /// A verdict is a code and a short reason; nothing larger is ever legitimate.
 const MAX_VERDICT_BYTES: usize = 1024;
@@ -45,6 +46,16 @@ pub struct Preamble {
     /// W3C `traceparent` of the caller's span, if any.
     #[prost(string, tag = "7")]
     pub traceparent: String,
+    /// The DestinationRule subset the source gateway's route chose; empty for the whole
+    /// service.
+    #[prost(string, tag = "8")]
+    pub subset: String,
+    /// The name of the route that matched at the source (for metrics and logs).
+    #[prost(string, tag = "9")]
+    pub route: String,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    #[prost(uint32, tag = "10")]
+    pub attempt: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -188,6 +199,18 @@ pub async fn read_verdict(io: &mut (impl AsyncRead + Unpin)) -> Result<Verdict, 
     read_frame(io, MAX_VERDICT_BYTES).await
 }
 
+/// What the source gateway's route chose, carried to the destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteChoice {
+    pub subset: Option<String>,
+    pub route: Option<String>,
+    /// 1-based; 0 on the wire reads as 1.
+    pub attempt: u32,
+}
+
+/// Longest subset or route name the wire accepts (Kubernetes names are at most 253 bytes).
+const MAX_NAME_BYTES: usize = 253;
+
 /// A preamble that parsed and passed the checks that need no policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamRequest {
@@ -197,6 +220,8 @@ pub enum StreamRequest {
         source: SpiffeId,
         deadline: Option<SystemTime>,
         traceparent: Option<String>,
+        /// What the source's route chose.
+        choice: RouteChoice,
     },
     Catalog {
         source: SpiffeId,
@@ -254,12 +279,25 @@ impl StreamRequest {
             }
         };
         let traceparent = (!p.traceparent.is_empty()).then_some(p.traceparent);
+        for (field, value) in [("subset", &p.subset), ("route", &p.route)] {
+            if value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
+                return Err(malformed(format!(
+                    "{field}: not a name (at most {MAX_NAME_BYTES} bytes, no control characters)"
+                )));
+            }
+        }
+        let choice = RouteChoice {
+            subset: (!p.subset.is_empty()).then_some(p.subset),
+            route: (!p.route.is_empty()).then_some(p.route),
+            attempt: p.attempt.max(1),
+        };
         Ok(StreamRequest::Proxy {
             service,
             port: ServicePort { port, protocol },
             source,
             deadline,
             traceparent,
+            choice,
         })
     }
 
@@ -277,6 +315,7 @@ impl StreamRequest {
                 source,
                 deadline,
                 traceparent,
+                choice,
             } => Preamble {
                 version: VERSION,
                 service: service.to_string(),
@@ -287,6 +326,9 @@ impl StreamRequest {
                     .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_millis() as u64),
                 traceparent: traceparent.clone().unwrap_or_default(),
+                subset: choice.subset.clone().unwrap_or_default(),
+                route: choice.route.clone().unwrap_or_default(),
+                attempt: choice.attempt,
             },
         }
     }
@@ -317,6 +359,11 @@ mod tests {
             source: SpiffeId::parse("spiffe://east.mesh/gateway/east-1").unwrap(),
             deadline: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            choice: RouteChoice {
+                subset: Some("v2".into()),
+                route: Some("canary".into()),
+                attempt: 2,
+            },
         }
     }
 
@@ -351,13 +398,38 @@ mod tests {
     fn invalid_preambles_are_refused_with_a_reason() {
         let good = proxy().to_preamble();
         let cases = [
+            // An older gateway's preamble (v1 carried no route choice) and a newer one's.
             (
                 Preamble {
-                    version: 2,
+                    version: 1,
                     ..good.clone()
                 },
                 VerdictCode::UnsupportedVersion,
-                "version",
+                "version 1 (this gateway speaks 2)",
+            ),
+            (
+                Preamble {
+                    version: 3,
+                    ..good.clone()
+                },
+                VerdictCode::UnsupportedVersion,
+                "version 3 (this gateway speaks 2)",
+            ),
+            (
+                Preamble {
+                    subset: "x".repeat(300),
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "subset",
+            ),
+            (
+                Preamble {
+                    route: "a\nb".into(),
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "route",
             ),
             (
                 Preamble {

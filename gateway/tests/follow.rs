@@ -94,6 +94,7 @@ fn trust(clusters: &[&Cluster]) -> TrustBundles {
 
 fn service(key: &str, endpoint: SocketAddr) -> LocalService {
     LocalService {
+        endpoint_labels: Default::default(),
         key: key.parse().unwrap(),
         ports: vec![PORT],
         endpoints: vec![endpoint],

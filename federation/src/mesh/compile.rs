@@ -62,6 +62,7 @@ impl MeshState {
         for services in snapshot.services.values_mut() {
             services.sort_by(|a, b| a.key.cmp(&b.key));
         }
+        snapshot.routes = std::sync::Arc::new(super::routes::compile(self));
         snapshot
     }
 }
@@ -172,14 +173,31 @@ fn local_service(
         tracing::warn!(service = %key, %cluster, "Service has no usable port; skipped");
         return None;
     }
-    let endpoints = spec
+    // `"ip:port"`, or `{address: "ip:port", labels: {...}}` for an endpoint with labels.
+    let mut endpoints = Vec::new();
+    let mut endpoint_labels = std::collections::BTreeMap::new();
+    for e in spec
         .get("endpoints")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
-        .iter()
-        .filter_map(|e| e.as_str()?.parse::<SocketAddr>().ok())
-        .collect();
+    {
+        let address = e.as_str().or_else(|| e.get("address")?.as_str());
+        let Some(addr) = address.and_then(|a| a.parse::<SocketAddr>().ok()) else {
+            continue;
+        };
+        endpoints.push(addr);
+        let labels: std::collections::BTreeMap<String, String> = e
+            .get("labels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
+        if !labels.is_empty() {
+            endpoint_labels.insert(addr, labels);
+        }
+    }
     let export = exported.contains(&(cluster_name, namespace, meta.name.as_str()));
     Some((
         cluster,
@@ -187,6 +205,7 @@ fn local_service(
             key,
             ports,
             endpoints,
+            endpoint_labels,
             export,
         },
     ))
@@ -416,6 +435,8 @@ mod tests {
         assert!(odd.trust_bundle.is_empty() && odd.gateways.is_empty());
         assert!(snapshot.services.is_empty());
         assert!(snapshot.exports.is_empty());
-        assert_eq!(MeshState::new().compile(), MeshSnapshot::default());
+        let empty = MeshState::new().compile();
+        assert!(empty.clusters.is_empty() && empty.services.is_empty());
+        assert!(empty.members.is_empty() && empty.routes.services.is_empty());
     }
 }

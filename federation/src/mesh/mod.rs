@@ -6,16 +6,20 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ClusterName, LocalService, ServiceKey, ServicePort};
 use crate::resource::{Resource, ResourceKey};
+use crate::traffic::RouteTable;
 
 mod compile;
+mod routes;
 mod state;
 pub mod token;
 
+pub use routes::{parse_retry_on, resolve_host};
 pub use state::{MeshState, RETAINED, apply_keys, cluster_resource, resource_key};
 
 /// Who may do what through the admin API.
@@ -248,7 +252,7 @@ pub struct ClusterView {
 
 /// What the data plane and the Raft transport run on, compiled from the state after every
 /// applied write. Immutable; swapped in whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct MeshSnapshot {
     /// The Raft index it was compiled at.
     pub version: u64,
@@ -259,4 +263,6 @@ pub struct MeshSnapshot {
     /// What each cluster exports, by service (for importers: names and ports only).
     pub exports: BTreeMap<ClusterName, BTreeMap<ServiceKey, Vec<ServicePort>>>,
     pub members: Vec<Member>,
+    /// Compiled traffic policy, by service.
+    pub routes: Arc<RouteTable>,
 }

@@ -51,14 +51,26 @@ fn stream_request() -> impl Strategy<Value = StreamRequest> {
         // Deadlines after `UNIX_EPOCH`, which the tests use as "now".
         prop::option::of(1..u64::from(u32::MAX) * 1000),
         prop::option::of("[ -~]{1,60}"),
+        (
+            prop::option::of(label()),
+            prop::option::of(label()),
+            1..10u32,
+        ),
     )
         .prop_map(
-            |(name, ns, port, protocol, source, deadline, trace)| StreamRequest::Proxy {
-                service: ServiceKey::new(&name, &ns).expect("labels"),
-                port: ServicePort { port, protocol },
-                source,
-                deadline: deadline.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-                traceparent: trace,
+            |(name, ns, port, protocol, source, deadline, trace, (subset, route, attempt))| {
+                StreamRequest::Proxy {
+                    service: ServiceKey::new(&name, &ns).expect("labels"),
+                    port: ServicePort { port, protocol },
+                    source,
+                    deadline: deadline.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+                    traceparent: trace,
+                    choice: RouteChoice {
+                        subset,
+                        route,
+                        attempt,
+                    },
+                }
             },
         );
     prop_oneof![
@@ -239,6 +251,9 @@ fn a_deadline_at_the_end_of_time_does_not_overflow() {
         source_principal: "spiffe://east/a".into(),
         deadline_unix_ms: u64::MAX,
         traceparent: String::new(),
+        subset: String::new(),
+        route: String::new(),
+        attempt: 1,
     };
     let req = StreamRequest::from_preamble(p.clone(), SystemTime::now()).unwrap();
     assert_eq!(req.to_preamble(), p);
