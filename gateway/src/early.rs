@@ -30,6 +30,7 @@ use crate::preamble::{self, Verdict, VerdictCode};
 pub(crate) const MAX_REPLAYABLE_BODY: u64 = 64 * 1024;
 
 /// A request kept whole so it can be sent more than once.
+#[derive(Clone)]
 pub(crate) struct Replayable {
     parts: ::http::request::Parts,
     body: Bytes,
@@ -65,6 +66,29 @@ impl Replayable {
         *req.version_mut() = self.parts.version;
         *req.headers_mut() = self.parts.headers.clone();
         req
+    }
+
+    /// A copy for a mirror: the same request with `-shadow` appended to its Host, as Envoy
+    /// marks mirrored requests.
+    pub fn shadow(&self) -> Replayable {
+        let mut copy = self.clone();
+        if let Some(host) = copy
+            .parts
+            .headers
+            .get(::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            let shadow = match host.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("{h}-shadow:{port}")
+                }
+                _ => format!("{host}-shadow"),
+            };
+            if let Ok(value) = ::http::HeaderValue::from_str(&shadow) {
+                copy.parts.headers.insert(::http::header::HOST, value);
+            }
+        }
+        copy
     }
 
     /// Whether sending it twice is harmless (RFC 9110 §9.2.2), for failures before any verdict.

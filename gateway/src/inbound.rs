@@ -268,9 +268,13 @@ async fn serve_stream(
         .and_then(|req| authorize(req, peer))
         .and_then(|req| match &req {
             StreamRequest::Catalog { .. } => Ok((req, None)),
-            StreamRequest::Proxy { service, port, .. } => {
-                local_service(&snapshot, service, *port).map(|svc| (req, Some(svc)))
-            }
+            StreamRequest::Proxy {
+                service,
+                port,
+                choice,
+                ..
+            } => local_service(&snapshot, service, *port, choice.subset.as_deref())
+                .map(|svc| (req, Some(svc))),
         });
     let (request, service) = match decision {
         Ok(ok) => ok,
@@ -295,6 +299,7 @@ async fn serve_stream(
                 port,
                 source,
                 deadline,
+                choice,
                 ..
             },
             Some(svc),
@@ -342,6 +347,7 @@ async fn serve_stream(
                 Local::Http(upstream) => {
                     let call = Call {
                         service: &service,
+                        subset: choice.subset.as_deref().unwrap_or(""),
                         source: &source,
                         peer_cluster,
                         deadline,
@@ -373,6 +379,7 @@ fn local_service(
     snapshot: &Snapshot,
     service: &ServiceKey,
     port: ServicePort,
+    subset: Option<&str>,
 ) -> Result<Arc<LocalService>, Verdict> {
     let svc = snapshot
         .local
@@ -393,7 +400,22 @@ fn local_service(
             ),
         ));
     }
-    Ok(svc.clone())
+    let Some(subset) = subset else {
+        return Ok(svc.clone());
+    };
+    // The subset by this cluster's own reading of the DestinationRule: endpoints never leave
+    // their cluster, so only this gateway can pick them. A refusal sends the caller on to
+    // the next cluster that runs the subset.
+    snapshot
+        .policy
+        .subset(service, subset)
+        .and_then(|view| view.local.clone())
+        .ok_or_else(|| {
+            Verdict::refused(
+                VerdictCode::EndpointUnavailable,
+                format!("no endpoint of subset {subset:?} of {service} in this cluster"),
+            )
+        })
 }
 
 /// Tries each endpoint once, starting from a rotating index so load spreads.
@@ -427,6 +449,7 @@ pub(crate) async fn connect_endpoint(
 /// Who called what, as the accepted preamble says.
 struct Call<'a> {
     service: &'a ServiceKey,
+    subset: &'a str,
     source: &'a SpiffeId,
     peer_cluster: &'a str,
     deadline: Option<SystemTime>,
@@ -446,6 +469,7 @@ async fn serve_http(
 ) {
     let Call {
         service,
+        subset,
         source,
         peer_cluster,
         deadline,
@@ -503,7 +527,9 @@ async fn serve_http(
                 source_cluster: peer_cluster.to_string(),
                 destination_cluster: inbound.cluster.to_string(),
                 service: service.to_string(),
+                destination_subset: subset.to_string(),
                 response_code: response.status().as_u16(),
+                response_flags: "-".into(),
             };
             inbound.metrics.requests.get_or_create(&labels).inc();
             inbound

@@ -21,14 +21,18 @@ pub mod dns;
 pub mod drain;
 mod early;
 mod follow;
+mod forward;
 mod http;
 mod inbound;
 mod listen;
 mod long_line;
 pub mod metrics;
+mod mirror;
 mod outbound;
+pub(crate) mod policy;
 mod pool;
 pub mod preamble;
+mod routing;
 mod spin;
 mod tunnel;
 
@@ -314,7 +318,14 @@ impl Gateway {
             next_endpoint: AtomicUsize::new(0),
             limits: settings.clients,
             slots,
+            policy: Arc::new(policy::state::PolicyState::new()),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_MIRRORS_IN_FLIGHT)),
         });
+        tasks.spawn(forward::forget_departed(
+            outbound.policy.clone(),
+            snapshot_rx.clone(),
+            drain.clone(),
+        ));
         tasks.spawn(outbound::serve_http(
             outbound_listener,
             outbound.clone(),

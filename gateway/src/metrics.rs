@@ -35,7 +35,23 @@ pub struct RequestLabels {
     pub source_cluster: String,
     pub destination_cluster: String,
     pub service: String,
+    /// The DestinationRule subset the route chose; empty for the whole service.
+    pub destination_subset: String,
     pub response_code: u16,
+    /// Envoy's response flags, comma-separated (`UO`, `UF`, `URX`, `UH`, `UT`, `NR`, `DI`,
+    /// `FI`, ...), or `-`, as Istio's `response_flags` label.
+    pub response_flags: String,
+}
+
+/// A traffic policy engine's event, by service and subset.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub reporter: Reporter,
+    pub service: String,
+    pub destination_subset: String,
+    /// What happened: `retry`, `budget_exhausted`; for ejections the cluster or `endpoint`;
+    /// for overflows the limit (`requests`, `pending`, `retries`).
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +113,10 @@ pub struct Metrics {
     pub stream_refusals: Family<RefusalLabels, Counter>,
     pub listener_connections: Family<ListenerLabels, Gauge>,
     pub listener_refusals: Family<ListenerRefusalLabels, Counter>,
+    pub retries: Family<PolicyLabels, Counter>,
+    pub ejections: Family<PolicyLabels, Counter>,
+    pub overflows: Family<PolicyLabels, Counter>,
+    pub mirrored: Family<PolicyLabels, Counter>,
 }
 
 impl Metrics {
@@ -113,7 +133,31 @@ impl Metrics {
             stream_refusals: Family::default(),
             listener_connections: Family::default(),
             listener_refusals: Family::default(),
+            retries: Family::default(),
+            ejections: Family::default(),
+            overflows: Family::default(),
+            mirrored: Family::default(),
         };
+        registry.register(
+            "retries",
+            "Retries of HTTP requests by the route's retry policy (reason retry), and retries the retry budget refused (budget_exhausted)",
+            m.retries.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Ejections by outlier detection: whole clusters at the source gateway, endpoints at the destination",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "overflows",
+            "Requests answered 503 at once because a DestinationRule connection pool limit was reached",
+            m.overflows.clone(),
+        );
+        registry.register(
+            "mirrored_requests",
+            "Copies of requests sent to a mirror (sent), or dropped because too many were in flight (dropped)",
+            m.mirrored.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests proxied, by reporting hop, clusters, service and response code",

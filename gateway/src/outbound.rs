@@ -22,16 +22,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{NoRoute, Snapshot, Target, TargetKind};
+use federation::traffic::RouteAction;
+
+use crate::catalog::{Snapshot, Target, TargetKind};
 use crate::drain;
 use crate::early::{Replayable, VerdictFirst};
+use crate::forward::{self, Call, Ended, Flags, Pending};
 use crate::http::{self, Body, StatusCode};
 use crate::inbound::connect_endpoint;
 use crate::listen::{self, Accepted, ClientLimits, Kind, SharedTimer, TimedIo, Tracked};
 use crate::long_line::LongLine;
 use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
+use crate::mirror;
+use crate::policy::{self, Random, ThreadRandom};
 use crate::pool;
-use crate::preamble::{self, StreamRequest, VerdictCode};
+use crate::preamble::{self, RouteChoice, StreamRequest, VerdictCode};
+use crate::routing::{self, RequestView};
 use crate::spin::Spinner;
 
 pub(crate) struct Outbound {
@@ -50,6 +56,10 @@ pub(crate) struct Outbound {
     pub limits: ClientLimits,
     /// The client connection budget of the HTTP listener and every TCP service port.
     pub slots: listen::Slots,
+    /// Retry budgets, outlier detection and pool limits, kept across snapshots.
+    pub policy: Arc<policy::state::PolicyState>,
+    /// Mirrored requests in flight (see `mirror`).
+    pub mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a `Host` header points.
@@ -169,13 +179,16 @@ pub(crate) async fn serve_http(
     }
 }
 
-async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> http::Response<Body> {
+async fn route_http(
+    outbound: &Arc<Outbound>,
+    mut req: http::Request<Incoming>,
+) -> http::Response<Body> {
     let started = Instant::now();
     let host = match request_host(&req) {
         Ok(host) => host,
         Err(why) => return http::error_response(StatusCode::BAD_REQUEST, &why),
     };
-    let Some(route) = parse_host(&host) else {
+    let Some(target) = parse_host(&host) else {
         return http::error_response(
             StatusCode::NOT_FOUND,
             &format!(
@@ -184,169 +197,300 @@ async fn route_http(outbound: &Outbound, mut req: http::Request<Incoming>) -> ht
         );
     };
     let snapshot = outbound.snapshot.borrow().clone();
-    let targets =
-        match snapshot.targets(&route.service, Protocol::Http, None, route.cluster.as_ref()) {
-            Ok(found) => found,
-            Err(e) => {
-                let status = match e {
-                    NoRoute::Unknown { .. } => StatusCode::NOT_FOUND,
-                    NoRoute::NoPort { .. } => StatusCode::BAD_REQUEST,
-                    NoRoute::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                };
+    let mut flags = Flags::default();
+    let host_port = host
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let service_policy = snapshot.policy.routes.get(&target.service).cloned();
+    let routes = service_policy
+        .as_ref()
+        .map(|p| p.routes.as_slice())
+        .unwrap_or_default();
+
+    // Route choice, as Istio's caller-side proxy makes it. No VirtualService: one default
+    // route to the service itself.
+    let (route, matched) = if routes.is_empty() {
+        (None, None)
+    } else {
+        let view = RequestView::of(&req, &host, host_port);
+        match routing::select(routes, &view) {
+            Some((route, matched)) => (Some(route), matched),
+            None => {
+                flags.set(Flags::NO_ROUTE);
+                let from = service_policy
+                    .as_ref()
+                    .and_then(|p| p.routes_from.as_deref())
+                    .unwrap_or("its routes");
+                let resp = http::error_response(
+                    StatusCode::NOT_FOUND,
+                    &format!("no route of {from} matches this request"),
+                );
                 record(
                     outbound,
-                    &route.service,
+                    &target.service,
+                    "",
                     "unknown",
-                    status.as_u16(),
+                    &resp,
+                    flags,
                     started,
                 );
-                return http::error_response(status, &e.to_string());
+                return resp;
             }
-        };
+        }
+    };
+
+    let mut rng = ThreadRandom;
+    // Faults first: they stand for the destination failing, before anything else happens.
+    if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
+        let decision = policy::fault::decide(fault, &mut rng);
+        if let Some(delay) = decision.delay {
+            flags.set(Flags::DELAY_INJECTED);
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = decision.abort {
+            flags.set(Flags::FAULT_INJECTED);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let resp = http::error_response(status, "fault filter abort");
+            record(
+                outbound,
+                &target.service,
+                "",
+                "unknown",
+                &resp,
+                flags,
+                started,
+            );
+            return resp;
+        }
+    }
+
+    let destination = match route.map(|r| &r.action) {
+        None => None,
+        Some(RouteAction::Forward(weighted)) => {
+            let total = weighted.total();
+            match weighted.pick(rng.below(total)) {
+                Some(d) => Some(d),
+                None => {
+                    flags.set(Flags::NO_ROUTE);
+                    let resp = http::error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the matching route has no destination with weight",
+                    );
+                    record(
+                        outbound,
+                        &target.service,
+                        "",
+                        "unknown",
+                        &resp,
+                        flags,
+                        started,
+                    );
+                    return resp;
+                }
+            }
+        }
+        Some(RouteAction::Redirect(redirect)) => {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let location = routing::redirect_location(redirect, &host, path);
+            let mut resp = http::error_response(
+                StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                &format!("redirected to {location}"),
+            );
+            if let Ok(value) = ::http::HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(::http::header::LOCATION, value);
+            }
+            resp.headers_mut().remove("x-causeway-error");
+            record(
+                outbound,
+                &target.service,
+                "",
+                "unknown",
+                &resp,
+                flags,
+                started,
+            );
+            return resp;
+        }
+        Some(RouteAction::Direct { status, body }) => {
+            flags.set(Flags::DIRECT_RESPONSE);
+            let mut resp = http::Response::new(http::boxed(http_body_util::Full::new(
+                bytes::Bytes::from(body.clone().unwrap_or_default()),
+            )));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            record(
+                outbound,
+                &target.service,
+                "",
+                "unknown",
+                &resp,
+                flags,
+                started,
+            );
+            return resp;
+        }
+    };
+
     let traceparent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let deadline = deadline_of(req.headers());
+    // The client's own timeout header overrides the route's, as Envoy lets it.
+    let timeout = timeout_of(req.headers()).or(route.and_then(|r| r.timeout));
     let headers = req.headers_mut();
     http::strip_hop_by_hop(headers);
     // Only the destination gateway may vouch for a caller; whatever a client sent is dropped,
     // also on the path to a local endpoint.
     headers.remove(crate::inbound::SOURCE_PRINCIPAL_HEADER);
     headers.remove(crate::inbound::SOURCE_CLUSTER_HEADER);
-    // A small request is buffered so that it can ride right behind its preamble and be
-    // replayed on the next cluster if refused (see `early`); others wait for the verdict.
+    headers.remove(TIMEOUT_HEADER);
+    if let Some(route) = route {
+        routing::apply_header_ops(headers, &route.request_headers);
+        if let Some(d) = destination {
+            routing::apply_header_ops(headers, &d.request_headers);
+        }
+        if let Some(rewrite) = &route.rewrite {
+            let uri = routing::rewrite_uri(req.uri(), matched, rewrite);
+            *req.uri_mut() = uri;
+            if let Some(authority) = rewrite
+                .authority
+                .as_deref()
+                .and_then(|a| ::http::HeaderValue::from_str(a).ok())
+            {
+                req.headers_mut().insert(::http::header::HOST, authority);
+            }
+        }
+    }
+
+    let (service, subset, port) = match destination {
+        Some(d) => (d.service.clone(), d.subset.clone(), d.port),
+        None => (target.service.clone(), None, None),
+    };
+    // The destination's own policy (its DestinationRule), which may be another service's.
+    let rule = if service == target.service {
+        service_policy.as_ref().and_then(|p| p.destination.clone())
+    } else {
+        snapshot
+            .policy
+            .routes
+            .get(&service)
+            .and_then(|p| p.destination.clone())
+    };
+    let traffic = rule
+        .as_ref()
+        .map(|r| r.traffic_for(subset.as_deref()).clone())
+        .unwrap_or_default();
+    let call = Call {
+        service,
+        subset,
+        port,
+        // A cluster-specific name pins the call to that cluster, whatever the route says.
+        only_cluster: target.cluster.clone(),
+        route: route.map(|r| r.name.clone()),
+        retries: route.and_then(|r| r.retries.clone()),
+        budget: service_policy
+            .as_ref()
+            .and_then(|p| p.retry_budget)
+            .unwrap_or_default(),
+        pool: traffic.connection_pool,
+        outlier: traffic.outlier_detection,
+        traceparent,
+        deadline: timeout.map(|t| SystemTime::now() + t),
+    };
+
+    // A small request is buffered so that it can ride right behind its preamble, be retried,
+    // mirrored, and replayed on the next cluster if refused (see `early`); others wait for the
+    // verdict and go once.
     let mut client_fault = None;
-    let mut req = match Replayable::buffer(req).await {
+    let pending = match Replayable::buffer(req).await {
         Ok(Ok(replayable)) => Pending::Replayable(replayable),
         Ok(Err((streaming, fault))) => {
             client_fault = Some(fault);
             Pending::Streaming(Some(streaming))
         }
         Err(e) => {
-            record(outbound, &route.service, "unknown", 400, started);
-            return http::error_response(
+            let resp = http::error_response(
                 StatusCode::BAD_REQUEST,
                 &format!("reading the request body failed: {e}"),
             );
+            record(
+                outbound,
+                &call.service,
+                "",
+                "unknown",
+                &resp,
+                flags,
+                started,
+            );
+            return resp;
         }
     };
-    let start = outbound.next_target.fetch_add(1, Ordering::Relaxed);
-    let mut last_error = String::new();
-    for i in 0..targets.len() {
-        let target = &targets[(start + i) % targets.len()];
-        let dest = target.cluster(&outbound.cluster).to_string();
-        let sent = match (&target.kind, &mut req) {
-            (TargetKind::Remote { conn, .. }, Pending::Replayable(r)) => {
-                match send_early(
-                    outbound,
-                    conn,
-                    target,
-                    &route.service,
-                    r,
-                    traceparent.clone(),
-                    deadline,
-                )
-                .await
-                {
-                    Early::Answered(resp) => Ok(resp),
-                    Early::Failed(e) => Err(e),
-                    Early::TryNext(e) => {
-                        tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target refused; trying the next");
-                        last_error = format!("{dest}: {e}");
-                        continue;
-                    }
-                }
-            }
-            (_, pending) => {
-                let io = match open(
-                    outbound,
-                    target,
-                    &route.service,
-                    traceparent.clone(),
-                    deadline,
-                )
-                .await
-                {
-                    Ok(io) => io,
-                    Err(e) => {
-                        tracing::debug!(service = %route.service, cluster = %dest, error = %e, "target unavailable; trying the next");
-                        last_error = format!("{dest}: {e}");
-                        continue;
-                    }
-                };
-                let Some(request) = pending.take() else { break };
-                match io {
-                    Upstream::Pooled(conn) => outbound
-                        .pool
-                        .send(conn, request)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Upstream::Stream(io) => {
-                        let _awaiting = outbound.spinner.awaiting();
-                        http::send(io, request)
-                            .await
-                            .map(|r| r.map(http::boxed))
-                            .map_err(|e| e.to_string())
-                    }
-                }
-            }
-        };
-        let client_failed = client_fault.as_ref().and_then(|f| f.get());
-        let response = match (sent, client_failed) {
-            // The client's own body broke the forward (a malformed chunk): its fault, not the
-            // upstream's.
-            (Err(_), Some(why)) => http::error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("reading the request body failed: {why}"),
-            ),
-            (Ok(resp), _) => resp,
-            (Err(e), None) => http::error_response(
-                StatusCode::BAD_GATEWAY,
-                &format!("{} in {dest} failed: {e}", route.service),
-            ),
-        };
-        record(
-            outbound,
-            &route.service,
-            &dest,
-            response.status().as_u16(),
-            started,
-        );
-        return response;
+    if let (Some(route), Pending::Replayable(replayable)) = (route, &pending) {
+        mirror::send(outbound, &snapshot, &route.mirrors, replayable, &mut rng);
     }
-    record(outbound, &route.service, "unknown", 503, started);
-    http::error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!(
-            "no cluster serving {} accepted the request ({last_error})",
-            route.service
-        ),
-    )
-}
 
-/// A request not yet sent: replayable (buffered), or streaming (sent once, verdict first).
-enum Pending {
-    Replayable(Replayable),
-    Streaming(Option<http::Request<Body>>),
-}
-
-impl Pending {
-    fn take(&mut self) -> Option<http::Request<Body>> {
-        match self {
-            Pending::Replayable(r) => Some(r.request()),
-            Pending::Streaming(req) => req.take(),
+    let forwarding = forward::forward(outbound, &snapshot, &call, pending, flags);
+    let ended = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, forwarding).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                flags.set(Flags::TIMEOUT);
+                Ended {
+                    response: http::error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!(
+                            "upstream request timeout: {} did not answer within {limit:?}",
+                            call.service
+                        ),
+                    ),
+                    cluster: "unknown".into(),
+                    flags,
+                }
+            }
+        },
+        None => forwarding.await,
+    };
+    let Ended {
+        mut response,
+        cluster,
+        flags,
+    } = ended;
+    // The client's own body broke the forward (a malformed chunk): its fault, not the
+    // upstream's.
+    if let Some(why) = client_fault.as_ref().and_then(|f| f.get())
+        && response.headers().contains_key("x-causeway-error")
+    {
+        response = http::error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("reading the request body failed: {why}"),
+        );
+    }
+    if let Some(route) = route {
+        routing::apply_header_ops(response.headers_mut(), &route.response_headers);
+        if let Some(d) = destination {
+            routing::apply_header_ops(response.headers_mut(), &d.response_headers);
         }
     }
+    let subset = call.subset.as_deref().unwrap_or("");
+    record(
+        outbound,
+        &call.service,
+        subset,
+        &cluster,
+        &response,
+        flags,
+        started,
+    );
+    response
 }
 
 /// How an early request ended.
-enum Early {
+pub(crate) enum Early {
     /// The peer accepted and answered.
     Answered(http::Response<Body>),
     /// Refused, or failed before the peer could have acted on it: the next cluster may try.
-    TryNext(String),
+    /// `true` when the tunnel failed (a connect failure) rather than the peer refusing.
+    TryNext(String, bool),
     /// Accepted (or possibly acted on) and then failed: not to be sent again.
     Failed(String),
 }
@@ -358,6 +502,7 @@ fn proxy_request(
     service: &ServiceKey,
     traceparent: Option<String>,
     deadline: Option<SystemTime>,
+    choice: RouteChoice,
 ) -> StreamRequest {
     StreamRequest::Proxy {
         service: service.clone(),
@@ -365,10 +510,7 @@ fn proxy_request(
         source: outbound.svid.borrow().id().clone(),
         deadline,
         traceparent,
-        choice: preamble::RouteChoice {
-            attempt: 1,
-            ..Default::default()
-        },
+        choice,
     }
 }
 
@@ -385,25 +527,31 @@ async fn open_stream(
 }
 
 /// Sends a replayable request right behind its preamble; see `early`.
-async fn send_early(
+pub(crate) async fn send_early(
     outbound: &Outbound,
     conn: &quinn::Connection,
     target: &Target,
-    service: &ServiceKey,
+    call: &Call,
     replayable: &Replayable,
-    traceparent: Option<String>,
-    deadline: Option<SystemTime>,
+    choice: RouteChoice,
 ) -> Early {
-    let request = proxy_request(outbound, target, service, traceparent, deadline);
+    let request = proxy_request(
+        outbound,
+        target,
+        &call.service,
+        call.traceparent.clone(),
+        call.deadline,
+        choice,
+    );
     let opened = tokio::time::timeout(outbound.verdict_timeout, open_stream(conn, &request)).await;
     let (send, recv) = match opened {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Early::TryNext(format!("tunnel: {e}")),
+        Ok(Err(e)) => return Early::TryNext(format!("tunnel: {e}"), true),
         Err(_) => {
-            return Early::TryNext(format!(
-                "tunnel: no stream within {:?}",
-                outbound.verdict_timeout
-            ));
+            return Early::TryNext(
+                format!("tunnel: no stream within {:?}", outbound.verdict_timeout),
+                true,
+            );
         }
     };
     let (recv, seen) = VerdictFirst::new(recv, outbound.verdict_timeout);
@@ -416,17 +564,20 @@ async fn send_early(
         .take();
     match (result, verdict) {
         (Ok(resp), _) => Early::Answered(resp.map(http::boxed)),
-        (Err(_), Some(v)) if v.decision() != VerdictCode::Accepted => Early::TryNext(format!(
-            "refused by the peer gateway ({}): {}",
-            v.decision().as_label(),
-            v.reason
-        )),
-        (Err(e), None) if replayable.idempotent() => Early::TryNext(format!("tunnel: {e}")),
+        (Err(_), Some(v)) if v.decision() != VerdictCode::Accepted => Early::TryNext(
+            format!(
+                "refused by the peer gateway ({}): {}",
+                v.decision().as_label(),
+                v.reason
+            ),
+            false,
+        ),
+        (Err(e), None) if replayable.idempotent() => Early::TryNext(format!("tunnel: {e}"), true),
         // A gateway that shuts down closes its endpoint only once every stream it accepted has
         // finished: a stream still without a verdict then was never acted on, so even a POST
         // may go to the next cluster.
         (Err(e), None) if closed_by_shutdown(conn) => {
-            Early::TryNext(format!("tunnel: {e} (the peer gateway shut down)"))
+            Early::TryNext(format!("tunnel: {e} (the peer gateway shut down)"), false)
         }
         (Err(e), _) => Early::Failed(e.to_string()),
     }
@@ -444,9 +595,9 @@ fn closed_by_shutdown(conn: &quinn::Connection) -> bool {
 /// Envoy's per-request timeout header, which Istio users already send.
 const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
 
-/// The caller's deadline, from [`TIMEOUT_HEADER`] if present. It travels in the preamble and
-/// bounds the destination's call to its endpoint.
-fn deadline_of(headers: &::http::HeaderMap) -> Option<SystemTime> {
+/// The caller's own timeout, from [`TIMEOUT_HEADER`] if present. With the route's, it makes
+/// the deadline that travels in the preamble and bounds the destination's call too.
+fn timeout_of(headers: &::http::HeaderMap) -> Option<std::time::Duration> {
     let ms: u64 = headers
         .get(TIMEOUT_HEADER)?
         .to_str()
@@ -454,16 +605,26 @@ fn deadline_of(headers: &::http::HeaderMap) -> Option<SystemTime> {
         .trim()
         .parse()
         .ok()?;
-    (ms > 0).then(|| SystemTime::now() + std::time::Duration::from_millis(ms))
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
 }
 
-fn record(outbound: &Outbound, service: &ServiceKey, dest: &str, code: u16, started: Instant) {
+fn record(
+    outbound: &Outbound,
+    service: &ServiceKey,
+    subset: &str,
+    dest: &str,
+    response: &http::Response<Body>,
+    flags: Flags,
+    started: Instant,
+) {
     let labels = RequestLabels {
         reporter: Reporter::Source,
         source_cluster: outbound.cluster.to_string(),
         destination_cluster: dest.to_string(),
         service: service.to_string(),
-        response_code: code,
+        destination_subset: subset.to_string(),
+        response_code: response.status().as_u16(),
+        response_flags: flags.label(),
     };
     outbound.metrics.requests.get_or_create(&labels).inc();
     outbound
@@ -485,6 +646,13 @@ pub(crate) enum Upstream {
 pub(crate) enum Stream {
     Local(TcpStream),
     Tunnel(tokio::io::Join<quinn::RecvStream, quinn::SendStream>),
+}
+
+impl OpenError {
+    /// Whether the peer gateway refused (it acted on nothing) rather than being unreachable.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, OpenError::Refused(..))
+    }
 }
 
 impl tokio::io::AsyncRead for Stream {
@@ -547,9 +715,8 @@ pub(crate) enum OpenError {
 pub(crate) async fn open(
     outbound: &Outbound,
     target: &Target,
-    service: &ServiceKey,
-    traceparent: Option<String>,
-    deadline: Option<SystemTime>,
+    call: &Call,
+    choice: RouteChoice,
 ) -> Result<Upstream, OpenError> {
     let opening = async {
         match &target.kind {
@@ -566,7 +733,14 @@ pub(crate) async fn open(
                     .ok_or(OpenError::NoEndpoint)
             }
             TargetKind::Remote { conn, .. } => {
-                let request = proxy_request(outbound, target, service, traceparent, deadline);
+                let request = proxy_request(
+                    outbound,
+                    target,
+                    &call.service,
+                    call.traceparent.clone(),
+                    call.deadline,
+                    choice,
+                );
                 let (send, mut recv) = open_stream(conn, &request)
                     .await
                     .map_err(OpenError::Tunnel)?;
@@ -699,7 +873,12 @@ async fn proxy_tcp(
     for i in 0..targets.len() {
         let target = &targets[(start + i) % targets.len()];
         let dest = target.cluster(&outbound.cluster).to_string();
-        match open(outbound, target, service, None, None).await {
+        let call = Call::tcp(service, port);
+        let choice = RouteChoice {
+            attempt: 1,
+            ..RouteChoice::default()
+        };
+        match open(outbound, target, &call, choice).await {
             Ok(Upstream::Pooled(_)) => {
                 // open() pools only HTTP targets; a TCP port never gets one.
                 errors.push(format!("{dest}: not a TCP target"));

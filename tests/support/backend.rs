@@ -7,9 +7,19 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Starts an HTTP/1.1 echo on `ip:0`. It answers `name` (e.g. "west-v1") in the first line of
-/// the body, then the request line and headers it received. `GET /slow/<ms>` waits first.
+/// the body, then the request line and headers it received. A path that starts with
+/// `/slow/<ms>` waits first; `/status/<code>` answers that status; `/fail-every/<n>` makes
+/// every n-th such request this backend serves answer 503 (the path prefixes combine in that
+/// order: `/fail-every/2/x`, `/status/503/x`).
 pub fn http_echo(ip: &str, name: &str) -> SocketAddr {
-    start_http_echo(ip, name, None)
+    start_http_echo(ip, name, None, None)
+}
+
+/// [`http_echo`] that answers `status` to every request, whatever its path: a broken
+/// backend.
+#[allow(dead_code)] // not every test crate uses it
+pub fn http_failing(ip: &str, name: &str, status: u16) -> SocketAddr {
+    start_http_echo(ip, name, None, Some(status))
 }
 
 /// [`http_echo`] that also sends the path of every request it has read, before answering:
@@ -17,24 +27,54 @@ pub fn http_echo(ip: &str, name: &str) -> SocketAddr {
 #[allow(dead_code)] // not every test crate uses it
 pub fn http_echo_reporting(ip: &str, name: &str) -> (SocketAddr, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel();
-    (start_http_echo(ip, name, Some(tx)), rx)
+    (start_http_echo(ip, name, Some(tx), None), rx)
 }
 
-fn start_http_echo(ip: &str, name: &str, seen: Option<mpsc::Sender<String>>) -> SocketAddr {
+fn start_http_echo(
+    ip: &str,
+    name: &str,
+    seen: Option<mpsc::Sender<String>>,
+    fixed: Option<u16>,
+) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0)).expect("bind backend");
     let addr = listener.local_addr().expect("addr");
     let name = name.to_string();
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let name = name.clone();
             let seen = seen.clone();
-            std::thread::spawn(move || serve_http(stream, &name, seen));
+            let counter = counter.clone();
+            std::thread::spawn(move || serve_http(stream, &name, seen, &counter, fixed));
         }
     });
     addr
 }
 
-fn serve_http(stream: TcpStream, name: &str, seen: Option<mpsc::Sender<String>>) {
+/// The status a request's path asks for (see [`http_echo`]); `n` counts `/fail-every`
+/// requests.
+fn status_for(path: &str, n: &std::sync::atomic::AtomicU64) -> u16 {
+    let mut parts = path.trim_start_matches('/').split('/');
+    match (
+        parts.next(),
+        parts.next().and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some("status"), Some(code)) => code as u16,
+        (Some("fail-every"), Some(every)) if every > 0 => {
+            let seen = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if seen.is_multiple_of(every) { 503 } else { 200 }
+        }
+        _ => 200,
+    }
+}
+
+fn serve_http(
+    stream: TcpStream,
+    name: &str,
+    seen: Option<mpsc::Sender<String>>,
+    counter: &std::sync::atomic::AtomicU64,
+    fixed: Option<u16>,
+) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     loop {
@@ -71,15 +111,25 @@ fn serve_http(stream: TcpStream, name: &str, seen: Option<mpsc::Sender<String>>)
         if let Some(seen) = &seen {
             let _ = seen.send(path.clone());
         }
-        if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
-            std::thread::sleep(Duration::from_millis(ms));
+        let mut rest = path.as_str();
+        if let Some(after) = rest.strip_prefix("/slow/") {
+            let (ms, tail) = after.split_once('/').unwrap_or((after, ""));
+            if let Ok(ms) = ms.parse() {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            rest = if tail.is_empty() {
+                "/"
+            } else {
+                &after[after.len() - tail.len() - 1..]
+            };
         }
+        let status = fixed.unwrap_or_else(|| status_for(rest, counter));
         let body = format!(
             "{name}\n{request_line}{headers}body-bytes: {}\n",
             body_in.len()
         );
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n{body}",
             body.len()
         );
         if writer.write_all(resp.as_bytes()).is_err() {
