@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::schema::{NOT_ENFORCED, Report, Shape, StrRule, child, found, unknown_field, walk};
 use super::{
     FieldError, Kind, KindInfo, NATIVE_GROUP, ObjectMeta, Resource, ResourceKey, Scope, istio,
-    names, native,
+    linkerd, names, native, smi, traffic,
 };
 
 /// A document that passed validation, ready to store.
@@ -42,8 +42,38 @@ const METADATA_FIELDS: &[&str] = &[
     "managedFields",
 ];
 
-/// Validates one document completely; every error with its dotted field path.
+/// The namespace a namespaced document without `metadata.namespace` gets when nothing else
+/// names one, as in Kubernetes.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Where documents without `metadata.namespace` go, as kubectl decides it: `-n`, else the
+/// CLI context's namespace, else [`DEFAULT_NAMESPACE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespacing<'a> {
+    /// Given to a namespaced document that names none. Must be a DNS label (the caller checks).
+    pub namespace: &'a str,
+    /// The request named it (`-n`, `?namespace=`): a document naming another namespace is
+    /// refused, as kubectl refuses it. A context's namespace or the default only fills in.
+    pub enforce: bool,
+}
+
+impl Default for Namespacing<'_> {
+    fn default() -> Self {
+        Self {
+            namespace: DEFAULT_NAMESPACE,
+            enforce: false,
+        }
+    }
+}
+
+/// Validates one document completely; every error with its dotted field path. A namespaced
+/// document without a namespace goes to [`DEFAULT_NAMESPACE`].
 pub fn validate(doc: Value) -> Result<Checked, Vec<FieldError>> {
+    validate_in(doc, Namespacing::default())
+}
+
+/// [`validate`], with the request's namespace rules.
+pub fn validate_in(doc: Value, namespacing: Namespacing<'_>) -> Result<Checked, Vec<FieldError>> {
     let Value::Object(top) = doc else {
         return Err(vec![FieldError {
             field: String::new(),
@@ -74,7 +104,7 @@ pub fn validate(doc: Value) -> Result<Checked, Vec<FieldError>> {
         },
         _ => None,
     };
-    let metadata = check_metadata(top.get("metadata"), kind, &mut report);
+    let metadata = check_metadata(top.get("metadata"), kind, namespacing, &mut report);
     match top.get("spec") {
         None => report.error(
             "spec",
@@ -295,6 +325,7 @@ fn optional_string(
 fn check_metadata(
     value: Option<&Value>,
     kind: Option<Kind>,
+    namespacing: Namespacing<'_>,
     report: &mut Report,
 ) -> Option<ObjectMeta> {
     let Some(value) = value else {
@@ -324,13 +355,17 @@ fn check_metadata(
             names::check_label(name)
         } else {
             names::check_subdomain(name)
-        };
+        }
+        .and_then(|()| match kind {
+            Some(Kind::LinkerdServiceProfile) => linkerd::check_name(name),
+            _ => Ok(()),
+        });
         if let Err(reason) = checked {
             report.error("metadata.name", reason);
         }
     }
 
-    let namespace = scoped_name(map, "namespace", info, report);
+    let namespace = namespace(map, info, namespacing, report);
     let cluster = scoped_name(map, "cluster", info, report);
     let labels = string_map(map, "labels", report, Some(names::check_label_value));
     let annotations = string_map(map, "annotations", report, None);
@@ -360,6 +395,32 @@ fn check_metadata(
         creation_timestamp: None,
         update_timestamp: None,
     })
+}
+
+/// `metadata.namespace`: as [`scoped_name`], but a namespaced document without one gets the
+/// request's, and one naming another than an enforced request namespace is refused.
+fn namespace(
+    map: &Map<String, Value>,
+    info: Option<&KindInfo>,
+    namespacing: Namespacing<'_>,
+    report: &mut Report,
+) -> Option<String> {
+    let namespaced = info.is_some_and(|i| i.scope != Scope::Mesh);
+    match map.get("namespace") {
+        None if namespaced => Some(namespacing.namespace.to_string()),
+        Some(Value::String(given)) if namespacing.enforce && given != namespacing.namespace => {
+            report.error(
+                "metadata.namespace",
+                format!(
+                    "the document's namespace {given:?} does not match the request's namespace \
+                     {:?} (-n or ?namespace=); remove metadata.namespace or make them agree",
+                    namespacing.namespace
+                ),
+            );
+            None
+        }
+        _ => scoped_name(map, "namespace", info, report),
+    }
 }
 
 /// `metadata.namespace` or `metadata.cluster`: a DNS label, required or forbidden by scope.
@@ -454,6 +515,8 @@ fn schema(kind: Kind) -> (&'static Shape, bool) {
         Kind::IstioDestinationRule => (&istio::DESTINATION_RULE, false),
         Kind::IstioAuthorizationPolicy => (&istio::AUTHORIZATION_POLICY, false),
         Kind::IstioPeerAuthentication => (&istio::PEER_AUTHENTICATION, false),
+        Kind::LinkerdServiceProfile => (&linkerd::SERVICE_PROFILE, false),
+        Kind::SmiTrafficSplit => (&smi::TRAFFIC_SPLIT, false),
     }
 }
 
@@ -467,8 +530,16 @@ fn check_spec(kind: Option<Kind>, spec: &Value, report: &mut Report) {
     let (shape, enforced) = schema(kind);
     let warnings_before = report.warnings.len();
     walk(shape, spec, "spec", true, report);
-    if kind == Kind::IstioAuthorizationPolicy {
-        check_custom_action(spec, report);
+    // Rules across fields, which a shape cannot say.
+    match kind {
+        Kind::IstioVirtualService => traffic::virtual_service(spec, report),
+        Kind::IstioDestinationRule => traffic::destination_rule(spec, report),
+        Kind::Route => traffic::route(spec, report),
+        Kind::DestinationPolicy => traffic::destination_policy(spec, report),
+        Kind::LinkerdServiceProfile => linkerd::service_profile(spec, report),
+        Kind::SmiTrafficSplit => smi::traffic_split(spec, report),
+        Kind::IstioAuthorizationPolicy => check_custom_action(spec, report),
+        _ => {}
     }
     // A kind nothing enforces must not look enforced just because its spec is empty: an
     // Istio `AuthorizationPolicy` with `spec: {}` means "deny all" to Istio.

@@ -37,6 +37,33 @@ pub(crate) fn non_empty(s: &str) -> Result<(), String> {
     }
 }
 
+/// A duration as Istio's `ValidateDuration` takes it: at least 1ms, whole milliseconds.
+pub(crate) const MILLIS: Shape = Shape::Text {
+    what: "a duration such as \"5s\" or \"100ms\"",
+    check: check_millis,
+};
+
+pub(crate) fn check_millis(s: &str) -> Result<(), String> {
+    let d = super::schema::parse_duration(s)?;
+    if d < std::time::Duration::from_millis(1) {
+        Err(format!(
+            "{s:?} is shorter than 1ms, the least Istio accepts"
+        ))
+    } else if d.subsec_nanos() % 1_000_000 != 0 {
+        Err(format!(
+            "{s:?} is finer than a millisecond; Istio takes whole milliseconds"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A subset name: Istio requires a DNS label, since it ends up in Envoy cluster names.
+pub(crate) const SUBSET_NAME: Shape = Shape::Text {
+    what: "a subset name (a DNS label)",
+    check: super::names::check_label,
+};
+
 pub(crate) const LABEL_VALUE: Shape = Shape::Text {
     what: "a label value (a string)",
     check: super::names::check_label_value,
@@ -77,7 +104,7 @@ const PORT_SELECTOR: Shape = obj(&[field("number", PORT)]);
 
 const DESTINATION: Shape = obj(&[
     required("host", HOST),
-    field("subset", STR),
+    field("subset", SUBSET_NAME),
     field("port", PORT_SELECTOR),
 ]);
 
@@ -126,10 +153,14 @@ const REDIRECT: Shape = obj_with(
             "derivePort",
             Shape::Enum(&["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"]),
         ),
-        field("scheme", STR),
+        field("scheme", Shape::Enum(&["http", "https"])),
+        field("prefixRewrite", STR),
         field("redirectCode", Shape::Int { min: 300, max: 399 }),
     ],
-    &[at_most_one(&["port", "derivePort"])],
+    &[
+        at_most_one(&["port", "derivePort"]),
+        at_most_one(&["uri", "prefixRewrite"]),
+    ],
 );
 
 const HTTP_STATUS: Shape = Shape::Int { min: 200, max: 599 };
@@ -147,35 +178,66 @@ const DIRECT_RESPONSE: Shape = obj(&[
 
 const DELEGATE: Shape = obj(&[required("name", STR), field("namespace", STR)]);
 
-const REWRITE: Shape = obj(&[
-    field("uri", STR),
-    field("authority", STR),
-    field(
-        "uriRegexRewrite",
-        obj(&[field("match", STR), field("rewrite", STR)]),
-    ),
-]);
+const REWRITE: Shape = obj_with(
+    &[
+        field("uri", STR),
+        field("authority", STR),
+        field(
+            "uriRegexRewrite",
+            obj(&[required("match", STR), required("rewrite", STR)]),
+        ),
+    ],
+    &[at_most_one(&["uri", "uriRegexRewrite"])],
+);
 
 const RETRIES: Shape = obj(&[
     field("attempts", NON_NEGATIVE),
-    field("perTryTimeout", DURATION),
+    field("perTryTimeout", MILLIS),
     field("retryOn", STR),
     field("retryRemoteLocalities", BOOL),
+    field("retryIgnorePreviousHosts", BOOL),
+    field("backoff", MILLIS),
 ]);
 
 const FAULT_DELAY: Shape = obj_with(
     &[
-        required("fixedDelay", DURATION),
+        field("fixedDelay", MILLIS),
+        // Istio refuses it ("not supported yet"); known here so the error says so.
+        field("exponentialDelay", MILLIS),
         field("percentage", PERCENT),
         field("percent", PERCENT_INT),
     ],
-    &[at_most_one(&["percentage", "percent"])],
+    &[
+        exactly_one(&["fixedDelay", "exponentialDelay"]),
+        at_most_one(&["percentage", "percent"]),
+    ],
 );
+
+/// Envoy's gRPC status names, as Istio's `SupportedGRPCStatus` lists them.
+const GRPC_STATUS: Shape = Shape::Enum(&[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+]);
 
 const FAULT_ABORT: Shape = obj_with(
     &[
         field("httpStatus", HTTP_STATUS),
-        field("grpcStatus", STR),
+        field("grpcStatus", GRPC_STATUS),
         field("http2Error", STR),
         field("percentage", PERCENT),
     ],
@@ -212,7 +274,7 @@ const HTTP_ROUTE: Shape = obj_with(
         field("directResponse", DIRECT_RESPONSE).not_enforced(),
         field("delegate", DELEGATE).not_enforced(),
         field("rewrite", REWRITE).not_enforced(),
-        field("timeout", DURATION).not_enforced(),
+        field("timeout", MILLIS).not_enforced(),
         field("retries", RETRIES).not_enforced(),
         field("fault", FAULT).not_enforced(),
         field("mirror", DESTINATION).not_enforced(),
@@ -222,9 +284,9 @@ const HTTP_ROUTE: Shape = obj_with(
         field("corsPolicy", CORS_POLICY).not_enforced(),
         field("headers", HEADERS).not_enforced(),
     ],
+    // Which actions combine (route, redirect, directResponse, delegate) is Istio's
+    // `validateHTTPRouteConflict`, in `traffic::http_route`: a group cannot say "route unless empty".
     &[
-        // Istio: a rule routes, redirects, answers directly or delegates — exactly one.
-        exactly_one(&["route", "redirect", "directResponse", "delegate"]),
         at_most_one(&["mirror", "mirrors"]),
         at_most_one(&["mirrorPercentage", "mirrorPercent"]),
     ],
@@ -232,6 +294,7 @@ const HTTP_ROUTE: Shape = obj_with(
 
 const L4_MATCH: Shape = obj(&[
     field("destinationSubnets", STRINGS),
+    field("sourceSubnet", STR),
     field("port", PORT),
     field("sourceLabels", LABELS),
     field("gateways", STRINGS),
@@ -254,7 +317,7 @@ const ROUTE_DESTINATION: Shape = obj(&[
 
 const TCP_ROUTE: Shape = obj(&[
     field("match", list(&L4_MATCH)).not_enforced(),
-    field("route", list(&ROUTE_DESTINATION)).not_enforced(),
+    required("route", non_empty_list(&ROUTE_DESTINATION)).not_enforced(),
 ]);
 
 const TLS_ROUTE: Shape = obj(&[
@@ -263,6 +326,8 @@ const TLS_ROUTE: Shape = obj(&[
 ]);
 
 pub(crate) const VIRTUAL_SERVICE: Shape = obj(&[
+    // Required although Istio takes a VirtualService without hosts as a delegate: Causeway
+    // has no delegation, so such a document would route nothing (`traffic` says why).
     field("hosts", list(&HOST)),
     field("gateways", STRINGS).not_enforced(),
     field("http", list(&HTTP_ROUTE)),
@@ -404,6 +469,10 @@ const CONNECTION_POOL: Shape = obj(&[
             ),
             field("useClientProtocol", BOOL),
             field("maxConcurrentStreams", NON_NEGATIVE),
+            field(
+                "http2KeepAlive",
+                obj(&[field("interval", DURATION), field("timeout", DURATION)]),
+            ),
         ]),
     ),
 ]);
@@ -418,6 +487,10 @@ const OUTLIER_DETECTION: Shape = obj(&[
     field("baseEjectionTime", DURATION),
     field("maxEjectionPercent", PERCENT_INT),
     field("minHealthPercent", PERCENT_INT),
+    field(
+        "outlierDetectionHttpErrorCodes",
+        list(&Shape::Int { min: 100, max: 599 }),
+    ),
 ]);
 
 /// The per-feature fields shared by a traffic policy and its per-port overrides.
@@ -433,10 +506,28 @@ macro_rules! traffic_policy_fields {
     };
 }
 
-const PORT_TRAFFIC_POLICY: Shape = obj(traffic_policy_fields![field("port", PORT_SELECTOR)]);
+const PORT_TRAFFIC_POLICY: Shape = obj(traffic_policy_fields![required("port", PORT_SELECTOR)]);
 
 const TRAFFIC_POLICY_FIELDS: &[Field] = traffic_policy_fields![
     field("portLevelSettings", list(&PORT_TRAFFIC_POLICY)).not_enforced(),
+    field(
+        "retryBudget",
+        obj(&[
+            field(
+                "percent",
+                obj(&[field(
+                    "value",
+                    Shape::Num {
+                        min: 0.0,
+                        max: 100.0
+                    }
+                )])
+            ),
+            field("minRetryConcurrency", NON_NEGATIVE),
+            field("budgetInterval", DURATION),
+        ])
+    )
+    .not_enforced(),
     field(
         "tunnel",
         obj(&[
@@ -456,7 +547,7 @@ const TRAFFIC_POLICY_FIELDS: &[Field] = traffic_policy_fields![
 const TRAFFIC_POLICY: Shape = obj(TRAFFIC_POLICY_FIELDS);
 
 const SUBSET: Shape = obj(&[
-    required("name", STR),
+    required("name", SUBSET_NAME),
     field("labels", LABELS),
     field("trafficPolicy", TRAFFIC_POLICY),
 ]);

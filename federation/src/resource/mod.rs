@@ -14,18 +14,23 @@ use serde::{Deserialize, Serialize};
 mod check;
 pub mod depth;
 mod istio;
+mod linkerd;
 mod names;
 mod native;
 mod parse;
 #[cfg(test)]
 mod proptests;
 mod schema;
+mod smi;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
-pub use check::{Checked, key_of, validate};
+pub use check::{Checked, DEFAULT_NAMESPACE, Namespacing, key_of, validate, validate_in};
 pub use parse::parse_documents;
 pub use schema::{NOT_ENFORCED, parse_duration};
+pub use smi::parse_quantity;
+pub use traffic::build_regex;
 
 /// The `apiVersion` of Causeway's own kinds.
 pub const NATIVE_GROUP: &str = "causeway.dev";
@@ -50,6 +55,10 @@ pub enum Kind {
     IstioAuthorizationPolicy,
     /// `security.istio.io` PeerAuthentication.
     IstioPeerAuthentication,
+    /// `linkerd.io` ServiceProfile.
+    LinkerdServiceProfile,
+    /// `split.smi-spec.io` TrafficSplit.
+    SmiTrafficSplit,
 }
 
 /// Where a kind's names are unique.
@@ -84,6 +93,8 @@ pub struct KindInfo {
 const ISTIO_NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const ISTIO_SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 const NATIVE_VERSIONS: &[&str] = &["v1alpha1"];
+const LINKERD_VERSIONS: &[&str] = &["v1alpha2", "v1alpha1"];
+const SMI_SPLIT_VERSIONS: &[&str] = &["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"];
 
 static KINDS: &[KindInfo] = &[
     KindInfo {
@@ -192,6 +203,24 @@ static KINDS: &[KindInfo] = &[
         versions: ISTIO_SECURITY_VERSIONS,
         plural: "peerauthentications.security.istio.io",
         aliases: &["peerauthentication.security.istio.io", "pa"],
+        scope: Scope::Namespaced,
+    },
+    KindInfo {
+        kind: Kind::LinkerdServiceProfile,
+        name: "ServiceProfile",
+        group: "linkerd.io",
+        versions: LINKERD_VERSIONS,
+        plural: "serviceprofiles",
+        aliases: &["serviceprofile", "sp"],
+        scope: Scope::Namespaced,
+    },
+    KindInfo {
+        kind: Kind::SmiTrafficSplit,
+        name: "TrafficSplit",
+        group: "split.smi-spec.io",
+        versions: SMI_SPLIT_VERSIONS,
+        plural: "trafficsplits",
+        aliases: &["trafficsplit", "ts"],
         scope: Scope::Namespaced,
     },
 ];

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 
 use super::istio::{
-    DURATION, HOST, LABELS, NON_NEGATIVE, PORT, SELECTOR, STR, STRING_MATCH, STRINGS, WEIGHT,
-    non_empty,
+    DURATION, HOST, LABELS, MILLIS, NON_NEGATIVE, PORT, SELECTOR, STR, STRING_MATCH, STRINGS,
+    SUBSET_NAME, WEIGHT, non_empty,
 };
 use super::schema::{Shape, field, list, map, non_empty_list, obj, required};
 use crate::identity::{IdentityError, TrustBundles, TrustDomain};
@@ -83,9 +83,19 @@ const SERVICE_PORT: Shape = obj(&[
     field("targetPort", PORT),
 ]);
 
+/// An endpoint: `"ip:port"`, or `{address: "ip:port", labels: {version: v2}}` so that
+/// subsets (DestinationRule, DestinationPolicy) can select it by label.
+const ENDPOINT: Shape = Shape::Either(&[
+    SOCKET_ADDR,
+    obj(&[
+        required("address", SOCKET_ADDR),
+        field("labels", LABELS).not_enforced(),
+    ]),
+]);
+
 pub(crate) const SERVICE: Shape = obj(&[
     required("ports", non_empty_list(&SERVICE_PORT)),
-    field("endpoints", list(&SOCKET_ADDR)),
+    field("endpoints", list(&ENDPOINT)),
 ]);
 
 pub(crate) const SERVICE_EXPORT: Shape = obj(&[]);
@@ -105,13 +115,13 @@ const ROUTE_MATCH: Shape = obj(&[
 
 const ROUTE_DESTINATION: Shape = obj(&[
     required("service", SERVICE_NAME),
-    field("subset", STR),
+    field("subset", SUBSET_NAME),
     field("weight", WEIGHT),
 ]);
 
 const ROUTE_RETRIES: Shape = obj(&[
     required("attempts", NON_NEGATIVE),
-    field("perTryTimeout", DURATION),
+    field("perTryTimeout", MILLIS),
     field("retryOn", STR),
 ]);
 

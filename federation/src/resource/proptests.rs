@@ -31,6 +31,8 @@ const SEEDS: &[&str] = &[
     include_str!("../../../fuzz/corpus/resource/istio-strict-mtls-peerauthentication.yaml"),
     include_str!("../../../fuzz/corpus/resource/istio-subsets-destinationrule.json"),
     include_str!("../../../fuzz/corpus/resource/istio-subsets-destinationrule.yaml"),
+    include_str!("../../../fuzz/corpus/resource/linkerd-serviceprofile.json"),
+    include_str!("../../../fuzz/corpus/resource/linkerd-serviceprofile.yaml"),
     include_str!("../../../fuzz/corpus/resource/native-all.json"),
     include_str!("../../../fuzz/corpus/resource/native-all.yaml"),
     include_str!("../../../fuzz/corpus/resource/native-authorizationpolicy.json"),
@@ -45,10 +47,14 @@ const SEEDS: &[&str] = &[
     include_str!("../../../fuzz/corpus/resource/native-ratelimitpolicy.yaml"),
     include_str!("../../../fuzz/corpus/resource/native-route.json"),
     include_str!("../../../fuzz/corpus/resource/native-route.yaml"),
+    include_str!("../../../fuzz/corpus/resource/native-service-labelled.json"),
+    include_str!("../../../fuzz/corpus/resource/native-service-labelled.yaml"),
     include_str!("../../../fuzz/corpus/resource/native-service.json"),
     include_str!("../../../fuzz/corpus/resource/native-service.yaml"),
     include_str!("../../../fuzz/corpus/resource/native-serviceexport.json"),
     include_str!("../../../fuzz/corpus/resource/native-serviceexport.yaml"),
+    include_str!("../../../fuzz/corpus/resource/smi-trafficsplit.json"),
+    include_str!("../../../fuzz/corpus/resource/smi-trafficsplit.yaml"),
 ];
 
 /// Every seed document, parsed; each is valid.

@@ -51,6 +51,12 @@ pub(crate) enum Shape {
         key: Key,
         value: &'static Shape,
     },
+    /// Another shape, by reference: how a recursive shape (Linkerd's `not: <match>`) names
+    /// itself.
+    Ref(&'static Shape),
+    /// One of several shapes, chosen by the value's JSON type (the first that takes it): a
+    /// field written either as a string or as an object, such as a Service endpoint.
+    Either(&'static [Shape]),
 }
 
 /// An object with known fields.
@@ -275,6 +281,24 @@ pub(crate) fn walk(shape: &Shape, value: &Value, path: &str, warn: bool, report:
             }
             None => wrong_type(report),
         },
+        Shape::Ref(shape) => walk(shape, value, path, warn, report),
+        Shape::Either(shapes) => match shapes.iter().find(|s| takes_type(s, value)) {
+            Some(shape) => walk(shape, value, path, warn, report),
+            None => wrong_type(report),
+        },
+    }
+}
+
+/// Whether `value` has the JSON type `shape` describes (its content may still be wrong).
+fn takes_type(shape: &Shape, value: &Value) -> bool {
+    match shape {
+        Shape::Str | Shape::Duration | Shape::Enum(_) | Shape::Text { .. } => value.is_string(),
+        Shape::Int { .. } | Shape::Num { .. } => value.is_number(),
+        Shape::Bool => value.is_boolean(),
+        Shape::Obj(_) | Shape::Map { .. } => value.is_object(),
+        Shape::List { .. } => value.is_array(),
+        Shape::Ref(shape) => takes_type(shape, value),
+        Shape::Either(shapes) => shapes.iter().any(|s| takes_type(s, value)),
     }
 }
 
@@ -401,6 +425,8 @@ fn expected(shape: &Shape) -> String {
         Shape::Obj(_) => "an object".into(),
         Shape::List { .. } => "a list".into(),
         Shape::Map { .. } => "a map".into(),
+        Shape::Ref(shape) => expected(shape),
+        Shape::Either(shapes) => shapes.iter().map(expected).collect::<Vec<_>>().join(" or "),
     }
 }
 

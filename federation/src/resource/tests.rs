@@ -215,7 +215,7 @@ fn invalid_documents_are_refused_at_the_exact_field() {
     refused_at(&vs("  - timeout: 5s\n"), "spec.http[0]");
 
     let message = refused_at(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  namespace: prod\nspec: {}\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  namespace: prod\nspec: {hosts: [a], tcp: [{route: [{destination: {host: a}}]}]}\n",
         "metadata.name",
     );
     assert_eq!(message, "required field is missing");
@@ -604,4 +604,216 @@ spec:
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: p}\nspec:\n  portLevelMtls:\n    http: {mode: DISABLE}\n",
         "spec.portLevelMtls.http",
     );
+}
+const BOOKINFO: &[(&str, &str)] = &[
+    (
+        "destination-rule-all-mtls.yaml",
+        include_str!("../../../examples/bookinfo/destination-rule-all-mtls.yaml"),
+    ),
+    (
+        "destination-rule-all.yaml",
+        include_str!("../../../examples/bookinfo/destination-rule-all.yaml"),
+    ),
+    (
+        "destination-rule-reviews.yaml",
+        include_str!("../../../examples/bookinfo/destination-rule-reviews.yaml"),
+    ),
+    (
+        "fault-injection-details-v1.yaml",
+        include_str!("../../../examples/bookinfo/fault-injection-details-v1.yaml"),
+    ),
+    (
+        "virtual-service-all-v1.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-all-v1.yaml"),
+    ),
+    (
+        "virtual-service-details-v2.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-details-v2.yaml"),
+    ),
+    (
+        "virtual-service-ratings-db.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-ratings-db.yaml"),
+    ),
+    (
+        "virtual-service-ratings-mysql-vm.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-ratings-mysql-vm.yaml"),
+    ),
+    (
+        "virtual-service-ratings-mysql.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-ratings-mysql.yaml"),
+    ),
+    (
+        "virtual-service-ratings-test-abort.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-ratings-test-abort.yaml"),
+    ),
+    (
+        "virtual-service-ratings-test-delay.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-ratings-test-delay.yaml"),
+    ),
+    (
+        "virtual-service-reviews-50-v3.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-50-v3.yaml"),
+    ),
+    (
+        "virtual-service-reviews-80-20.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-80-20.yaml"),
+    ),
+    (
+        "virtual-service-reviews-90-10.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-90-10.yaml"),
+    ),
+    (
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-jason-v2-v3.yaml"),
+    ),
+    (
+        "virtual-service-reviews-test-v2.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-test-v2.yaml"),
+    ),
+    (
+        "virtual-service-reviews-v2-v3.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-v2-v3.yaml"),
+    ),
+    (
+        "virtual-service-reviews-v3.yaml",
+        include_str!("../../../examples/bookinfo/virtual-service-reviews-v3.yaml"),
+    ),
+];
+
+/// The Bookinfo networking samples, as istio/istio publishes them: no namespace, short hosts.
+#[test]
+fn every_bookinfo_sample_validates_into_the_default_namespace() {
+    let mut total = 0;
+    for (file, text) in BOOKINFO {
+        for (i, doc) in parse_documents(text).into_iter().enumerate() {
+            let doc = doc.unwrap_or_else(|e| panic!("{file}[{i}]: {e}"));
+            assert!(doc["metadata"].get("namespace").is_none(), "{file}[{i}]");
+            let checked = validate(doc).unwrap_or_else(|e| panic!("{file}[{i}]: {e:#?}"));
+            assert_eq!(checked.key.namespace, DEFAULT_NAMESPACE, "{file}[{i}]");
+            assert_eq!(
+                checked.resource.metadata.namespace.as_deref(),
+                Some(DEFAULT_NAMESPACE)
+            );
+            total += 1;
+        }
+    }
+    assert_eq!(total, 31);
+}
+
+#[test]
+fn namespaces_default_as_kubectl_does() {
+    let bare = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews"},
+        "spec": {"host": "reviews"},
+    });
+    let shop = Namespacing {
+        namespace: "shop",
+        enforce: false,
+    };
+    let dash_n = Namespacing {
+        namespace: "shop",
+        enforce: true,
+    };
+    assert_eq!(validate(bare.clone()).unwrap().key.namespace, "default");
+    assert_eq!(
+        validate_in(bare.clone(), shop).unwrap().key.namespace,
+        "shop"
+    );
+    assert_eq!(
+        validate_in(bare.clone(), dash_n).unwrap().key.namespace,
+        "shop"
+    );
+
+    let mut prod = bare.clone();
+    prod["metadata"]["namespace"] = json!("prod");
+    // A context's namespace only fills in; -n refuses a document naming another.
+    assert_eq!(
+        validate_in(prod.clone(), shop).unwrap().key.namespace,
+        "prod"
+    );
+    let errors = validate_in(prod, dash_n).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].field, "metadata.namespace");
+    assert!(
+        errors[0].message.starts_with(
+            "the document's namespace \"prod\" does not match the request's namespace \"shop\""
+        ),
+        "{}",
+        errors[0].message
+    );
+
+    // A mesh-wide kind takes no namespace, whatever the request says.
+    let cluster = json!({
+        "apiVersion": "causeway.dev/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": "east"},
+        "spec": {"trustDomain": "east.mesh", "trustBundle": trust_bundle()},
+    });
+    let checked = validate_in(cluster, dash_n).unwrap();
+    assert_eq!(checked.key.namespace, "");
+    assert_eq!(checked.resource.metadata.namespace, None);
+}
+
+#[test]
+fn service_endpoints_may_carry_labels() {
+    let service = |endpoints: Value| {
+        json!({
+            "apiVersion": "causeway.dev/v1alpha1",
+            "kind": "Service",
+            "metadata": {"name": "reviews", "namespace": "default", "cluster": "east"},
+            "spec": {"ports": [{"port": 9080, "protocol": "http"}], "endpoints": endpoints},
+        })
+    };
+    let doc = service(
+        json!(["10.0.0.1:9080", {"address": "10.0.0.2:9080", "labels": {"version": "v2"}}]),
+    );
+    let checked = validate(doc.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&checked.resource).unwrap(), doc);
+    let errors = errors_of(service(json!([
+        8080,
+        {"address": "10.0.0.2"},
+        {"labels": {"version": "v2"}},
+        {"address": "10.0.0.3:80", "labels": {"bad key!": "x"}},
+    ])));
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.endpoints[0]",
+            "spec.endpoints[1].address",
+            "spec.endpoints[2].address",
+            "spec.endpoints[3].labels[\"bad key!\"]",
+        ]
+    );
+    let message = &errors_of(service(json!([8080])))[0].message;
+    assert!(
+        message.starts_with("expected an address such as \"10.0.0.1:4433\" or an object"),
+        "{message}"
+    );
+}
+
+#[test]
+fn linkerd_and_smi_kinds_are_served() {
+    assert_eq!(
+        Kind::lookup("serviceprofiles"),
+        Some(Kind::LinkerdServiceProfile)
+    );
+    assert_eq!(Kind::lookup("sp"), Some(Kind::LinkerdServiceProfile));
+    assert_eq!(Kind::lookup("trafficsplits"), Some(Kind::SmiTrafficSplit));
+    assert_eq!(
+        Kind::from_api("split.smi-spec.io/v1alpha2", "TrafficSplit"),
+        Some(Kind::SmiTrafficSplit)
+    );
+    let message = refused_at(
+        "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web, namespace: shop}\nspec: {}\n",
+        "metadata.name",
+    );
+    assert!(message.contains("is not a service FQDN"), "{message}");
+    let split = checked(
+        "apiVersion: split.smi-spec.io/v1alpha1\nkind: TrafficSplit\nmetadata: {name: web}\nspec:\n  service: web\n  backends:\n  - {service: web-v1, weight: 500m}\n  - {service: web-v2, weight: 500m}\n",
+    );
+    assert_eq!(split.key.namespace, "default");
+    assert_eq!(warned(&split), ["spec.backends"]);
 }
