@@ -27,6 +27,7 @@ mod listen;
 mod long_line;
 pub mod metrics;
 mod outbound;
+pub(crate) mod policy;
 mod pool;
 pub mod preamble;
 mod spin;
