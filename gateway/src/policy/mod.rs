@@ -17,6 +17,7 @@
 // Removed once the data path drives every engine.
 #![allow(dead_code)]
 
+pub(crate) mod budget;
 pub(crate) mod retry;
 
 use rand::Rng;
