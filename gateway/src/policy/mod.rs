@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod budget;
+pub(crate) mod fault;
 pub(crate) mod limits;
 pub(crate) mod outlier;
 pub(crate) mod retry;
