@@ -19,6 +19,7 @@
 
 pub(crate) mod budget;
 pub(crate) mod fault;
+pub(crate) mod lb;
 pub(crate) mod limits;
 pub(crate) mod outlier;
 pub(crate) mod retry;
