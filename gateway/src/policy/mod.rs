@@ -23,6 +23,7 @@ pub(crate) mod lb;
 pub(crate) mod limits;
 pub(crate) mod outlier;
 pub(crate) mod retry;
+pub(crate) mod state;
 
 use rand::Rng;
 
