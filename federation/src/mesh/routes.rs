@@ -383,36 +383,56 @@ fn istio_retries(r: &Value) -> Option<RetryPolicy> {
     })
 }
 
-/// Envoy's `retry_on` list as Istio passes it. Bare status codes (`"503,5xx"`) are
-/// retriable status codes, as Istio reads them; gRPC conditions are accepted and mean nothing
-/// for HTTP/1.1 calls.
-pub fn parse_retry_on(text: &str) -> Result<(RetryOn, Vec<u16>), String> {
+/// gRPC conditions Istio accepts in `retryOn`. They act on the `grpc-status` of a response,
+/// which Causeway's HTTP/1 path does not read, so they are accepted and have no effect.
+const GRPC_CONDITIONS: [&str; 5] = [
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// Parses Istio's `retryOn`: a comma-separated list of Envoy conditions (`5xx`,
+/// `gateway-error`, `reset`, `connect-failure`, `refused-stream`, `retriable-4xx`,
+/// `retriable-status-codes`) and bare status codes, which Istio turns into
+/// `retriable-status-codes` with those codes (`"503,5xx"`). The gRPC conditions (`cancelled`,
+/// `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`) are accepted and
+/// ignored, as they only apply to gRPC. Blank items are skipped, as Envoy skips them.
+/// Anything else is refused, naming the word, as Istio's validation refuses it; codes must
+/// be HTTP statuses (100–599).
+pub fn parse_retry_on(s: &str) -> Result<(RetryOn, Vec<u16>), String> {
     let mut on = RetryOn::default();
-    let mut codes = Vec::new();
-    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+    let mut codes: Vec<u16> = Vec::new();
+    for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         match word {
             "5xx" => on.server_error = true,
             "gateway-error" => on.gateway_error = true,
-            "reset" | "reset-before-request" => on.reset = true,
+            "reset" => on.reset = true,
             "connect-failure" => on.connect_failure = true,
             "refused-stream" => on.refused_stream = true,
             "retriable-4xx" => on.retriable_4xx = true,
             "retriable-status-codes" => on.retriable_status_codes = true,
-            "cancelled"
-            | "deadline-exceeded"
-            | "internal"
-            | "resource-exhausted"
-            | "unavailable"
-            | "retriable-headers"
-            | "envoy-ratelimited"
-            | "http3-post-connect-failure" => {}
-            code => match code.parse::<u16>() {
-                Ok(c) if (100..600).contains(&c) => {
-                    on.retriable_status_codes = true;
-                    codes.push(c);
+            w if GRPC_CONDITIONS.contains(&w) => {}
+            w if w.bytes().all(|b| b.is_ascii_digit()) => {
+                let code = w
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| format!("retryOn: {w:?} is not an HTTP status code"))?;
+                on.retriable_status_codes = true;
+                if !codes.contains(&code) {
+                    codes.push(code);
                 }
-                _ => return Err(format!("unknown retryOn condition {code:?}")),
-            },
+            }
+            w => {
+                return Err(format!(
+                    "retryOn: unknown condition {w:?} (known: 5xx, gateway-error, reset, \
+                     connect-failure, refused-stream, retriable-4xx, retriable-status-codes, \
+                     status codes, and the gRPC conditions {})",
+                    GRPC_CONDITIONS.join(", ")
+                ));
+            }
         }
     }
     Ok((on, codes))

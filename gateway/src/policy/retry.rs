@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use federation::traffic::{RetryOn, RetryPolicy};
+use federation::traffic::RetryPolicy;
 
 use super::{Random, unit_clamped};
 
@@ -73,61 +73,6 @@ pub(crate) fn may_retry(policy: &RetryPolicy, failure: &Failure, retries_done: u
     retries_done < policy.attempts && is_retriable(policy, failure)
 }
 
-/// gRPC conditions Istio accepts in `retryOn`. They act on the `grpc-status` of a response,
-/// which Causeway's HTTP/1 path does not read, so they are accepted and have no effect.
-const GRPC_CONDITIONS: [&str; 5] = [
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-];
-
-/// Parses Istio's `retryOn`: a comma-separated list of Envoy conditions (`5xx`,
-/// `gateway-error`, `reset`, `connect-failure`, `refused-stream`, `retriable-4xx`,
-/// `retriable-status-codes`) and bare status codes, which Istio turns into
-/// `retriable-status-codes` with those codes (`"503,5xx"`). The gRPC conditions (`cancelled`,
-/// `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`) are accepted and
-/// ignored, as they only apply to gRPC. Blank items are skipped, as Envoy skips them.
-/// Anything else is refused, naming the word, as Istio's validation refuses it; codes must
-/// be HTTP statuses (100–599).
-pub(crate) fn parse_retry_on(s: &str) -> Result<(RetryOn, Vec<u16>), String> {
-    let mut on = RetryOn::default();
-    let mut codes: Vec<u16> = Vec::new();
-    for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        match word {
-            "5xx" => on.server_error = true,
-            "gateway-error" => on.gateway_error = true,
-            "reset" => on.reset = true,
-            "connect-failure" => on.connect_failure = true,
-            "refused-stream" => on.refused_stream = true,
-            "retriable-4xx" => on.retriable_4xx = true,
-            "retriable-status-codes" => on.retriable_status_codes = true,
-            w if GRPC_CONDITIONS.contains(&w) => {}
-            w if w.bytes().all(|b| b.is_ascii_digit()) => {
-                let code = w
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| format!("retryOn: {w:?} is not an HTTP status code"))?;
-                on.retriable_status_codes = true;
-                if !codes.contains(&code) {
-                    codes.push(code);
-                }
-            }
-            w => {
-                return Err(format!(
-                    "retryOn: unknown condition {w:?} (known: 5xx, gateway-error, reset, \
-                     connect-failure, refused-stream, retriable-4xx, retriable-status-codes, \
-                     status codes, and the gRPC conditions {})",
-                    GRPC_CONDITIONS.join(", ")
-                ));
-            }
-        }
-    }
-    Ok((on, codes))
-}
-
 /// How long to wait before retry number `retry` (1 for the first retry).
 ///
 /// Envoy's `JitteredExponentialBackOffStrategy`: the ceiling starts at the base interval and
@@ -172,9 +117,11 @@ pub(crate) fn backoff_ceiling(policy: &RetryPolicy, retry: u32) -> Duration {
 mod tests {
     use super::super::testing::{Scripted, Seeded};
     use super::*;
+    use federation::traffic::RetryOn;
 
     fn policy(retry_on: &str) -> RetryPolicy {
-        let (retry_on, retriable_status_codes) = parse_retry_on(retry_on).unwrap();
+        let (retry_on, retriable_status_codes) =
+            federation::mesh::parse_retry_on(retry_on).unwrap();
         RetryPolicy {
             attempts: 2,
             per_try_timeout: None,
@@ -260,19 +207,20 @@ mod tests {
 
     #[test]
     fn retry_on_parses_as_istio_does() {
-        let (on, codes) = parse_retry_on(" 503 , 5xx,,gateway-error,503,429").unwrap();
+        let (on, codes) =
+            federation::mesh::parse_retry_on(" 503 , 5xx,,gateway-error,503,429").unwrap();
         assert!(on.server_error && on.gateway_error && on.retriable_status_codes);
         assert!(!on.reset && !on.connect_failure);
         assert_eq!(codes, [503, 429]);
         // Istio's default policy parses, its gRPC words ignored.
-        let (on, codes) = parse_retry_on(
+        let (on, codes) = federation::mesh::parse_retry_on(
             "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
         )
         .unwrap();
         assert!(on.connect_failure && on.refused_stream && on.retriable_status_codes);
         assert!(!on.server_error);
         assert!(codes.is_empty());
-        let all = parse_retry_on(
+        let all = federation::mesh::parse_retry_on(
             "5xx,gateway-error,reset,connect-failure,refused-stream,retriable-4xx,retriable-status-codes,deadline-exceeded,internal,resource-exhausted",
         )
         .unwrap()
@@ -293,12 +241,12 @@ mod tests {
 
     #[test]
     fn unknown_conditions_are_refused_by_name() {
-        let err = parse_retry_on("5xx,retry-everything").unwrap_err();
+        let err = federation::mesh::parse_retry_on("5xx,retry-everything").unwrap_err();
         assert!(err.contains("\"retry-everything\""), "{err}");
-        let err = parse_retry_on("999").unwrap_err();
+        let err = federation::mesh::parse_retry_on("999").unwrap_err();
         assert!(err.contains("\"999\""), "{err}");
-        assert!(parse_retry_on("70000").is_err());
-        assert!(parse_retry_on("5XX").is_err());
+        assert!(federation::mesh::parse_retry_on("70000").is_err());
+        assert!(federation::mesh::parse_retry_on("5XX").is_err());
     }
 
     #[test]
