@@ -1,5 +1,7 @@
 //! Compiles the traffic policy kinds into the typed [`RouteTable`]: Istio's VirtualService and
-//! DestinationRule as written, and Causeway's own `Route` and `DestinationPolicy`.
+//! DestinationRule as written, Causeway's own `Route` and `DestinationPolicy`, Linkerd's
+//! `ServiceProfile` (routes with `isRetryable` and `timeout`, `retryBudget`) and SMI's
+//! `TrafficSplit` (a weighted split of an apex service over backend services).
 //!
 //! Lenient like the rest of the compiler: resources were validated before they were committed,
 //! so a part that does not compile here is skipped with a warning instead of taking the table
@@ -14,12 +16,12 @@ use serde_json::Value;
 
 use super::MeshState;
 use crate::model::ServiceKey;
-use crate::resource::parse_duration;
 use crate::resource::{Kind, Resource};
+use crate::resource::{parse_duration, parse_quantity};
 use crate::traffic::{
     ConnectionPool, DestinationPolicy, Fault, FaultAbort, FaultDelay, HashOn, HeaderOps, HttpRoute,
-    LoadBalancer, LocalityLb, Mirror, OutlierDetection, Redirect, RequestMatch, RetryOn,
-    RetryPolicy, Rewrite, RouteAction, RouteDestination, RouteTable, StringMatch, Subset,
+    LoadBalancer, LocalityLb, Mirror, OutlierDetection, Redirect, RequestMatch, RetryBudget,
+    RetryOn, RetryPolicy, Rewrite, RouteAction, RouteDestination, RouteTable, StringMatch, Subset,
     TrafficPolicy, WeightedDestinations,
 };
 
@@ -47,16 +49,51 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
     let mut routes: HashMap<ServiceKey, (Claim, Vec<HttpRoute>)> = HashMap::new();
     let mut rules: HashMap<ServiceKey, (Claim, DestinationPolicy)> = HashMap::new();
 
-    for kind in [Kind::IstioVirtualService, Kind::Route] {
+    let mut budgets: HashMap<ServiceKey, RetryBudget> = HashMap::new();
+    for kind in [
+        Kind::IstioVirtualService,
+        Kind::Route,
+        Kind::SmiTrafficSplit,
+        Kind::LinkerdServiceProfile,
+    ] {
         for resource in state.list(kind, None, None) {
             let Some(ns) = resource.metadata.namespace.as_deref() else {
                 continue;
             };
             let claim = Claim::of(resource);
-            let hosts = strings(resource.spec.get("hosts"));
-            let compiled = match kind {
-                Kind::Route => native_routes(&resource.spec, ns),
-                _ => istio_routes(&resource.spec, ns),
+            let (hosts, compiled): (Vec<&str>, Vec<HttpRoute>) = match kind {
+                Kind::Route => (
+                    strings(resource.spec.get("hosts")).collect(),
+                    native_routes(&resource.spec, ns),
+                ),
+                Kind::SmiTrafficSplit => (
+                    resource
+                        .spec
+                        .get("service")
+                        .and_then(Value::as_str)
+                        .into_iter()
+                        .collect(),
+                    traffic_split(&resource.spec, ns).into_iter().collect(),
+                ),
+                Kind::LinkerdServiceProfile => {
+                    // A profile is named by the FQDN of its service.
+                    let host = resource.metadata.name.as_str();
+                    if let (Some(key), Some(budget)) = (
+                        resolve_host(host, ns),
+                        resource.spec.get("retryBudget").and_then(retry_budget),
+                    ) {
+                        budgets.insert(key, budget);
+                    }
+                    let routes = profile_routes(&resource.spec, host, ns);
+                    if routes.is_empty() {
+                        continue;
+                    }
+                    (vec![host], routes)
+                }
+                _ => (
+                    strings(resource.spec.get("hosts")).collect(),
+                    istio_routes(&resource.spec, ns),
+                ),
             };
             for host in hosts {
                 let Some(key) = resolve_host(host, ns) else {
@@ -97,6 +134,10 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
     for (key, (_, rule)) in rules {
         let entry = table.services.entry(key).or_default();
         Arc::make_mut(entry).destination = Some(Arc::new(rule));
+    }
+    for (key, budget) in budgets {
+        let entry = table.services.entry(key).or_default();
+        Arc::make_mut(entry).retry_budget = Some(budget);
     }
     table
 }
@@ -647,6 +688,180 @@ fn locality_lb(l: &Value) -> LocalityLb {
     }
 }
 
+// ---- Linkerd ServiceProfile, SMI TrafficSplit -------------------------------------------------
+
+/// Linkerd retries a retryable route as long as its budget allows; Causeway also caps the
+/// attempts of one request, so a budget that is generous at low traffic cannot hold a request
+/// for long.
+const PROFILE_MAX_RETRIES: u32 = 3;
+
+/// A profile's routes, each forwarding to the service itself (a profile says how calls are
+/// treated, not where they go), then a catch-all default route, as Linkerd treats requests
+/// that match no route. Empty when no route says anything to enforce.
+fn profile_routes(spec: &Value, host: &str, ns: &str) -> Vec<HttpRoute> {
+    let Some(service) = resolve_host(host, ns) else {
+        return vec![];
+    };
+    let to_self = || {
+        weighted(vec![RouteDestination {
+            service: service.clone(),
+            subset: None,
+            port: None,
+            weight: 100,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }])
+    };
+    let mut routes: Vec<HttpRoute> = items(spec.get("routes"))
+        .iter()
+        .filter_map(|route| {
+            let matches = profile_condition(route.get("condition")?)?;
+            let retryable = route.get("isRetryable").and_then(Value::as_bool) == Some(true);
+            Some(HttpRoute {
+                name: text(route.get("name")).unwrap_or_default(),
+                matches,
+                action: RouteAction::Forward(to_self()),
+                timeout: duration(route.get("timeout")).filter(|d| !d.is_zero()),
+                // Linkerd's default response class: a 5xx is a failure, and a failure of a
+                // retryable route is retried.
+                retries: retryable.then(|| RetryPolicy {
+                    attempts: PROFILE_MAX_RETRIES,
+                    per_try_timeout: None,
+                    retry_on: RetryOn {
+                        server_error: true,
+                        ..RetryOn::default()
+                    },
+                    retriable_status_codes: vec![],
+                    retry_remote_localities: true,
+                    backoff_base: RetryPolicy::DEFAULT_BACKOFF_BASE,
+                    backoff_max: RetryPolicy::DEFAULT_BACKOFF_BASE * 10,
+                }),
+                fault: None,
+                mirrors: vec![],
+                rewrite: None,
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+            })
+        })
+        .collect();
+    if routes.is_empty() {
+        return routes;
+    }
+    routes.push(HttpRoute {
+        name: "default".into(),
+        matches: vec![],
+        action: RouteAction::Forward(to_self()),
+        timeout: None,
+        retries: None,
+        fault: None,
+        mirrors: vec![],
+        rewrite: None,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+    });
+    routes
+}
+
+/// A profile's request condition as Istio-style matches (any one holds): `method` and
+/// `pathRegex` (anchored, as Linkerd anchors it), `all` of those, `any` of those. `not` has no
+/// such reading; a route that uses it is skipped with a warning (it never matches).
+fn profile_condition(condition: &Value) -> Option<Vec<RequestMatch>> {
+    let simple = |c: &Value| -> Option<RequestMatch> {
+        if c.get("not").is_some() || c.get("any").is_some() {
+            return None;
+        }
+        let mut m = RequestMatch {
+            method: text(c.get("method")).map(StringMatch::Exact),
+            uri: match c.get("pathRegex").and_then(Value::as_str) {
+                Some(re) => Some(StringMatch::regex(re).ok()?),
+                None => None,
+            },
+            ..RequestMatch::default()
+        };
+        for part in items(c.get("all")) {
+            let inner = simple_all(part)?;
+            m.method = m.method.or(inner.method);
+            m.uri = m.uri.or(inner.uri);
+        }
+        Some(m)
+    };
+    let matches = if let Some(any) = condition.get("any").and_then(Value::as_array) {
+        any.iter().map(simple).collect::<Option<Vec<_>>>()
+    } else {
+        simple(condition).map(|m| vec![m])
+    };
+    if matches.is_none() {
+        tracing::warn!(
+            "a ServiceProfile route condition uses `not` or nests `any`; the route is not enforced"
+        );
+    }
+    matches
+}
+
+/// One member of `all`: a method or a path regex.
+fn simple_all(c: &Value) -> Option<RequestMatch> {
+    if c.get("not").is_some() || c.get("any").is_some() || c.get("all").is_some() {
+        return None;
+    }
+    Some(RequestMatch {
+        method: text(c.get("method")).map(StringMatch::Exact),
+        uri: match c.get("pathRegex").and_then(Value::as_str) {
+            Some(re) => Some(StringMatch::regex(re).ok()?),
+            None => None,
+        },
+        ..RequestMatch::default()
+    })
+}
+
+fn retry_budget(b: &Value) -> Option<RetryBudget> {
+    Some(RetryBudget {
+        ratio: b.get("retryRatio")?.as_f64()?,
+        min_per_second: uint(b.get("minRetriesPerSecond"))?,
+        ttl: duration(b.get("ttl"))?,
+    })
+}
+
+/// An SMI split: one route over the backends, weights as written (quantities in
+/// thousandths, so `"500m"` and `"1"` keep their ratio).
+fn traffic_split(spec: &Value, ns: &str) -> Option<HttpRoute> {
+    let weight_of = |w: &Value| -> Option<u32> {
+        match w {
+            Value::Number(n) => n.as_u64().map(|n| n.saturating_mul(1000)),
+            Value::String(q) => parse_quantity(q).ok().map(|q| (q * 1000.0).round() as u64),
+            _ => None,
+        }
+        .and_then(|w| u32::try_from(w).ok())
+    };
+    let destinations: Vec<RouteDestination> = items(spec.get("backends"))
+        .iter()
+        .filter_map(|b| {
+            Some(RouteDestination {
+                service: resolve_host(b.get("service")?.as_str()?, ns)?,
+                subset: None,
+                port: None,
+                weight: weight_of(b.get("weight")?)?,
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+            })
+        })
+        .collect();
+    if destinations.is_empty() {
+        return None;
+    }
+    Some(HttpRoute {
+        name: "split".into(),
+        matches: vec![],
+        action: RouteAction::Forward(WeightedDestinations::new(destinations)),
+        timeout: None,
+        retries: None,
+        fault: None,
+        mirrors: vec![],
+        rewrite: None,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+    })
+}
+
 // ---- native Route ----------------------------------------------------------------------------
 
 fn native_routes(spec: &Value, ns: &str) -> Vec<HttpRoute> {
@@ -826,6 +1041,52 @@ mod tests {
             policy.routes_from.as_deref(),
             Some("VirtualService a/first")
         );
+    }
+
+    #[test]
+    fn service_profiles_and_traffic_splits_compile() {
+        let mut state = bootstrapped();
+        let profile = res(
+            "linkerd.io/v1alpha2",
+            "ServiceProfile",
+            Some("shop"),
+            None,
+            "web.shop.svc.cluster.local",
+            json!({"routes": [
+                {"name": "GET /books", "condition": {"method": "GET", "pathRegex": "/books/[^/]*"},
+                 "isRetryable": true, "timeout": "300ms"},
+                {"name": "any", "condition": {"any": [{"method": "PUT"}, {"method": "DELETE"}]}}],
+                   "retryBudget": {"retryRatio": 0.2, "minRetriesPerSecond": 10, "ttl": "10s"}}),
+        );
+        let split = res(
+            "split.smi-spec.io/v1alpha1",
+            "TrafficSplit",
+            Some("shop"),
+            None,
+            "cart-split",
+            json!({"service": "cart", "backends": [
+                {"service": "cart-v1", "weight": "500m"}, {"service": "cart-v2", "weight": "1500m"}]}),
+        );
+        apply(&mut state, 10, vec![profile, split], vec![]);
+        let table = compile(&state);
+        let web = table.get(&key("web.shop")).expect("the profile's service");
+        assert_eq!(web.retry_budget.unwrap().min_per_second, 10);
+        let names: Vec<_> = web.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["GET /books", "any", "default"]);
+        let books = &web.routes[0];
+        assert!(books.retries.as_ref().unwrap().retry_on.server_error);
+        assert_eq!(books.timeout, Some(Duration::from_millis(300)));
+        assert!(books.matches[0].uri.as_ref().unwrap().matches("/books/7"));
+        assert!(!books.matches[0].uri.as_ref().unwrap().matches("/books/7/x"));
+        assert_eq!(web.routes[1].matches.len(), 2);
+
+        let cart = table.get(&key("cart.shop")).expect("the split's apex");
+        let RouteAction::Forward(w) = &cart.routes[0].action else {
+            panic!("a forward")
+        };
+        assert_eq!(w.total(), 2000);
+        assert_eq!(w.pick(499).unwrap().service, key("cart-v1.shop"));
+        assert_eq!(w.pick(500).unwrap().service, key("cart-v2.shop"));
     }
 
     #[test]
