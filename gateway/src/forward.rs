@@ -16,7 +16,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use federation::model::{ClusterName, Protocol, ServiceKey};
-use federation::traffic::{ConnectionPool, Mirror, OutlierDetection, RetryBudget, RetryPolicy};
+use federation::traffic::{
+    ConnectionPool, LoadBalancer, Mirror, OutlierDetection, RetryBudget, RetryPolicy,
+};
 
 use crate::catalog::{NoRoute, Snapshot, Target, TargetKind};
 use crate::early::Replayable;
@@ -25,7 +27,7 @@ use crate::metrics::{PolicyLabels, Reporter};
 use crate::outbound::{Early, Outbound, Upstream, open, send_early};
 use crate::policy::outlier::Outcome;
 use crate::policy::retry::{self, Failure};
-use crate::policy::{Random, ThreadRandom};
+use crate::policy::{Random, ThreadRandom, lb};
 use crate::preamble::RouteChoice;
 
 /// Envoy's response flags that the source gateway sets, as Istio's `response_flags` label.
@@ -91,6 +93,9 @@ pub(crate) struct Call {
     pub budget: RetryBudget,
     pub pool: ConnectionPool,
     pub outlier: Option<OutlierDetection>,
+    pub lb: LoadBalancer,
+    /// The request's consistent-hash key, when the destination rule hashes.
+    pub hash: Option<u64>,
     pub traceparent: Option<String>,
     /// When the caller stops waiting (route timeout or the client's header); travels in the
     /// preamble.
@@ -110,6 +115,8 @@ impl Call {
             budget: RetryBudget::default(),
             pool: ConnectionPool::default(),
             outlier: None,
+            lb: LoadBalancer::RoundRobin,
+            hash: None,
             traceparent: None,
             deadline: None,
         }
@@ -245,40 +252,48 @@ pub(crate) async fn forget_departed(
             changed = snapshots.changed() => if changed.is_err() { return },
         }
         let snapshot = snapshots.borrow_and_update().clone();
-        let mut live = std::collections::HashSet::new();
-        for (service, policy) in &snapshot.policy.routes.services {
-            live.insert(service.to_string());
-            if let Some(rule) = &policy.destination {
-                for subset in &rule.subsets {
-                    live.insert(format!("{service}/{}", subset.name));
-                }
-            }
-            for route in &policy.routes {
-                live.insert(format!("{service}#{}", route.name));
-            }
-            live.insert(format!("{service}#"));
-        }
-        // Services without policy still have default-route state (budget, limits).
-        for service in snapshot.local.keys() {
-            live.insert(service.to_string());
-            live.insert(format!("{service}#"));
-        }
-        for peer in snapshot.peers.values() {
-            for service in peer.exports().keys() {
-                live.insert(service.to_string());
-                live.insert(format!("{service}#"));
-            }
-        }
-        state.retain(&live);
-        let mut clusters: std::collections::HashSet<String> =
-            snapshot.peers.keys().map(|c| c.to_string()).collect();
-        if let Some(own) = &snapshot.local_cluster {
-            clusters.insert(own.to_string());
-        }
-        for key in &live {
-            state.retain_hosts(key, |host| clusters.contains(host));
-        }
+        forget(&state, &snapshot);
     }
+}
+
+/// The service a state key is about: keys are `<service>` then `/<subset>`, `#<route>`,
+/// `@<cluster>` or `!<endpoint>` parts.
+fn service_of(key: &str) -> &str {
+    key.split(['/', '#', '@', '!']).next().unwrap_or(key)
+}
+
+fn forget(state: &crate::policy::state::PolicyState, snapshot: &Snapshot) {
+    let mut services: std::collections::HashSet<String> = snapshot
+        .policy
+        .routes
+        .services
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    services.extend(snapshot.local.keys().map(ToString::to_string));
+    for peer in snapshot.peers.values() {
+        services.extend(peer.exports().keys().map(ToString::to_string));
+    }
+    state.retain_where(|key| services.contains(service_of(key)));
+    // Hosts that left: clusters for the source's detectors, endpoints for the destination's.
+    let mut clusters: std::collections::HashSet<String> =
+        snapshot.peers.keys().map(|c| c.to_string()).collect();
+    if let Some(own) = &snapshot.local_cluster {
+        clusters.insert(own.to_string());
+    }
+    state.each_detector(|key, detector| {
+        if key.ends_with("!endpoints") {
+            let endpoints: std::collections::HashSet<String> = snapshot
+                .local
+                .values()
+                .filter(|svc| svc.key.to_string() == service_of(key))
+                .flat_map(|svc| svc.endpoints.iter().map(ToString::to_string))
+                .collect();
+            detector.retain(|host| endpoints.contains(host));
+        } else {
+            detector.retain(|host| clusters.contains(host));
+        }
+    });
 }
 
 /// One attempt's end, as the retry policy reads it.
@@ -359,7 +374,13 @@ pub(crate) async fn forward(
                 subset: call.subset.clone(),
                 route: call.route.clone(),
                 attempt,
+                hash: call.hash,
             };
+            // Requests in flight per cluster, for LEAST_REQUEST.
+            let _in_flight = state
+                .limits(&format!("{key}@{dest}"))
+                .try_request(&ConnectionPool::default())
+                .ok();
             let per_try = retries.and_then(|r| r.per_try_timeout);
             let tried = try_once(outbound, target, call, &mut request, choice, per_try).await;
             match tried {
@@ -502,6 +523,32 @@ fn order_targets<'t>(
             .map(|(t, _)| t)
             .collect();
     }
+    // The load balancer picks the first cluster; the others stay in rotation behind it as
+    // failover. Round robin is the rotation itself.
+    if call.lb != LoadBalancer::RoundRobin {
+        let hosts: Vec<ClusterHost> = order
+            .iter()
+            .map(|t| {
+                let name = t.cluster(&outbound.cluster).as_str();
+                ClusterHost {
+                    id: lb::fnv1a(name.as_bytes()),
+                    in_flight: outbound
+                        .policy
+                        .limits(&format!("{}@{name}", call.state_key()))
+                        .in_flight(),
+                }
+            })
+            .collect();
+        if let Some(first) = lb::pick(
+            &call.lb,
+            &hosts,
+            call.hash,
+            &outbound.next_target,
+            &mut ThreadRandom,
+        ) {
+            order.rotate_left(first);
+        }
+    }
     if let Some(failed) = failed
         && retries.is_some_and(|r| r.retry_remote_localities)
         && let Some(i) = order
@@ -512,6 +559,21 @@ fn order_targets<'t>(
         order.push(t);
     }
     order
+}
+
+/// A cluster as the load balancer sees it.
+struct ClusterHost {
+    id: u64,
+    in_flight: u32,
+}
+
+impl lb::Candidate for ClusterHost {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
 }
 
 /// Tells outlier detection how `cluster` answered; counts an ejection.
@@ -625,6 +687,20 @@ pub(crate) fn roll(percent: f64, rng: &mut impl Random) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_keys_name_their_service_first() {
+        for key in [
+            "api.prod",
+            "api.prod/v2",
+            "api.prod#http[0]",
+            "api.prod/v2@west",
+            "api.prod/v2!10.0.0.1:80",
+            "api.prod!endpoints",
+        ] {
+            assert_eq!(service_of(key), "api.prod", "{key}");
+        }
+    }
 
     #[test]
     fn flags_read_as_envoy_writes_them() {

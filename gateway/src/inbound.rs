@@ -21,9 +21,11 @@ use tokio::sync::watch;
 
 use crate::catalog::Snapshot;
 use crate::drain;
+use crate::endpoints;
 use crate::http;
 use crate::listen::Throttled;
 use crate::metrics::{HandshakeLabels, Metrics, RefusalLabels, Reporter, RequestLabels, TcpLabels};
+use crate::policy::outlier::Outcome;
 use crate::pool;
 use crate::preamble::{
     self, Catalog, CatalogPort, CatalogService, Preamble, StreamRequest, Verdict, VerdictCode,
@@ -45,6 +47,8 @@ pub(crate) struct Inbound {
     pub max_preamble_bytes: usize,
     pub metrics: Metrics,
     pub next_endpoint: AtomicUsize,
+    /// Endpoint ejections and requests in flight, kept across snapshots.
+    pub policy: Arc<crate::policy::state::PolicyState>,
 }
 
 /// Tunnel handshakes in progress at once. Anyone can send QUIC Initials; beyond this many, new
@@ -304,13 +308,25 @@ async fn serve_stream(
             },
             Some(svc),
         ) => {
+            let endpoints = endpoints::choose(
+                &snapshot,
+                &inbound.policy,
+                &svc,
+                choice.subset.as_deref(),
+                choice.hash,
+                &inbound.next_endpoint,
+            );
             let upstream = match port.protocol {
                 Protocol::Tcp => {
                     connect_endpoint(&svc, &inbound.next_endpoint, inbound.preamble_timeout)
                         .await
                         .map(Local::Tcp)
                 }
-                Protocol::Http => inbound.pool.checkout(&svc).await.map(Local::Http),
+                Protocol::Http => inbound
+                    .pool
+                    .checkout_in(&svc.key, &endpoints.order)
+                    .await
+                    .map(Local::Http),
             };
             let Some(upstream) = upstream else {
                 let verdict = Verdict::refused(
@@ -347,7 +363,7 @@ async fn serve_stream(
                 Local::Http(upstream) => {
                     let call = Call {
                         service: &service,
-                        subset: choice.subset.as_deref().unwrap_or(""),
+                        endpoints: &endpoints,
                         source: &source,
                         peer_cluster,
                         deadline,
@@ -449,7 +465,8 @@ pub(crate) async fn connect_endpoint(
 /// Who called what, as the accepted preamble says.
 struct Call<'a> {
     service: &'a ServiceKey,
-    subset: &'a str,
+    /// The endpoint choice, for outlier detection to hear how it went.
+    endpoints: &'a endpoints::Choice,
     source: &'a SpiffeId,
     peer_cluster: &'a str,
     deadline: Option<SystemTime>,
@@ -469,7 +486,7 @@ async fn serve_http(
 ) {
     let Call {
         service,
-        subset,
+        endpoints,
         source,
         peer_cluster,
         deadline,
@@ -501,21 +518,35 @@ async fn serve_http(
                 .unwrap_or(Duration::MAX);
             let response = match upstream {
                 Some(conn) => {
+                    let addr = conn.addr();
+                    let _in_flight = endpoints.in_flight(&inbound.policy, addr);
                     let sent =
                         tokio::time::timeout(budget, inbound.pool.send(conn, req.map(http::boxed)));
-                    match sent.await {
-                        Ok(Ok(resp)) => resp,
-                        Ok(Err(e)) => http::error_response(
-                            http::StatusCode::BAD_GATEWAY,
-                            &format!("upstream {service} failed: {e}"),
-                        ),
-                        Err(_) => http::error_response(
-                            http::StatusCode::GATEWAY_TIMEOUT,
-                            &format!(
-                                "upstream {service} did not answer before the caller's deadline"
+                    let (response, outcome) = match sent.await {
+                        Ok(Ok(resp)) => {
+                            let status = resp.status().as_u16();
+                            (resp, Outcome::Status(status))
+                        }
+                        Ok(Err(e)) => (
+                            http::error_response(
+                                http::StatusCode::BAD_GATEWAY,
+                                &format!("upstream {service} failed: {e}"),
                             ),
+                            Outcome::LocalFailure,
                         ),
-                    }
+                        Err(_) => (
+                            http::error_response(
+                                http::StatusCode::GATEWAY_TIMEOUT,
+                                &format!(
+                                    "upstream {service} did not answer before the caller's deadline"
+                                ),
+                            ),
+                            Outcome::LocalFailure,
+                        ),
+                    };
+                    let service = service.to_string();
+                    endpoints.observe(&inbound.policy, &inbound.metrics, &service, addr, outcome);
+                    response
                 }
                 None => http::error_response(
                     http::StatusCode::BAD_REQUEST,
@@ -527,7 +558,7 @@ async fn serve_http(
                 source_cluster: peer_cluster.to_string(),
                 destination_cluster: inbound.cluster.to_string(),
                 service: service.to_string(),
-                destination_subset: subset.to_string(),
+                destination_subset: endpoints.subset.clone(),
                 response_code: response.status().as_u16(),
                 response_flags: "-".into(),
             };

@@ -20,6 +20,7 @@ mod catalog;
 pub mod dns;
 pub mod drain;
 mod early;
+mod endpoints;
 mod follow;
 mod forward;
 mod http;
@@ -269,6 +270,8 @@ impl Gateway {
         let spinner = spin::Spinner::new(settings.busy_poll);
         tasks.spawn(spinner.clone().run());
         let endpoints = pool::Pool::new(settings.tunnel.connect_timeout, spinner.clone());
+        // Traffic policy state of both sides, kept across snapshots (`policy::state`).
+        let policy_state = Arc::new(policy::state::PolicyState::new());
         let inbound = Arc::new(inbound::Inbound {
             cluster: settings.cluster.clone(),
             pool: endpoints.clone(),
@@ -277,6 +280,7 @@ impl Gateway {
             max_preamble_bytes: usize::from(settings.tunnel.max_preamble_bytes),
             metrics: metrics.clone(),
             next_endpoint: AtomicUsize::new(0),
+            policy: policy_state.clone(),
         });
         tasks.spawn(inbound::accept_loop(
             endpoint.clone(),
@@ -318,7 +322,7 @@ impl Gateway {
             next_endpoint: AtomicUsize::new(0),
             limits: settings.clients,
             slots,
-            policy: Arc::new(policy::state::PolicyState::new()),
+            policy: policy_state,
             mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_MIRRORS_IN_FLIGHT)),
         });
         tasks.spawn(forward::forget_departed(

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use federation::traffic::RouteAction;
+use federation::traffic::{LoadBalancer, RouteAction};
 
 use crate::catalog::{Snapshot, Target, TargetKind};
 use crate::drain;
@@ -152,7 +152,7 @@ pub(crate) async fn serve_http(
                 let busy = timer.request();
                 let outbound = outbound.clone();
                 async move {
-                    let resp = route_http(&outbound, req).await;
+                    let resp = route_http(&outbound, req, remote).await;
                     Ok::<_, std::convert::Infallible>(
                         resp.map(|inner| Tracked { inner, _busy: busy }),
                     )
@@ -182,6 +182,7 @@ pub(crate) async fn serve_http(
 async fn route_http(
     outbound: &Arc<Outbound>,
     mut req: http::Request<Incoming>,
+    client: SocketAddr,
 ) -> http::Response<Body> {
     let started = Instant::now();
     let host = match request_host(&req) {
@@ -380,6 +381,24 @@ async fn route_http(
         .as_ref()
         .map(|r| r.traffic_for(subset.as_deref()).clone())
         .unwrap_or_default();
+    let hash = match &traffic.load_balancer {
+        LoadBalancer::ConsistentHash(on) => {
+            let headers = req.headers();
+            let query = req.uri().query().unwrap_or("");
+            let cookies = headers
+                .get(::http::header::COOKIE)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or("");
+            policy::lb::hash_key(
+                on,
+                |name| headers.get(name).and_then(|v| v.to_str().ok()),
+                |name| policy::lb::cookie_value(cookies, name),
+                |name| policy::lb::query_value(query, name),
+                Some(client.ip()),
+            )
+        }
+        _ => None,
+    };
     let call = Call {
         service,
         subset,
@@ -394,6 +413,8 @@ async fn route_http(
             .unwrap_or_default(),
         pool: traffic.connection_pool,
         outlier: traffic.outlier_detection,
+        lb: traffic.load_balancer,
+        hash,
         traceparent,
         deadline: timeout.map(|t| SystemTime::now() + t),
     };

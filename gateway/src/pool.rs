@@ -49,6 +49,13 @@ pub(crate) struct Conn {
     reused: bool,
 }
 
+impl Conn {
+    /// The endpoint it is connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 impl Pool {
     /// `spinner` keeps the runtime polling while an endpoint's answer is awaited.
     pub fn new(connect_timeout: Duration, spinner: Spinner) -> Arc<Self> {
@@ -65,8 +72,17 @@ impl Pool {
     pub async fn checkout(&self, svc: &LocalService) -> Option<Conn> {
         let n = svc.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let addr = svc.endpoints[(start + i) % n];
+        let order: Vec<SocketAddr> = (0..n).map(|i| svc.endpoints[(start + i) % n]).collect();
+        self.checkout_in(&svc.key, &order).await
+    }
+
+    /// [`Pool::checkout`] trying the endpoints in `order` (a load balancer's choice first).
+    pub async fn checkout_in(
+        &self,
+        service: &federation::model::ServiceKey,
+        order: &[SocketAddr],
+    ) -> Option<Conn> {
+        for &addr in order {
             while let Some(mut sender) = self.take_idle(addr) {
                 // Ready at once unless the endpoint closed it meanwhile.
                 if tokio::time::timeout(self.connect_timeout, sender.ready())
@@ -81,8 +97,7 @@ impl Pool {
                 }
             }
         }
-        for i in 0..n {
-            let addr = svc.endpoints[(start + i) % n];
+        for &addr in order {
             match self.connect(addr).await {
                 Ok(sender) => {
                     return Some(Conn {
@@ -92,7 +107,7 @@ impl Pool {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(service = %svc.key, endpoint = %addr, error = %e, "endpoint unavailable")
+                    tracing::warn!(%service, endpoint = %addr, error = %e, "endpoint unavailable")
                 }
             }
         }

@@ -56,6 +56,11 @@ pub struct Preamble {
     /// 1 for the first attempt, 2 for the first retry, ...
     #[prost(uint32, tag = "10")]
     pub attempt: u32,
+    /// The request's consistent-hash key (DestinationRule `consistentHash`), computed at the
+    /// source from the request; 0 for none. The destination picks the endpoint by it, before
+    /// it has read the request.
+    #[prost(uint64, tag = "11")]
+    pub hash: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -206,6 +211,8 @@ pub struct RouteChoice {
     pub route: Option<String>,
     /// 1-based; 0 on the wire reads as 1.
     pub attempt: u32,
+    /// Consistent-hash key of the request, if the destination rule hashes.
+    pub hash: Option<u64>,
 }
 
 /// Longest subset or route name the wire accepts (Kubernetes names are at most 253 bytes).
@@ -290,6 +297,7 @@ impl StreamRequest {
             subset: (!p.subset.is_empty()).then_some(p.subset),
             route: (!p.route.is_empty()).then_some(p.route),
             attempt: p.attempt.max(1),
+            hash: (p.hash != 0).then_some(p.hash),
         };
         Ok(StreamRequest::Proxy {
             service,
@@ -329,6 +337,7 @@ impl StreamRequest {
                 subset: choice.subset.clone().unwrap_or_default(),
                 route: choice.route.clone().unwrap_or_default(),
                 attempt: choice.attempt,
+                hash: choice.hash.unwrap_or(0),
             },
         }
     }
@@ -363,6 +372,7 @@ mod tests {
                 subset: Some("v2".into()),
                 route: Some("canary".into()),
                 attempt: 2,
+                hash: Some(0x5eed),
             },
         }
     }

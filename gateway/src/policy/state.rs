@@ -107,6 +107,20 @@ impl PolicyState {
         lock(&self.limits).retain(|k, _| live.contains(k));
     }
 
+    /// Keeps the state whose key `keep` accepts and drops the rest.
+    pub fn retain_where(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.budgets).retain(|k, _| keep(k));
+        lock(&self.detectors).retain(|k, _| keep(k));
+        lock(&self.limits).retain(|k, _| keep(k));
+    }
+
+    /// Runs `f` on every detector with its key (to drop hosts that left).
+    pub fn each_detector(&self, mut f: impl FnMut(&str, &mut Detector<String>)) {
+        for (key, detector) in lock(&self.detectors).iter_mut() {
+            f(key, detector);
+        }
+    }
+
     /// Drops the outlier state of the hosts of `destination` that `keep` refuses.
     pub fn retain_hosts(&self, destination: &str, keep: impl Fn(&String) -> bool) {
         if let Some(d) = lock(&self.detectors).get_mut(destination) {

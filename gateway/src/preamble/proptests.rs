@@ -55,10 +55,20 @@ fn stream_request() -> impl Strategy<Value = StreamRequest> {
             prop::option::of(label()),
             prop::option::of(label()),
             1..10u32,
+            prop::option::of(1..u64::MAX),
         ),
     )
         .prop_map(
-            |(name, ns, port, protocol, source, deadline, trace, (subset, route, attempt))| {
+            |(
+                name,
+                ns,
+                port,
+                protocol,
+                source,
+                deadline,
+                trace,
+                (subset, route, attempt, hash),
+            )| {
                 StreamRequest::Proxy {
                     service: ServiceKey::new(&name, &ns).expect("labels"),
                     port: ServicePort { port, protocol },
@@ -69,6 +79,7 @@ fn stream_request() -> impl Strategy<Value = StreamRequest> {
                         subset,
                         route,
                         attempt,
+                        hash,
                     },
                 }
             },
@@ -254,6 +265,7 @@ fn a_deadline_at_the_end_of_time_does_not_overflow() {
         subset: String::new(),
         route: String::new(),
         attempt: 1,
+        hash: 0,
     };
     let req = StreamRequest::from_preamble(p.clone(), SystemTime::now()).unwrap();
     assert_eq!(req.to_preamble(), p);
