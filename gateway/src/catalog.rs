@@ -36,6 +36,8 @@ pub(crate) struct Policy {
     /// For each (service, subset) some DestinationRule defines: the clusters with at least one
     /// endpoint in it, and this cluster's endpoints in it.
     pub subsets: HashMap<(ServiceKey, String), SubsetView>,
+    /// Each cluster's locality (`region` or `region/zone`), where its Cluster resource says.
+    pub localities: BTreeMap<ClusterName, String>,
 }
 
 #[derive(Default, Debug)]
@@ -74,7 +76,16 @@ impl Policy {
                 }
             }
         }
-        Policy { routes, subsets }
+        Policy {
+            routes,
+            subsets,
+            localities: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_localities(mut self, localities: BTreeMap<ClusterName, String>) -> Self {
+        self.localities = localities;
+        self
     }
 
     pub fn subset(&self, service: &ServiceKey, subset: &str) -> Option<&SubsetView> {

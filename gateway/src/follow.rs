@@ -58,7 +58,14 @@ pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName) -> Plan {
             .flatten()
             .map(|s| (s.key.clone(), Arc::new(s.clone())))
             .collect(),
-        policy: Arc::new(Policy::new(mesh.routes.clone(), &mesh.services, own)),
+        policy: Arc::new(
+            Policy::new(mesh.routes.clone(), &mesh.services, own).with_localities(
+                mesh.clusters
+                    .iter()
+                    .filter_map(|(name, c)| Some((name.clone(), c.locality.clone()?)))
+                    .collect(),
+            ),
+        ),
         ..Plan::default()
     };
     for (name, cluster) in &mesh.clusters {

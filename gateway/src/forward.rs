@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use federation::model::{ClusterName, Protocol, ServiceKey};
 use federation::traffic::{
-    ConnectionPool, LoadBalancer, Mirror, OutlierDetection, RetryBudget, RetryPolicy,
+    ConnectionPool, LoadBalancer, LocalityLb, Mirror, OutlierDetection, RetryBudget, RetryPolicy,
 };
 
 use crate::catalog::{NoRoute, Snapshot, Target, TargetKind};
@@ -27,7 +27,7 @@ use crate::metrics::{PolicyLabels, Reporter};
 use crate::outbound::{Early, Outbound, Upstream, open, send_early};
 use crate::policy::outlier::Outcome;
 use crate::policy::retry::{self, Failure};
-use crate::policy::{Random, ThreadRandom, lb};
+use crate::policy::{Random, ThreadRandom, lb, locality};
 use crate::preamble::RouteChoice;
 
 /// Envoy's response flags that the source gateway sets, as Istio's `response_flags` label.
@@ -94,6 +94,8 @@ pub(crate) struct Call {
     pub pool: ConnectionPool,
     pub outlier: Option<OutlierDetection>,
     pub lb: LoadBalancer,
+    /// Locality preference between clusters (on only with outlier detection, as in Istio).
+    pub locality: Option<LocalityLb>,
     /// The request's consistent-hash key, when the destination rule hashes.
     pub hash: Option<u64>,
     pub traceparent: Option<String>,
@@ -116,6 +118,7 @@ impl Call {
             pool: ConnectionPool::default(),
             outlier: None,
             lb: LoadBalancer::RoundRobin,
+            locality: None,
             hash: None,
             traceparent: None,
             deadline: None,
@@ -361,6 +364,7 @@ pub(crate) async fn forward(
     loop {
         let order = order_targets(
             outbound,
+            snapshot,
             call,
             &targets,
             start + attempt as usize - 1,
@@ -499,6 +503,7 @@ pub(crate) async fn forward(
 /// cluster that just failed moved last when the policy lets a retry go elsewhere.
 fn order_targets<'t>(
     outbound: &Outbound,
+    snapshot: &Snapshot,
     call: &Call,
     targets: &'t [Target],
     start: usize,
@@ -523,10 +528,34 @@ fn order_targets<'t>(
             .map(|(t, _)| t)
             .collect();
     }
+    // Locality: the closest clusters first (stable, so the rotation holds within a level);
+    // the load balancer then picks among the closest.
+    let localities = &snapshot.policy.localities;
+    let own = localities.get(&outbound.cluster).map(String::as_str);
+    let locality_of = |t: &Target| {
+        localities
+            .get(t.cluster(&outbound.cluster))
+            .map(String::as_str)
+    };
+    let mut closest = order.len();
+    if call.outlier.is_some()
+        && let Some(own) = own
+        && call.locality.as_ref().is_none_or(|l| l.enabled)
+    {
+        let cfg = call.locality.as_ref();
+        let drawn = cfg.and_then(|c| locality::distribute(c, own, &mut ThreadRandom));
+        let rank = |t: &Target| match drawn {
+            Some(pattern) => u8::from(!locality::in_pattern(pattern, locality_of(t))),
+            None => locality::priority(Some(own), locality_of(t), cfg),
+        };
+        order.sort_by_key(|t| rank(t));
+        let best = order.first().map(|t| rank(t));
+        closest = order.iter().take_while(|t| Some(rank(t)) == best).count();
+    }
     // The load balancer picks the first cluster; the others stay in rotation behind it as
     // failover. Round robin is the rotation itself.
     if call.lb != LoadBalancer::RoundRobin {
-        let hosts: Vec<ClusterHost> = order
+        let hosts: Vec<ClusterHost> = order[..closest]
             .iter()
             .map(|t| {
                 let name = t.cluster(&outbound.cluster).as_str();
@@ -546,7 +575,7 @@ fn order_targets<'t>(
             &outbound.next_target,
             &mut ThreadRandom,
         ) {
-            order.rotate_left(first);
+            order[..closest].rotate_left(first);
         }
     }
     if let Some(failed) = failed

@@ -414,6 +414,7 @@ async fn route_http(
         pool: traffic.connection_pool,
         outlier: traffic.outlier_detection,
         lb: traffic.load_balancer,
+        locality: traffic.locality,
         hash,
         traceparent,
         deadline: timeout.map(|t| SystemTime::now() + t),

@@ -21,6 +21,7 @@ pub(crate) mod budget;
 pub(crate) mod fault;
 pub(crate) mod lb;
 pub(crate) mod limits;
+pub(crate) mod locality;
 pub(crate) mod outlier;
 pub(crate) mod retry;
 pub(crate) mod state;
