@@ -90,6 +90,30 @@ impl std::str::FromStr for Net {
     }
 }
 
+/// The tour's traffic policy, written to `<dir>/policy/` so its commands can apply them.
+const POLICY_FILES: [(&str, &str); 5] = [
+    ("subsets.yaml", include_str!("demo_policy/subsets.yaml")),
+    ("canary.yaml", include_str!("demo_policy/canary.yaml")),
+    (
+        "header-routing.yaml",
+        include_str!("demo_policy/header-routing.yaml"),
+    ),
+    ("fault.yaml", include_str!("demo_policy/fault.yaml")),
+    ("retries.yaml", include_str!("demo_policy/retries.yaml")),
+];
+
+/// Writes the tour's policy files under `dir/policy`.
+fn write_policy_files(dir: &Path) -> anyhow::Result<PathBuf> {
+    let policy = dir.join("policy");
+    std::fs::create_dir_all(&policy)
+        .with_context(|| format!("cannot create {}", policy.display()))?;
+    for (name, text) in POLICY_FILES {
+        let path = policy.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(policy)
+}
+
 const ECHO_PORT: u16 = 18080;
 const TCP_ECHO_PORT: u16 = 19000;
 const TCP_SERVICE_PORT: u16 = 9000;
@@ -141,6 +165,7 @@ pub async fn run(dir: PathBuf, net: Net) -> anyhow::Result<()> {
         self_check(east.0).await?;
         let context = cli::context::write_context(client.server(), &token, Some(&east_ca))
             .context("cannot write the CLI context")?;
+        write_policy_files(&dir)?;
         anyhow::Ok(context)
     };
     let outcome = tokio::select! {
@@ -289,11 +314,19 @@ async fn wait_for_voters(client: &api::client::Client) -> anyhow::Result<()> {
 async fn register_services(client: &api::client::Client, net: Net) -> anyhow::Result<()> {
     let mut yaml = String::new();
     for c in &CLUSTERS {
-        if c.echo.is_some() {
-            yaml += &service_yaml(c, net, "echo", 80, "http", ECHO_PORT);
+        if let Some(version) = c.echo {
+            yaml += &service_yaml(c, net, "echo", 80, "http", ECHO_PORT, Some(version));
         }
         if c.tcp_echo {
-            yaml += &service_yaml(c, net, "echo-tcp", TCP_SERVICE_PORT, "tcp", TCP_ECHO_PORT);
+            yaml += &service_yaml(
+                c,
+                net,
+                "echo-tcp",
+                TCP_SERVICE_PORT,
+                "tcp",
+                TCP_ECHO_PORT,
+                None,
+            );
         }
     }
     client
@@ -310,7 +343,16 @@ fn service_yaml(
     port: u16,
     protocol: &str,
     backend: u16,
+    version: Option<&str>,
 ) -> String {
+    // The echo's endpoints carry their version, which DestinationRule subsets select.
+    let endpoint = match version {
+        Some(v) => format!(
+            "{{address: \"{}:{backend}\", labels: {{version: {v}}}}}",
+            net.ip(c)
+        ),
+        None => format!("\"{}:{backend}\"", net.ip(c)),
+    };
     format!(
         r#"---
 apiVersion: causeway.dev/v1alpha1
@@ -323,7 +365,7 @@ spec:
   ports:
     - port: {port}
       protocol: {protocol}
-  endpoints: ["{ip}:{backend}"]
+  endpoints: [{endpoint}]
 ---
 apiVersion: causeway.dev/v1alpha1
 kind: ServiceExport
@@ -334,7 +376,6 @@ metadata:
 spec: {{}}
 "#,
         cluster = c.name,
-        ip = net.ip(c),
     )
 }
 
@@ -444,6 +485,24 @@ Try these from another terminal:
   # TCP services get a port of their own on east's address (type a line: it comes back; Ctrl-C ends)
   curl -sN telnet://{east}:{TCP_SERVICE_PORT}
 
+  # traffic policy takes effect at east within a moment of the apply (files in {policy}):
+  # the echo's versions as subsets, with outlier detection
+  {cli} apply -f {policy}/subsets.yaml
+  # a canary: count the versions of 50 answers (about 40 v1, 10 v2)
+  {cli} apply -f {policy}/canary.yaml
+  for i in $(seq 50); do curl -s -H 'Host: echo.demo' http://{outbound}/ | grep -o '"version": "v."'; done | sort | uniq -c
+  # header routing: x-canary: true reaches v2, everyone else v1
+  {cli} apply -f {policy}/header-routing.yaml
+  curl -s -H 'Host: echo.demo' -H 'x-canary: true' http://{outbound}/ | grep version
+  curl -s -H 'Host: echo.demo' http://{outbound}/ | grep version
+  # a fault: about half the answers are 503s east made up itself
+  {cli} apply -f {policy}/fault.yaml
+  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}}\n' -H 'Host: echo.demo' http://{outbound}/; done | sort | uniq -c
+  # retries hide a failing v2 (every v2 answer is a 503 here), then outlier detection ejects it
+  {cli} apply -f {policy}/retries.yaml
+  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}}\n' -H 'Host: echo.demo' 'http://{outbound}/?fail-version=v2'; done | sort | uniq -c
+  curl -s --cacert {ca} -H "Authorization: Bearer $(cat {token_file})" https://{admin}/metrics | grep -E 'causeway_(retries|outlier_ejections)_total'
+
   # the mesh through the CLI (server, token and CA come from {context})
   {cli} status
   {cli} get clusters -o wide
@@ -466,7 +525,8 @@ Press Ctrl-C to stop everything."#,
         edge = net.ip(&CLUSTERS[2]).to_string(),
         token_file = token_file.display(),
         ca = ca.display(),
-        dir = dir.display()
+        dir = dir.display(),
+        policy = dir.join("policy").display(),
     )
 }
 

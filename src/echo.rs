@@ -10,6 +10,7 @@
 //! | `fail=503` / `x-echo-fail` | answer that status instead of 200 |
 //! | `fail-every=2` / `x-echo-fail-every` | every 2nd request this echo serves fails with 503 |
 //! | `delay=300ms` / `x-echo-delay` | wait that long before answering (at most 60 s) |
+//! | `fail-version=v2` / `x-echo-fail-version` | answer 503 if this echo is that version |
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -48,7 +49,7 @@ pub async fn serve_http(
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-                    let misbehave = Misbehave::of(&req, n);
+                    let misbehave = Misbehave::of(&req, n, &version);
                     let headers: BTreeMap<String, String> = req
                         .headers()
                         .iter()
@@ -98,7 +99,7 @@ struct Misbehave {
 
 impl Misbehave {
     /// Reads the controls of `req`, the `n`th request this echo serves.
-    fn of<B>(req: &hyper::Request<B>, n: u64) -> Self {
+    fn of<B>(req: &hyper::Request<B>, n: u64, version: &str) -> Self {
         let query: BTreeMap<&str, &str> = req
             .uri()
             .query()
@@ -119,6 +120,9 @@ impl Misbehave {
             && every > 0
             && n.is_multiple_of(every)
         {
+            status = status.or(Some(hyper::StatusCode::SERVICE_UNAVAILABLE));
+        }
+        if control("fail-version") == Some(version) {
             status = status.or(Some(hyper::StatusCode::SERVICE_UNAVAILABLE));
         }
         let delay = control("delay")
@@ -167,21 +171,30 @@ mod tests {
         b.body(()).unwrap()
     }
 
+    impl Misbehave {
+        fn of_v1<B>(req: &hyper::Request<B>, n: u64) -> Self {
+            Misbehave::of(req, n, "v1")
+        }
+    }
+
     #[test]
     fn echo_misbehaves_as_asked() {
-        assert_eq!(Misbehave::of(&req("/", &[]), 1), Misbehave::default());
-        let fail = Misbehave::of(&req("/x?fail=500", &[]), 1);
+        let v2 = |version| Misbehave::of(&req("/?fail-version=v2", &[]), 1, version).status;
+        assert_eq!(v2("v1"), None);
+        assert_eq!(v2("v2"), Some(hyper::StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(Misbehave::of_v1(&req("/", &[]), 1), Misbehave::default());
+        let fail = Misbehave::of_v1(&req("/x?fail=500", &[]), 1);
         assert_eq!(fail.status, Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
         // The header wins over the query.
-        let fail = Misbehave::of(&req("/x?fail=500", &[("x-echo-fail", "502")]), 1);
+        let fail = Misbehave::of_v1(&req("/x?fail=500", &[("x-echo-fail", "502")]), 1);
         assert_eq!(fail.status, Some(hyper::StatusCode::BAD_GATEWAY));
-        let every = |n| Misbehave::of(&req("/?fail-every=2", &[]), n).status;
+        let every = |n| Misbehave::of_v1(&req("/?fail-every=2", &[]), n).status;
         assert_eq!(every(1), None);
         assert_eq!(every(2), Some(hyper::StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(every(3), None);
-        let slow = Misbehave::of(&req("/", &[("x-echo-delay", "250ms")]), 1);
+        let slow = Misbehave::of_v1(&req("/", &[("x-echo-delay", "250ms")]), 1);
         assert_eq!(slow.delay, Some(Duration::from_millis(250)));
-        let capped = Misbehave::of(&req("/?delay=1h", &[]), 1);
+        let capped = Misbehave::of_v1(&req("/?delay=1h", &[]), 1);
         assert_eq!(capped.delay, Some(Duration::from_secs(60)));
     }
 }

@@ -125,6 +125,10 @@ pub struct RouteDestination {
 #[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
     pub name: Option<String>,
+    /// The match can never hold here: it names the caller's workload (`sourceLabels`,
+    /// `sourceNamespace`), which the outbound listener does not know, or gateways other than
+    /// the mesh.
+    pub never: bool,
     pub uri: Option<StringMatch>,
     pub method: Option<StringMatch>,
     pub authority: Option<StringMatch>,

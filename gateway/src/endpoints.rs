@@ -28,6 +28,8 @@ pub(crate) struct Choice {
     pub subset: String,
     pub outlier: Option<OutlierDetection>,
     pub hosts: usize,
+    /// The rule's connection pool: connect timeout and reuse of endpoint connections.
+    pub pool: ConnectionPool,
 }
 
 struct Endpoint {
@@ -103,6 +105,7 @@ pub(crate) fn choose(
         key,
         subset: subset.unwrap_or("").to_string(),
         outlier: traffic.outlier_detection,
+        pool: traffic.connection_pool,
     }
 }
 

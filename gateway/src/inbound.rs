@@ -324,7 +324,7 @@ async fn serve_stream(
                 }
                 Protocol::Http => inbound
                     .pool
-                    .checkout_in(&svc.key, &endpoints.order)
+                    .checkout_in(&svc.key, &endpoints.order, &endpoints.pool)
                     .await
                     .map(Local::Http),
             };

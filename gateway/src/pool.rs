@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use federation::model::LocalService;
+use federation::traffic::ConnectionPool;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -40,6 +41,32 @@ pub(crate) struct Pool {
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
+    reuse: Reuse,
+}
+
+/// How long and how often a connection may be reused (DestinationRule `connectionPool`:
+/// `http.idleTimeout`, `http.maxRequestsPerConnection`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reuse {
+    /// Requests served on it so far.
+    uses: u32,
+    max_uses: Option<u32>,
+    idle_timeout: Duration,
+}
+
+impl Reuse {
+    fn of(pool: &ConnectionPool) -> Self {
+        Reuse {
+            uses: 0,
+            // 0 means unlimited to Istio.
+            max_uses: pool.max_requests_per_connection.filter(|&n| n > 0),
+            idle_timeout: pool.idle_timeout.unwrap_or(IDLE_TIMEOUT),
+        }
+    }
+
+    fn fresh(self, since: Instant) -> bool {
+        since.elapsed() < self.idle_timeout
+    }
 }
 
 /// A connection ready for one request.
@@ -47,6 +74,7 @@ pub(crate) struct Conn {
     addr: SocketAddr,
     sender: SendRequest<Body>,
     reused: bool,
+    reuse: Reuse,
 }
 
 impl Conn {
@@ -73,17 +101,21 @@ impl Pool {
         let n = svc.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let order: Vec<SocketAddr> = (0..n).map(|i| svc.endpoints[(start + i) % n]).collect();
-        self.checkout_in(&svc.key, &order).await
+        self.checkout_in(&svc.key, &order, &ConnectionPool::default())
+            .await
     }
 
     /// [`Pool::checkout`] trying the endpoints in `order` (a load balancer's choice first).
+    /// `limits` is the destination rule's pool: connect timeout, reuse per connection.
     pub async fn checkout_in(
         &self,
         service: &federation::model::ServiceKey,
         order: &[SocketAddr],
+        limits: &ConnectionPool,
     ) -> Option<Conn> {
+        let connect_timeout = limits.connect_timeout.unwrap_or(self.connect_timeout);
         for &addr in order {
-            while let Some(mut sender) = self.take_idle(addr) {
+            while let Some((mut sender, reuse)) = self.take_idle(addr) {
                 // Ready at once unless the endpoint closed it meanwhile.
                 if tokio::time::timeout(self.connect_timeout, sender.ready())
                     .await
@@ -93,17 +125,19 @@ impl Pool {
                         addr,
                         sender,
                         reused: true,
+                        reuse,
                     });
                 }
             }
         }
         for &addr in order {
-            match self.connect(addr).await {
+            match self.connect(addr, connect_timeout).await {
                 Ok(sender) => {
                     return Some(Conn {
                         addr,
                         sender,
                         reused: false,
+                        reuse: Reuse::of(limits),
                     });
                 }
                 Err(e) => {
@@ -114,34 +148,40 @@ impl Pool {
         None
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+    fn take_idle(&self, addr: SocketAddr) -> Option<(SendRequest<Body>, Reuse)> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
         while let Some(conn) = list.pop() {
-            if conn.since.elapsed() < IDLE_TIMEOUT && !conn.sender.is_closed() {
-                return Some(conn.sender);
+            if conn.reuse.fresh(conn.since) && !conn.sender.is_closed() {
+                return Some((conn.sender, conn.reuse));
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+    fn put(&self, addr: SocketAddr, sender: SendRequest<Body>, mut reuse: Reuse) {
+        reuse.uses = reuse.uses.saturating_add(1);
+        if sender.is_closed() || reuse.max_uses.is_some_and(|max| reuse.uses >= max) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(addr).or_default();
-        list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+        list.retain(|c| c.reuse.fresh(c.since) && !c.sender.is_closed());
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
+                reuse,
             });
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> std::io::Result<SendRequest<Body>> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> std::io::Result<SendRequest<Body>> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
@@ -169,6 +209,7 @@ impl Pool {
             addr,
             mut sender,
             reused,
+            reuse,
         } = conn;
         let awaiting = self.spinner.awaiting();
         let resp = match sender.try_send_request(req).await {
@@ -177,7 +218,10 @@ impl Pool {
                 // Never sent: the idle connection died under us. One fresh try is safe for
                 // any method, since the endpoint saw nothing.
                 Some(req) if reused => {
-                    sender = self.connect(addr).await.map_err(|_| e.into_error())?;
+                    sender = self
+                        .connect(addr, self.connect_timeout)
+                        .await
+                        .map_err(|_| e.into_error())?;
                     sender.send_request(req).await?
                 }
                 _ => return Err(e.into_error()),
@@ -188,7 +232,7 @@ impl Pool {
         http::strip_hop_by_hop(&mut parts.headers);
         let body = Returning {
             inner: body,
-            back: Some((self.clone(), addr, sender)),
+            back: Some((self.clone(), addr, sender, reuse)),
         };
         Ok(Response::from_parts(parts, http::boxed(body)))
     }
@@ -197,13 +241,13 @@ impl Pool {
 /// A response body that hands its connection back to the pool once read to the end.
 struct Returning {
     inner: Incoming,
-    back: Option<(Arc<Pool>, SocketAddr, SendRequest<Body>)>,
+    back: Option<(Arc<Pool>, SocketAddr, SendRequest<Body>, Reuse)>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some((pool, addr, sender)) = self.back.take() {
-            pool.put(addr, sender);
+        if let Some((pool, addr, sender, reuse)) = self.back.take() {
+            pool.put(addr, sender, reuse);
         }
     }
 }

@@ -65,6 +65,9 @@ pub(crate) fn select<'r>(
 }
 
 fn matches(m: &RequestMatch, req: &RequestView<'_>) -> bool {
+    if m.never {
+        return false;
+    }
     let uri_ok = m.uri.as_ref().is_none_or(|u| {
         if m.ignore_uri_case {
             u.matches_ignoring_case(req.path)

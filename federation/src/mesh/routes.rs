@@ -90,6 +90,10 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
                     }
                     (vec![host], routes)
                 }
+                _ if !binds_mesh(resource.spec.get("gateways")) => {
+                    tracing::debug!(from = %claim.from, "VirtualService bound to other gateways only; nothing to do here");
+                    continue;
+                }
                 _ => (
                     strings(resource.spec.get("hosts")).collect(),
                     istio_routes(&resource.spec, ns),
@@ -304,8 +308,24 @@ fn istio_destination(route: &Value, ns: &str) -> Option<RouteDestination> {
     })
 }
 
+/// Whether a `gateways` list (absent = only the mesh) includes Istio's reserved `mesh`, which
+/// Causeway's gateways are.
+fn binds_mesh(gateways: Option<&Value>) -> bool {
+    match gateways.and_then(Value::as_array) {
+        None => true,
+        Some(list) if list.is_empty() => true,
+        Some(list) => list.iter().any(|g| g.as_str() == Some("mesh")),
+    }
+}
+
 fn istio_match(m: &Value) -> RequestMatch {
+    // Conditions on the caller's workload (its labels, its namespace) cannot hold for a
+    // caller whose workload is unknown, as every client of the outbound listener is: such a
+    // match never holds, which is how Istio treats a caller that lacks them.
+    let caller_unknown = m.get("sourceLabels").is_some() || m.get("sourceNamespace").is_some();
+    let never = caller_unknown || !binds_mesh(m.get("gateways"));
     RequestMatch {
+        never,
         name: text(m.get("name")),
         uri: m.get("uri").and_then(string_match),
         method: m.get("method").and_then(string_match),
@@ -410,6 +430,10 @@ fn istio_retries(r: &Value) -> Option<RetryPolicy> {
             )
         }
     };
+    // Istio's `backoff` is the base interval of Envoy's jittered exponential back-off.
+    let backoff = duration(r.get("backoff"))
+        .filter(|d| !d.is_zero())
+        .unwrap_or(RetryPolicy::DEFAULT_BACKOFF_BASE);
     Some(RetryPolicy {
         attempts,
         per_try_timeout: duration(r.get("perTryTimeout")).filter(|d| !d.is_zero()),
@@ -419,8 +443,8 @@ fn istio_retries(r: &Value) -> Option<RetryPolicy> {
             .get("retryRemoteLocalities")
             .and_then(Value::as_bool)
             .unwrap_or(true),
-        backoff_base: RetryPolicy::DEFAULT_BACKOFF_BASE,
-        backoff_max: RetryPolicy::DEFAULT_BACKOFF_BASE * 10,
+        backoff_base: backoff,
+        backoff_max: backoff * 10,
     })
 }
 

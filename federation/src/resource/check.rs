@@ -506,17 +506,17 @@ fn schema(kind: Kind) -> (&'static Shape, bool) {
         Kind::Cluster => (&native::CLUSTER, true),
         Kind::Service => (&native::SERVICE, true),
         Kind::ServiceExport => (&native::SERVICE_EXPORT, true),
-        Kind::Route => (&native::ROUTE, false),
-        Kind::DestinationPolicy => (&native::DESTINATION_POLICY, false),
+        Kind::Route => (&native::ROUTE, true),
+        Kind::DestinationPolicy => (&native::DESTINATION_POLICY, true),
         Kind::AuthorizationPolicy => (&native::AUTHORIZATION_POLICY, false),
         Kind::PeerAuthentication => (&native::PEER_AUTHENTICATION, false),
         Kind::RateLimitPolicy => (&native::RATE_LIMIT_POLICY, false),
-        Kind::IstioVirtualService => (&istio::VIRTUAL_SERVICE, false),
-        Kind::IstioDestinationRule => (&istio::DESTINATION_RULE, false),
+        Kind::IstioVirtualService => (&istio::VIRTUAL_SERVICE, true),
+        Kind::IstioDestinationRule => (&istio::DESTINATION_RULE, true),
         Kind::IstioAuthorizationPolicy => (&istio::AUTHORIZATION_POLICY, false),
         Kind::IstioPeerAuthentication => (&istio::PEER_AUTHENTICATION, false),
-        Kind::LinkerdServiceProfile => (&linkerd::SERVICE_PROFILE, false),
-        Kind::SmiTrafficSplit => (&smi::TRAFFIC_SPLIT, false),
+        Kind::LinkerdServiceProfile => (&linkerd::SERVICE_PROFILE, true),
+        Kind::SmiTrafficSplit => (&smi::TRAFFIC_SPLIT, true),
     }
 }
 

@@ -135,7 +135,7 @@ const HTTP_MATCH: Shape = obj(&[
     field("queryParams", STRING_MATCHES),
     field("ignoreUriCase", BOOL),
     field("sourceNamespace", STR),
-    field("statPrefix", STR),
+    field("statPrefix", STR).not_enforced(),
 ]);
 
 const HTTP_ROUTE_DESTINATION: Shape = obj(&[
@@ -152,9 +152,10 @@ const REDIRECT: Shape = obj_with(
         field(
             "derivePort",
             Shape::Enum(&["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"]),
-        ),
+        )
+        .not_enforced(),
         field("scheme", Shape::Enum(&["http", "https"])),
-        field("prefixRewrite", STR),
+        field("prefixRewrite", STR).not_enforced(),
         field("redirectCode", Shape::Int { min: 300, max: 399 }),
     ],
     &[
@@ -185,7 +186,8 @@ const REWRITE: Shape = obj_with(
         field(
             "uriRegexRewrite",
             obj(&[required("match", STR), required("rewrite", STR)]),
-        ),
+        )
+        .not_enforced(),
     ],
     &[at_most_one(&["uri", "uriRegexRewrite"])],
 );
@@ -195,7 +197,7 @@ const RETRIES: Shape = obj(&[
     field("perTryTimeout", MILLIS),
     field("retryOn", STR),
     field("retryRemoteLocalities", BOOL),
-    field("retryIgnorePreviousHosts", BOOL),
+    field("retryIgnorePreviousHosts", BOOL).not_enforced(),
     field("backoff", MILLIS),
 ]);
 
@@ -237,8 +239,8 @@ const GRPC_STATUS: Shape = Shape::Enum(&[
 const FAULT_ABORT: Shape = obj_with(
     &[
         field("httpStatus", HTTP_STATUS),
-        field("grpcStatus", GRPC_STATUS),
-        field("http2Error", STR),
+        field("grpcStatus", GRPC_STATUS).not_enforced(),
+        field("http2Error", STR).not_enforced(),
         field("percentage", PERCENT),
     ],
     &[exactly_one(&["httpStatus", "grpcStatus", "http2Error"])],
@@ -268,21 +270,21 @@ const CORS_POLICY: Shape = obj(&[
 const HTTP_ROUTE: Shape = obj_with(
     &[
         field("name", STR),
-        field("match", list(&HTTP_MATCH)).not_enforced(),
-        field("route", list(&HTTP_ROUTE_DESTINATION)).not_enforced(),
-        field("redirect", REDIRECT).not_enforced(),
-        field("directResponse", DIRECT_RESPONSE).not_enforced(),
+        field("match", list(&HTTP_MATCH)),
+        field("route", list(&HTTP_ROUTE_DESTINATION)),
+        field("redirect", REDIRECT),
+        field("directResponse", DIRECT_RESPONSE),
         field("delegate", DELEGATE).not_enforced(),
-        field("rewrite", REWRITE).not_enforced(),
-        field("timeout", MILLIS).not_enforced(),
-        field("retries", RETRIES).not_enforced(),
-        field("fault", FAULT).not_enforced(),
-        field("mirror", DESTINATION).not_enforced(),
-        field("mirrors", list(&MIRROR_POLICY)).not_enforced(),
-        field("mirrorPercentage", PERCENT).not_enforced(),
-        field("mirrorPercent", PERCENT_INT).not_enforced(),
+        field("rewrite", REWRITE),
+        field("timeout", MILLIS),
+        field("retries", RETRIES),
+        field("fault", FAULT),
+        field("mirror", DESTINATION),
+        field("mirrors", list(&MIRROR_POLICY)),
+        field("mirrorPercentage", PERCENT),
+        field("mirrorPercent", PERCENT_INT),
         field("corsPolicy", CORS_POLICY).not_enforced(),
-        field("headers", HEADERS).not_enforced(),
+        field("headers", HEADERS),
     ],
     // Which actions combine (route, redirect, directResponse, delegate) is Istio's
     // `validateHTTPRouteConflict`, in `traffic::http_route`: a group cannot say "route unless empty".
@@ -329,7 +331,9 @@ pub(crate) const VIRTUAL_SERVICE: Shape = obj(&[
     // Required although Istio takes a VirtualService without hosts as a delegate: Causeway
     // has no delegation, so such a document would route nothing (`traffic` says why).
     field("hosts", list(&HOST)),
-    field("gateways", STRINGS).not_enforced(),
+    // Causeway's gateways are Istio's "mesh": a VirtualService bound only to other gateways
+    // is compiled to nothing, as an Istio sidecar ignores it.
+    field("gateways", STRINGS),
     field("http", list(&HTTP_ROUTE)),
     field("tls", list(&TLS_ROUTE)),
     field("tcp", list(&TCP_ROUTE)),
@@ -355,12 +359,13 @@ const CLIENT_TLS: Shape = obj(&[
 
 const HTTP_COOKIE: Shape = obj(&[
     required("name", STR),
-    field("path", STR),
-    field("ttl", DURATION),
+    field("path", STR).not_enforced(),
+    field("ttl", DURATION).not_enforced(),
     field(
         "attributes",
         list(&obj(&[required("name", STR), field("value", STR)])),
-    ),
+    )
+    .not_enforced(),
 ]);
 
 const CONSISTENT_HASH: Shape = obj_with(
@@ -394,7 +399,7 @@ const LOCALITY_LB: Shape = obj(&[
         "failover",
         list(&obj(&[field("from", STR), field("to", STR)])),
     ),
-    field("failoverPriority", STRINGS),
+    field("failoverPriority", STRINGS).not_enforced(),
 ]);
 
 const LOAD_BALANCER: Shape = obj_with(
@@ -412,7 +417,7 @@ const LOAD_BALANCER: Shape = obj_with(
         ),
         field("consistentHash", CONSISTENT_HASH),
         field("localityLbSetting", LOCALITY_LB),
-        field("warmupDurationSecs", DURATION),
+        field("warmupDurationSecs", DURATION).not_enforced(),
         field(
             "warmup",
             obj(&[
@@ -432,7 +437,8 @@ const LOAD_BALANCER: Shape = obj_with(
                     },
                 ),
             ]),
-        ),
+        )
+        .not_enforced(),
     ],
     &[at_most_one(&["simple", "consistentHash"])],
 );
@@ -450,9 +456,10 @@ const CONNECTION_POOL: Shape = obj(&[
                     field("time", DURATION),
                     field("interval", DURATION),
                 ]),
-            ),
-            field("maxConnectionDuration", DURATION),
-            field("idleTimeout", DURATION),
+            )
+            .not_enforced(),
+            field("maxConnectionDuration", DURATION).not_enforced(),
+            field("idleTimeout", DURATION).not_enforced(),
         ]),
     ),
     field(
@@ -466,13 +473,15 @@ const CONNECTION_POOL: Shape = obj(&[
             field(
                 "h2UpgradePolicy",
                 Shape::Enum(&["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]),
-            ),
-            field("useClientProtocol", BOOL),
-            field("maxConcurrentStreams", NON_NEGATIVE),
+            )
+            .not_enforced(),
+            field("useClientProtocol", BOOL).not_enforced(),
+            field("maxConcurrentStreams", NON_NEGATIVE).not_enforced(),
             field(
                 "http2KeepAlive",
                 obj(&[field("interval", DURATION), field("timeout", DURATION)]),
-            ),
+            )
+            .not_enforced(),
         ]),
     ),
 ]);
@@ -481,8 +490,8 @@ const OUTLIER_DETECTION: Shape = obj(&[
     field("consecutiveErrors", NON_NEGATIVE),
     field("consecutive5xxErrors", NON_NEGATIVE),
     field("consecutiveGatewayErrors", NON_NEGATIVE),
-    field("consecutiveLocalOriginFailures", NON_NEGATIVE),
-    field("splitExternalLocalOriginErrors", BOOL),
+    field("consecutiveLocalOriginFailures", NON_NEGATIVE).not_enforced(),
+    field("splitExternalLocalOriginErrors", BOOL).not_enforced(),
     field("interval", DURATION),
     field("baseEjectionTime", DURATION),
     field("maxEjectionPercent", PERCENT_INT),
@@ -490,17 +499,20 @@ const OUTLIER_DETECTION: Shape = obj(&[
     field(
         "outlierDetectionHttpErrorCodes",
         list(&Shape::Int { min: 100, max: 599 }),
-    ),
+    )
+    .not_enforced(),
 ]);
 
 /// The per-feature fields shared by a traffic policy and its per-port overrides.
 macro_rules! traffic_policy_fields {
     ($($extra:expr),* $(,)?) => {
         &[
-            field("loadBalancer", LOAD_BALANCER).not_enforced(),
-            field("connectionPool", CONNECTION_POOL).not_enforced(),
-            field("outlierDetection", OUTLIER_DETECTION).not_enforced(),
-            field("tls", CLIENT_TLS).not_enforced(),
+            field("loadBalancer", LOAD_BALANCER),
+            field("connectionPool", CONNECTION_POOL),
+            field("outlierDetection", OUTLIER_DETECTION),
+            // Traffic between clusters is always Causeway's mutual TLS: `ISTIO_MUTUAL` is
+            // what it does; another mode is reported by `traffic::destination_rule`.
+            field("tls", CLIENT_TLS),
             $($extra),*
         ]
     };
@@ -555,7 +567,7 @@ const SUBSET: Shape = obj(&[
 pub(crate) const DESTINATION_RULE: Shape = obj(&[
     required("host", HOST),
     field("trafficPolicy", TRAFFIC_POLICY),
-    field("subsets", list(&SUBSET)).not_enforced(),
+    field("subsets", list(&SUBSET)),
     field("exportTo", STRINGS).not_enforced(),
     field("workloadSelector", SELECTOR).not_enforced(),
 ]);

@@ -15,7 +15,8 @@ use super::traffic::build_regex;
 static REQUEST_MATCH: Shape = obj(&[
     field("all", list(&REQUEST_MATCH)),
     field("any", list(&REQUEST_MATCH)),
-    field("not", Shape::Ref(&REQUEST_MATCH)),
+    // A route whose condition negates is not applied (see `mesh::routes`).
+    field("not", Shape::Ref(&REQUEST_MATCH)).not_enforced(),
     field("method", STR),
     field("pathRegex", STR),
 ]);
@@ -38,7 +39,8 @@ static RESPONSE_CLASS: Shape = obj(&[
 static ROUTE: Shape = obj(&[
     required("name", STR),
     required("condition", Shape::Ref(&REQUEST_MATCH)),
-    field("responseClasses", list(&RESPONSE_CLASS)),
+    // Causeway reads Linkerd's default class (a 5xx is a failure) for retries.
+    field("responseClasses", list(&RESPONSE_CLASS)).not_enforced(),
     field("isRetryable", BOOL),
     field("timeout", DURATION),
 ]);
@@ -68,8 +70,8 @@ const WEIGHTED_DST: Shape = obj(&[
 ]);
 
 pub(crate) static SERVICE_PROFILE: Shape = obj(&[
-    field("routes", list(&ROUTE)).not_enforced(),
-    field("retryBudget", RETRY_BUDGET).not_enforced(),
+    field("routes", list(&ROUTE)),
+    field("retryBudget", RETRY_BUDGET),
     field("dstOverrides", non_empty_list(&WEIGHTED_DST)).not_enforced(),
     field("opaquePorts", list(&super::istio::PORT)).not_enforced(),
 ]);
@@ -187,7 +189,15 @@ mod tests {
         let ok = report(spec);
         assert!(ok.errors.is_empty(), "{:?}", ok.errors);
         let fields: Vec<&str> = ok.warnings.iter().map(|w| w.field.as_str()).collect();
-        assert_eq!(fields, ["spec.routes", "spec.retryBudget"]);
+        // The routes and the budget take effect; a negated condition and response classes
+        // do not.
+        assert_eq!(
+            fields,
+            [
+                "spec.routes[0].condition.not",
+                "spec.routes[0].responseClasses"
+            ]
+        );
 
         let bad = report(json!({
             "routes": [{

@@ -87,10 +87,7 @@ const SERVICE_PORT: Shape = obj(&[
 /// subsets (DestinationRule, DestinationPolicy) can select it by label.
 const ENDPOINT: Shape = Shape::Either(&[
     SOCKET_ADDR,
-    obj(&[
-        required("address", SOCKET_ADDR),
-        field("labels", LABELS).not_enforced(),
-    ]),
+    obj(&[required("address", SOCKET_ADDR), field("labels", LABELS)]),
 ]);
 
 pub(crate) const SERVICE: Shape = obj(&[
@@ -126,10 +123,10 @@ const ROUTE_RETRIES: Shape = obj(&[
 ]);
 
 const ROUTE_HTTP: Shape = obj(&[
-    field("match", list(&ROUTE_MATCH)).not_enforced(),
-    required("destinations", non_empty_list(&ROUTE_DESTINATION)).not_enforced(),
-    field("timeout", DURATION).not_enforced(),
-    field("retries", ROUTE_RETRIES).not_enforced(),
+    field("match", list(&ROUTE_MATCH)),
+    required("destinations", non_empty_list(&ROUTE_DESTINATION)),
+    field("timeout", DURATION),
+    field("retries", ROUTE_RETRIES),
 ]);
 
 pub(crate) const ROUTE: Shape = obj(&[
@@ -147,8 +144,7 @@ pub(crate) const DESTINATION_POLICY: Shape = obj(&[
             required("name", DNS_LABEL),
             field("labels", LABELS),
         ])),
-    )
-    .not_enforced(),
+    ),
     field(
         "outlierDetection",
         obj(&[
@@ -157,16 +153,14 @@ pub(crate) const DESTINATION_POLICY: Shape = obj(&[
             field("baseEjectionTime", DURATION),
             field("maxEjectionPercent", Shape::Int { min: 0, max: 100 }),
         ]),
-    )
-    .not_enforced(),
+    ),
     field(
         "connectionPool",
         obj(&[
             field("maxConnections", NON_NEGATIVE),
             field("maxPendingRequests", NON_NEGATIVE),
         ]),
-    )
-    .not_enforced(),
+    ),
 ]);
 
 // ---- AuthorizationPolicy, PeerAuthentication ------------------------------------------------

@@ -36,7 +36,7 @@ const MATCH: Shape = obj(&[
 
 pub(crate) const TRAFFIC_SPLIT: Shape = obj(&[
     required("service", HOST),
-    required("backends", non_empty_list(&BACKEND)).not_enforced(),
+    required("backends", non_empty_list(&BACKEND)),
     field("matches", list(&MATCH)).not_enforced(),
 ]);
 

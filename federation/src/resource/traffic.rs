@@ -448,6 +448,17 @@ pub(crate) fn destination_rule(spec: &Value, report: &mut Report) {
         }));
     for (path, policy) in policies {
         let Some(policy) = policy else { continue };
+        if let Some(mode) = policy.pointer("/tls/mode").and_then(Value::as_str)
+            && mode != "ISTIO_MUTUAL"
+        {
+            report.warning(
+                child(&child(&path, "tls"), "mode"),
+                format!(
+                    "{mode} is not applied: traffic between clusters is always Causeway's \
+                     mutual TLS (ISTIO_MUTUAL)"
+                ),
+            );
+        }
         for (i, port) in items(policy, "portLevelSettings").iter().enumerate() {
             let settings = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
             if !settings.iter().any(|s| port.get(s).is_some()) {
