@@ -20,7 +20,7 @@ use crate::seed::MeshFeed;
 
 /// `compiled` laid over `seed`: the store's clusters replace the seed's of the same name; this
 /// cluster's services are the seed's plus the store's (the store's win by name); exports per
-/// cluster likewise.
+/// cluster likewise; the route table is the store's.
 pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
     let mut out = seed.clone();
     out.version = compiled.version;
@@ -41,6 +41,8 @@ pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
         }
     }
     out.members = compiled.members.clone();
+    // Traffic policy lives only in the store.
+    out.routes = compiled.routes.clone();
     out
 }
 

@@ -33,7 +33,8 @@ mod outbound;
 pub(crate) mod policy;
 mod pool;
 pub mod preamble;
-mod routing;
+#[doc(hidden)]
+pub mod routing; // public for benches/policy.rs only
 mod spin;
 mod tunnel;
 

@@ -11,7 +11,7 @@ use federation::traffic::{HeaderOps, HttpRoute, Redirect, RequestMatch, Rewrite,
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 /// What route matching reads of a request.
-pub(crate) struct RequestView<'a> {
+pub struct RequestView<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -48,7 +48,7 @@ impl<'a> RequestView<'a> {
 
 /// The first route that `req` matches, and the match that held (none for a route without
 /// matches).
-pub(crate) fn select<'r>(
+pub fn select<'r>(
     routes: &'r [HttpRoute],
     req: &RequestView<'_>,
 ) -> Option<(&'r HttpRoute, Option<&'r RequestMatch>)> {
