@@ -318,3 +318,304 @@ fn outlier_detection_ejects_a_failing_cluster_and_takes_it_back() {
         (mesh.metric("causeway_outlier_ejections_total", &[]) >= 2.0).then_some(())
     });
 }
+
+#[test]
+fn pool_overflow_is_answered_503_at_once_and_a_mirror_never_slows_the_primary() {
+    let mesh = mesh(115);
+    let (slow, _seen) = backend::http_echo_reporting(&mesh.net.ip(2), "west");
+    mesh.service("west", "api", slow, &[("version", "stable")]);
+    mesh.until_served_by("west", "/", &[]);
+
+    // One connection and one pending request: of six calls at once, at most two are in
+    // flight; the rest are refused at east without waiting.
+    mesh.apply(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n",
+    );
+    let overflowed = eventually("the pool limit to reach east", UP, || {
+        let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| mesh.get("/slow/1500", &[])))
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let refused = answers.iter().filter(|(status, _)| *status == 503).count();
+        (refused >= 4).then_some(answers)
+    });
+    let ok = overflowed
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .count();
+    assert!(
+        ok >= 1,
+        "the calls within the limit were served: {overflowed:?}"
+    );
+    assert!(
+        overflowed
+            .iter()
+            .any(|(status, body)| *status == 503 && body.contains("connection pool")),
+        "{overflowed:?}"
+    );
+    assert!(
+        mesh.metric(
+            "causeway_requests_total",
+            &[("response_code", "503"), ("response_flags", "UO")]
+        ) >= 4.0
+    );
+    assert!(mesh.metric("causeway_overflows_total", &[]) >= 4.0);
+
+    // The mirror example: a copy of 10% of the calls goes to api-shadow's subset `test`,
+    // whose endpoint takes 2 s; the primary answers at once all the same.
+    let (shadow, copies) = silent_backend(&mesh.net.ip(3));
+    mesh.service("edge", "api-shadow", shadow, &[("version", "test")]);
+    mesh.apply(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api-shadow\n  namespace: production\nspec:\n  host: api-shadow\n  subsets: [{name: test, labels: {version: test}}]\n---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  subsets: [{name: stable, labels: {version: stable}}]\n",
+    );
+    mesh.apply(&example("mirror-virtualservice.yaml"));
+    eventually("the first mirrored copy", UP, || {
+        let _ = mesh.get("/warm-up", &[]);
+        copies.try_recv().ok()
+    });
+    while copies.try_recv().is_ok() {}
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    for _ in 0..200 {
+        let (status, body) = mesh.get("/mirror", &[]);
+        assert!(status == 200 && body.starts_with("west"), "{status} {body}");
+        served += 1;
+    }
+    let took = started.elapsed();
+    let mut mirrored = 0;
+    while let Ok(path) = copies.recv_timeout(Duration::from_secs(3)) {
+        if path == "/mirror" {
+            mirrored += 1;
+        }
+    }
+    // 10% of 200, give or take chance (binomial: 99.9% of runs fall in 6..=36).
+    assert!(
+        (6..=36).contains(&mirrored),
+        "{mirrored} copies of {served}"
+    );
+    assert!(mesh.metric("causeway_mirrored_requests_total", &[("reason", "sent")]) >= 6.0);
+    // The shadow never answers: had the primary waited for its copies, each of the (at
+    // least 6) mirrored calls would have taken the mirror's 10 s deadline.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+/// A backend that reads each request, reports its path, and never answers: a shadow as slow
+/// as a shadow can be.
+fn silent_backend(ip: &str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_ok() {
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let _ = tx.send(path);
+                }
+                // Hold the connection open, unanswered, until the peer gives up.
+                let mut rest = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn consistent_hashing_sticks_and_locality_failover_prefers_the_closer_cluster() {
+    let mesh = mesh(116);
+    let west = backend::http_echo(&mesh.net.ip(2), "west");
+    let edge = backend::http_echo(&mesh.net.ip(3), "edge");
+    mesh.service("west", "api", west, &[]);
+    mesh.service("edge", "api", edge, &[]);
+    mesh.until_served_by("west", "/", &[]);
+    mesh.until_served_by("edge", "/", &[]);
+
+    mesh.apply(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n",
+    );
+    // Each user sticks to one cluster; different users spread over both.
+    let mut clusters_seen = std::collections::BTreeSet::new();
+    eventually("hashing to take effect", UP, || {
+        let first = tally(&mesh, 10, "/", &[("x-user", "alice")]);
+        (first.len() == 1).then_some(())
+    });
+    for user in [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ] {
+        let counts = tally(&mesh, 10, "/", &[("x-user", user)]);
+        assert_eq!(counts.len(), 1, "{user} moved between clusters: {counts:?}");
+        clusters_seen.extend(counts.into_keys());
+    }
+    assert_eq!(clusters_seen.len(), 2, "{clusters_seen:?}");
+
+    // Localities: east and west in us-east, edge in eu-west. With outlier detection on,
+    // east keeps its calls in its region (west) and fails over to edge only when west fails.
+    for (cluster, region) in [
+        ("east", "us-east"),
+        ("west", "us-east"),
+        ("edge", "eu-west"),
+    ] {
+        let reply = mesh.admin.get(&format!("/v1/clusters/{cluster}"));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let mut doc = reply.json.clone();
+        doc["spec"]["locality"] = json!({"region": region});
+        let yaml = serde_yaml_ng::to_string(&doc).unwrap();
+        mesh.apply(&yaml);
+    }
+    mesh.apply(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east, to: eu-west}]\n",
+    );
+    eventually("calls to stay in us-east", UP, || {
+        (tally(&mesh, 20, "/", &[]).get("west") == Some(&20)).then_some(())
+    });
+    // west's endpoint goes away: its gateway refuses, outlier detection ejects west, and
+    // the calls fail over to edge.
+    mesh.service("west", "api", "127.0.0.1:9".parse().unwrap(), &[]);
+    eventually("failover to eu-west", UP, || {
+        (tally(&mesh, 10, "/", &[]).get("edge") == Some(&10)).then_some(())
+    });
+    assert!(mesh.metric("causeway_outlier_ejections_total", &[]) >= 1.0);
+}
+
+#[test]
+fn per_try_timeouts_retry_elsewhere_and_profiles_and_splits_take_effect() {
+    let mesh = mesh(117);
+    let west = backend::http_echo(&mesh.net.ip(2), "west");
+    let edge = backend::http_echo(&mesh.net.ip(3), "edge");
+    mesh.service("west", "api", west, &[]);
+    mesh.service("edge", "api", edge, &[]);
+    mesh.until_served_by("west", "/", &[]);
+    mesh.until_served_by("edge", "/", &[]);
+
+    // A per-try timeout of 300 ms: a slow answer is abandoned and retried on the other
+    // cluster, where it is just as slow; the overall timeout then answers 504.
+    mesh.apply(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: api\n  namespace: production\nspec:\n  hosts: [api]\n  http:\n    - route: [{destination: {host: api}}]\n      retries: {attempts: 1, perTryTimeout: 300ms, retryOn: 5xx}\n      timeout: 5s\n",
+    );
+    eventually("the per-try timeout", UP, || {
+        (mesh.get("/slow/2000", &[]).0 == 504).then_some(())
+    });
+    let before = mesh.metric("causeway_retries_total", &[("reason", "retry")]);
+    let (status, body) = mesh.get("/slow/2000", &[]);
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("per-try timeout"), "{body}");
+    assert!(mesh.metric("causeway_retries_total", &[("reason", "retry")]) > before);
+    assert_eq!(mesh.get("/slow/10", &[]).0, 200);
+    assert_eq!(
+        mesh.admin
+            .delete("/v1/namespaces/production/virtualservices/api")
+            .status,
+        200
+    );
+
+    // SMI TrafficSplit: `api` split 1:3 over api-a (west) and api-b (edge).
+    let a = backend::http_echo(&mesh.net.ip(2), "west-a");
+    let b = backend::http_echo(&mesh.net.ip(3), "edge-b");
+    mesh.service("west", "api-a", a, &[]);
+    mesh.service("edge", "api-b", b, &[]);
+    mesh.apply(
+        "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: api, namespace: production}\nspec:\n  service: api\n  backends:\n  - {service: api-a, weight: 250}\n  - {service: api-b, weight: 750}\n",
+    );
+    mesh.until_served_by("edge-b", "/", &[]);
+    let counts = tally(&mesh, 400, "/", &[]);
+    let b_share = *counts.get("edge-b").unwrap_or(&0) as f64 / 400.0;
+    assert!((0.68..=0.82).contains(&b_share), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_eq!(
+        mesh.admin
+            .delete("/v1/namespaces/production/trafficsplits/api")
+            .status,
+        200
+    );
+
+    // Linkerd ServiceProfile: GET /items/* is retryable with a 1 s timeout; the echo fails
+    // every other call and the route's retries hide it.
+    let flaky = backend::http_echo(&mesh.net.ip(2), "west-flaky");
+    mesh.service("west", "flaky", flaky, &[]);
+    mesh.apply(
+        "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: flaky.production.svc.cluster.local, namespace: production}\nspec:\n  routes:\n  - name: GET /fail-every/2/items\n    condition: {method: GET, pathRegex: /fail-every/2/items/.*}\n    isRetryable: true\n    timeout: 1s\n  retryBudget: {retryRatio: 0.5, minRetriesPerSecond: 20, ttl: 10s}\n",
+    );
+    let get = |path: &str| match try_http(
+        mesh.east.outbound,
+        "GET",
+        "flaky.production",
+        path,
+        &[],
+        b"",
+    ) {
+        Ok((status, _, _)) => status,
+        Err(_) => 0,
+    };
+    eventually("the profile's retries", UP, || {
+        (0..6)
+            .all(|_| get("/fail-every/2/items/1") == 200)
+            .then_some(())
+    });
+    assert!((0..40).all(|_| get("/fail-every/2/items/7") == 200));
+    // A path the profile does not call retryable is not retried.
+    let failed = (0..40)
+        .filter(|_| get("/fail-every/2/other") == 503)
+        .count();
+    assert!(failed >= 15, "{failed} of 40 failed without retries");
+}
+
+#[test]
+fn bookinfo_reviews_route_applies_as_published_and_takes_effect() {
+    let mesh = mesh(118);
+    let v1 = backend::http_echo(&mesh.net.ip(2), "reviews-v1");
+    let v2 = backend::http_echo(&mesh.net.ip(3), "reviews-v2");
+    let v3 = backend::http_echo(&mesh.net.ip(3), "reviews-v3");
+    // Bookinfo lives in `default`, the namespace its samples get.
+    let doc = |cluster: &str, endpoints: &str| {
+        format!(
+            "apiVersion: causeway.dev/v1alpha1\nkind: Service\nmetadata: {{name: reviews, namespace: default, cluster: {cluster}}}\nspec:\n  ports: [{{port: 9080, protocol: http}}]\n  endpoints: [{endpoints}]\n---\napiVersion: causeway.dev/v1alpha1\nkind: ServiceExport\nmetadata: {{name: reviews, namespace: default, cluster: {cluster}}}\nspec: {{}}\n"
+        )
+    };
+    mesh.apply(&doc(
+        "west",
+        &format!("{{address: \"{v1}\", labels: {{version: v1}}}}"),
+    ));
+    mesh.apply(&doc(
+        "edge",
+        &format!("{{address: \"{v2}\", labels: {{version: v2}}}}, {{address: \"{v3}\", labels: {{version: v3}}}}"),
+    ));
+    let sample = |name: &str| {
+        let path = format!("{}/examples/bookinfo/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    for file in [
+        "destination-rule-all.yaml",
+        "virtual-service-reviews-jason-v2-v3.yaml",
+    ] {
+        let applied = mesh.apply(&sample(file));
+        assert!(
+            !applied.to_string().contains("not enforced"),
+            "{file}: {applied}"
+        );
+    }
+    let get = |headers: &[(&str, &str)]| match try_http(
+        mesh.east.outbound,
+        "GET",
+        "reviews.default",
+        "/",
+        headers,
+        b"",
+    ) {
+        Ok((200, _, body)) => body.lines().next().unwrap_or("").to_string(),
+        other => format!("{other:?}"),
+    };
+    eventually("jason to reach reviews v2", UP, || {
+        (get(&[("end-user", "jason")]) == "reviews-v2").then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(get(&[("end-user", "jason")]), "reviews-v2");
+        assert_eq!(get(&[]), "reviews-v3");
+    }
+}
