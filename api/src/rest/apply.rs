@@ -160,8 +160,8 @@ fn namespacing(params: &Params) -> Result<Option<(String, bool)>, Problem> {
     tag = "resources",
     params(
         ("dryRun" = Option<bool>, Query, description = "Validate and predict each action; write nothing"),
-        ("namespace" = Option<String>, Query, description = "For documents without metadata.namespace (kubectl's -n); a document naming another namespace is refused (422)"),
-        ("defaultNamespace" = Option<String>, Query, description = "For documents without metadata.namespace, like a kubectl context's namespace; documents naming one keep it. Without either parameter: `default`"),
+        ("namespace" = Option<String>, Query, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description = "For documents without metadata.namespace (kubectl's -n); a document naming another namespace is refused (422)"),
+        ("defaultNamespace" = Option<String>, Query, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description = "For documents without metadata.namespace, like a kubectl context's namespace; documents naming one keep it. Without either parameter: `default`"),
     ),
     request_body(
         description = "One or more resource documents (at most 4 MiB). JSON when it starts with `{` or `[`, YAML otherwise.",

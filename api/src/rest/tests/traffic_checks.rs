@@ -157,3 +157,16 @@ spec:
         .ok();
     assert_eq!(split["spec"]["backends"][0]["weight"], "900m");
 }
+
+#[test]
+fn the_namespace_parameters_state_the_grammar_the_server_enforces() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let params = doc["paths"]["/v1/apply"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    for name in ["namespace", "defaultNamespace"] {
+        let param = params.iter().find(|p| p["name"] == name).unwrap();
+        let pattern = param["schema"]["pattern"].as_str().unwrap();
+        assert_eq!(pattern, r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", "{name}");
+    }
+}
