@@ -156,6 +156,28 @@ spec:
         .await
         .ok();
     assert_eq!(split["spec"]["backends"][0]["weight"], "900m");
+
+    // Endpoints with labels read back as written, beside plain ones.
+    let endpoints =
+        json!(["10.0.0.1:9080", {"address": "10.0.0.2:9080", "labels": {"version": "v2"}}]);
+    let service = json!({
+        "apiVersion": "causeway.dev/v1alpha1", "kind": "Service",
+        "metadata": {"name": "reviews", "cluster": "east"},
+        "spec": {"ports": [{"port": 9080, "protocol": "http"}], "endpoints": endpoints},
+    });
+    let applied = api.apply(&operator, JSON, &service.to_string()).await.ok();
+    assert_eq!(
+        applied["results"][0]["warnings"][0]["field"],
+        "spec.endpoints[1].labels"
+    );
+    let got = api
+        .get(
+            "/v1/namespaces/default/services/reviews?cluster=east",
+            &operator,
+        )
+        .await
+        .ok();
+    assert_eq!(got["spec"]["endpoints"], endpoints);
 }
 
 #[test]
