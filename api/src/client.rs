@@ -410,19 +410,41 @@ impl Client {
     }
 
     /// `POST /v1/apply`: `body` is YAML (multi-document) or JSON, as `content_type` says.
+    /// Documents without a namespace go to `default`.
     pub async fn apply(
         &self,
         body: String,
         content_type: &str,
         dry_run: bool,
     ) -> Result<ApplyResponse, ClientError> {
-        let path = if dry_run {
-            "/v1/apply?dryRun=true"
-        } else {
-            "/v1/apply"
+        self.apply_in(body, content_type, dry_run, ApplyNamespace::Server)
+            .await
+    }
+
+    /// [`Client::apply`], saying where documents without a namespace go.
+    pub async fn apply_in(
+        &self,
+        body: String,
+        content_type: &str,
+        dry_run: bool,
+        namespace: ApplyNamespace<'_>,
+    ) -> Result<ApplyResponse, ClientError> {
+        let mut path = "/v1/apply".to_string();
+        let (enforced, fallback) = match namespace {
+            ApplyNamespace::Server => (None, None),
+            ApplyNamespace::Request(ns) => (Some(ns), None),
+            ApplyNamespace::Context(ns) => (None, Some(ns)),
         };
+        push_query(
+            &mut path,
+            &[
+                ("dryRun", dry_run.then_some("true")),
+                ("namespace", enforced),
+                ("defaultNamespace", fallback),
+            ],
+        );
         let body = Some((Bytes::from(body), content_type));
-        self.call(Method::POST, path, body, self.authorization.as_ref())
+        self.call(Method::POST, &path, body, self.authorization.as_ref())
             .await
     }
 
@@ -916,6 +938,17 @@ fn item_path(plural: &str, namespace: Option<&str>, name: &str) -> String {
 }
 
 /// Appends `?k=v&...` for the parameters that are set.
+/// Where `apply` puts documents without `metadata.namespace`, as kubectl decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyNamespace<'a> {
+    /// The server's default namespace, `default`.
+    Server,
+    /// `-n`: documents without a namespace go here, and one naming another is refused.
+    Request(&'a str),
+    /// The CLI context's namespace: documents without a namespace go here; others keep theirs.
+    Context(&'a str),
+}
+
 fn push_query(path: &mut String, params: &[(&str, Option<&str>)]) {
     let mut separator = if path.contains('?') { '&' } else { '?' };
     for (key, value) in params {

@@ -8,11 +8,11 @@
 
 use std::path::PathBuf;
 
-use api::client::{ApplyAction, ApplyResponse, ApplyResult, ClientError};
+use api::client::{ApplyAction, ApplyNamespace, ApplyResponse, ApplyResult, ClientError};
 
-use super::context::ConnectionArgs;
+use super::context::{self, ConnectionArgs};
 use super::files::{self, Input};
-use super::{Failure, Outcome, connect, describe, describe_problem, qualified_api};
+use super::{Failure, Outcome, describe, describe_problem, qualified_api};
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -28,6 +28,10 @@ pub struct ApplyArgs {
     /// Validate and say what would change, without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// The namespace of documents that name none; a document naming another is refused
+    /// [default: `namespace` in the config file, then `default`].
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -35,12 +39,19 @@ pub struct ApplyArgs {
 pub async fn run(args: ApplyArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
     // Every file is read before the first request, so a typo in the last path writes nothing.
     let inputs = files::read_all(&args.files).map_err(Failure::Usage)?;
-    let client = connect(&args.connection, env)?;
+    let context = context::resolve(&args.connection, env)?;
+    let client = context.client()?;
+    let namespace = target_namespace(args.namespace.as_deref(), &context);
     let mut refused = false;
     for input in &inputs {
         let documents = files::documents(input).ok().map(|docs| docs.len());
         match client
-            .apply(input.text.clone(), input.content_type, args.dry_run)
+            .apply_in(
+                input.text.clone(),
+                input.content_type,
+                args.dry_run,
+                namespace,
+            )
             .await
         {
             Ok(response) => {
@@ -59,6 +70,18 @@ pub async fn run(args: ApplyArgs, env: &dyn Fn(&str) -> Option<String>) -> Outco
         Err(Failure::Reported)
     } else {
         Ok(())
+    }
+}
+
+/// kubectl's order: `-n`, then the context's namespace, then the server's `default`.
+fn target_namespace<'a>(
+    flag: Option<&'a str>,
+    context: &'a context::Context,
+) -> ApplyNamespace<'a> {
+    match (flag, &context.namespace) {
+        (Some(ns), _) => ApplyNamespace::Request(ns),
+        (None, Some((ns, _))) => ApplyNamespace::Context(ns),
+        (None, None) => ApplyNamespace::Server,
     }
 }
 
@@ -187,6 +210,28 @@ mod tests {
         assert_eq!(
             warning_lines(&input(), &[vs], Some(2)),
             "Warning: vs.yaml: spec.http[0].retries: not enforced yet (in virtualservice.networking.istio.io/api-traffic-split)\n"
+        );
+    }
+
+    #[test]
+    fn cli_apply_namespace_is_flag_then_context_then_server() {
+        let mut ctx = context::resolve(
+            &ConnectionArgs {
+                server: Some("http://127.0.0.1:1".into()),
+                ..ConnectionArgs::default()
+            },
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(target_namespace(None, &ctx), ApplyNamespace::Server);
+        ctx.namespace = Some(("shop".into(), context::Source::Default));
+        assert_eq!(
+            target_namespace(None, &ctx),
+            ApplyNamespace::Context("shop")
+        );
+        assert_eq!(
+            target_namespace(Some("prod"), &ctx),
+            ApplyNamespace::Request("prod")
         );
     }
 

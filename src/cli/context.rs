@@ -6,7 +6,11 @@
 //!  server:  --server URL      ▶ $CAUSEWAY_SERVER ▶ config.toml `server`            ▶ https://127.0.0.1:15000
 //!  token:   --token/--token-file ▶ $CAUSEWAY_TOKEN ▶ config.toml `token`/`token_file` ▶ none
 //!  CA:      --ca-file FILE    ▶ $CAUSEWAY_CA_FILE ▶ config.toml `ca_file`           ▶ none
+//!  namespace (apply):  -n NS  ▶ config.toml `namespace`                         ▶ the server's `default`
 //! ```
+//!
+//! The namespace is where `apply` puts documents that name none, as a kubectl context's is:
+//! `-n` also refuses documents naming another, the config file's only fills in.
 //!
 //! The config file is `$XDG_CONFIG_HOME/causeway/config.toml`, else `~/.config/causeway/config.toml`
 //! (`causeway demo` writes one). The values resolve independently: tokens are mesh-wide, so
@@ -92,6 +96,8 @@ pub struct Context {
     pub ca_file: Option<(PathBuf, Source)>,
     /// The CA file's contents (PEM).
     pub ca_pem: Option<Vec<u8>>,
+    /// The config file's `namespace`, for documents that name none.
+    pub namespace: Option<(String, Source)>,
 }
 
 impl Context {
@@ -153,6 +159,9 @@ struct FileConfig {
     token_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ca_file: Option<PathBuf>,
+    /// Where `apply` puts documents without `metadata.namespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
 }
 
 /// The config file's path under the given environment, if a home can be found.
@@ -256,6 +265,19 @@ pub fn resolve(
         }
         None => (None, None),
     };
+    let namespace = match (&path, file.as_ref().and_then(|f| f.namespace.clone())) {
+        (Some(path), Some(namespace)) => {
+            let source = Source::File(path.clone(), "namespace");
+            if federation::model::check_dns_label("namespace", &namespace).is_err() {
+                return Err(ContextError::new(format!(
+                    "the namespace {namespace:?} {source} is not a DNS label (lowercase letters, \
+                     digits and '-')"
+                )));
+            }
+            Some((namespace, source))
+        }
+        _ => None,
+    };
     let context = Context {
         server,
         server_source,
@@ -263,6 +285,7 @@ pub fn resolve(
         token_source,
         ca_file,
         ca_pem,
+        namespace,
     };
     // Checked here so the message can say where the value at fault came from. A missing CA is
     // not a bad value: building the client says what to give.
@@ -347,6 +370,7 @@ pub fn write_context_to(
         token_file: None,
         // Absolute, so the file means the same wherever it is read from.
         ca_file: ca_file.map(std::path::absolute).transpose()?,
+        namespace: None,
     };
     let text = toml::to_string(&config).map_err(io::Error::other)?;
     let tmp = path.with_extension("toml.tmp");
@@ -459,6 +483,31 @@ mod tests {
             );
         }
         assert_eq!(with(&[]), None);
+    }
+
+    #[test]
+    fn cli_context_namespace_comes_from_the_config_file() {
+        let xdg = config_home("namespace = \"shop\"\n");
+        let env = env_of(&[("XDG_CONFIG_HOME", xdg.path().to_str().unwrap())]);
+        let ctx = resolve(&flags(None, None), &env).unwrap();
+        let (namespace, source) = ctx.namespace.unwrap();
+        assert_eq!(namespace, "shop");
+        assert!(matches!(source, Source::File(_, "namespace")));
+        assert!(
+            resolve(&flags(None, None), &env_of(&[]))
+                .unwrap()
+                .namespace
+                .is_none()
+        );
+
+        let bad = config_home("namespace = \"Shop_1\"\n");
+        let env = env_of(&[("XDG_CONFIG_HOME", bad.path().to_str().unwrap())]);
+        let err = resolve(&flags(None, None), &env).unwrap_err().message;
+        assert!(
+            err.starts_with("the namespace \"Shop_1\" from `namespace` in ")
+                && err.contains("not a DNS label"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use federation::resource::Scope;
+use federation::resource::{DEFAULT_NAMESPACE, Scope};
 
-use super::context::ConnectionArgs;
+use super::context::{self, ConnectionArgs};
 use super::files::{self, Target};
-use super::{Failure, Outcome, connect, describe, lookup_kind, qualified};
+use super::{Failure, Outcome, describe, lookup_kind, qualified};
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
@@ -16,7 +16,9 @@ pub struct DeleteArgs {
     /// The resource's name.
     #[arg(required_unless_present = "files", conflicts_with = "files")]
     pub name: Option<String>,
-    /// The resource's namespace (required for namespaced kinds: there is no default).
+    /// The resource's namespace (required for namespaced kinds named on the command line; a
+    /// file's documents without one are in the config file's `namespace`, else `default`, as
+    /// apply put them).
     #[arg(short, long)]
     pub namespace: Option<String>,
     /// The cluster of a Service or ServiceExport (needed when several clusters have one).
@@ -33,8 +35,13 @@ pub struct DeleteArgs {
 }
 
 pub async fn run(args: DeleteArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
-    let targets = targets(&args)?;
-    let client = connect(&args.connection, env)?;
+    let context = context::resolve(&args.connection, env)?;
+    let namespace = context
+        .namespace
+        .as_ref()
+        .map_or(DEFAULT_NAMESPACE, |(ns, _)| ns.as_str());
+    let targets = targets(&args, namespace)?;
+    let client = context.client()?;
     let mut refused = false;
     for target in &targets {
         let info = target.kind.info();
@@ -65,8 +72,9 @@ pub async fn run(args: DeleteArgs, env: &dyn Fn(&str) -> Option<String>) -> Outc
     }
 }
 
-/// What to delete, checked before the first request.
-fn targets(args: &DeleteArgs) -> Result<Vec<Target>, Failure> {
+/// What to delete, checked before the first request. `namespace` is where documents without
+/// one are.
+fn targets(args: &DeleteArgs, namespace: &str) -> Result<Vec<Target>, Failure> {
     if !args.files.is_empty() {
         if args.namespace.is_some() || args.cluster.is_some() {
             return Err(Failure::Usage(
@@ -77,7 +85,7 @@ fn targets(args: &DeleteArgs) -> Result<Vec<Target>, Failure> {
         for input in files::read_all(&args.files).map_err(Failure::Usage)? {
             let documents = files::documents(&input).map_err(Failure::Usage)?;
             for (i, doc) in documents.iter().enumerate() {
-                let target = files::target(doc).map_err(|e| {
+                let target = files::target(doc, namespace).map_err(|e| {
                     Failure::Usage(format!("{}: document {}: {e}", input.label, i + 1))
                 })?;
                 targets.push(target);
@@ -98,7 +106,7 @@ fn targets(args: &DeleteArgs) -> Result<Vec<Target>, Failure> {
         }
         (Scope::Namespaced | Scope::ClusterLocal, None) => {
             return Err(Failure::Usage(format!(
-                "{plural} are namespaced: give the namespace with -n NAMESPACE (Causeway has no default namespace)"
+                "{plural} are namespaced: give the namespace with -n NAMESPACE (only apply fills in a default namespace)"
             )));
         }
         _ => {}
@@ -133,7 +141,7 @@ mod tests {
         let harness =
             Harness::try_parse_from(std::iter::once("delete").chain(argv.iter().copied()))
                 .map_err(|e| e.kind().to_string())?;
-        targets(&harness.args).map_err(|f| match f {
+        targets(&harness.args, "default").map_err(|f| match f {
             Failure::Usage(m) => m,
             other => format!("{other:?}"),
         })
@@ -179,10 +187,9 @@ mod tests {
              apiVersion: causeway.dev/v1alpha1\nkind: Route\nmetadata: {name: b}\n",
         )
         .unwrap();
-        let err = parse(&["-f", file.to_str().unwrap()]).unwrap_err();
-        assert!(
-            err.contains("r.yaml: document 2: metadata.namespace: missing"),
-            "{err}"
-        );
+        let targets = parse(&["-f", file.to_str().unwrap()]).unwrap();
+        let namespaces: Vec<_> = targets.iter().map(|t| t.namespace.as_deref()).collect();
+        // As apply put it: a document without a namespace is in the default one.
+        assert_eq!(namespaces, [Some("prod"), Some("default")]);
     }
 }

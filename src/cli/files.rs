@@ -140,19 +140,20 @@ pub struct Target {
     pub cluster: Option<String>,
 }
 
-/// The resource a document names, or what is missing (with the field's path).
-pub fn target(doc: &Value) -> Result<Target, String> {
+/// The resource a document names, or what is missing (with the field's path). A namespaced
+/// document without a namespace is in `namespace`, as `apply` put it there.
+pub fn target(doc: &Value, namespace: &str) -> Result<Target, String> {
     let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str);
     let api_version = text("/apiVersion").ok_or("apiVersion: missing")?;
     let kind_name = text("/kind").ok_or("kind: missing")?;
     let kind = Kind::from_api(api_version, kind_name)
         .ok_or_else(|| format!("kind: unknown kind {kind_name} in {api_version}"))?;
     let name = text("/metadata/name").ok_or("metadata.name: missing")?;
-    let namespace = text("/metadata/namespace").map(str::to_string);
+    let namespace = match (kind.scope(), text("/metadata/namespace")) {
+        (Scope::Mesh, given) => given.map(str::to_string),
+        (_, given) => Some(given.unwrap_or(namespace).to_string()),
+    };
     let cluster = text("/metadata/cluster").map(str::to_string);
-    if kind.scope() != Scope::Mesh && namespace.is_none() {
-        return Err("metadata.namespace: missing".to_string());
-    }
     Ok(Target {
         kind,
         name: name.to_string(),
@@ -218,7 +219,7 @@ mod tests {
         let targets: Vec<Target> = inputs
             .iter()
             .flat_map(|i| documents(i).unwrap())
-            .map(|d| target(&d).unwrap())
+            .map(|d| target(&d, "default").unwrap())
             .collect();
         assert_eq!(targets.len(), 3);
         assert_eq!(targets[0].kind, Kind::IstioVirtualService);
@@ -229,10 +230,13 @@ mod tests {
         assert_eq!(targets[2].cluster.as_deref(), Some("east"));
 
         let doc = serde_json::json!({"apiVersion": "causeway.dev/v1alpha1", "kind": "Route", "metadata": {"name": "r"}});
-        assert_eq!(target(&doc).unwrap_err(), "metadata.namespace: missing");
+        assert_eq!(
+            target(&doc, "shop").unwrap().namespace.as_deref(),
+            Some("shop")
+        );
         let doc = serde_json::json!({"apiVersion": "v1", "kind": "Pod"});
         assert!(
-            target(&doc)
+            target(&doc, "default")
                 .unwrap_err()
                 .starts_with("kind: unknown kind Pod")
         );

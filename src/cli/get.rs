@@ -187,6 +187,8 @@ fn wide_headers(kind: Kind) -> &'static [&'static str] {
         Kind::AuthorizationPolicy | Kind::IstioAuthorizationPolicy => &["ACTION", "RULES"],
         Kind::PeerAuthentication | Kind::IstioPeerAuthentication => &["MODE"],
         Kind::RateLimitPolicy => &["SERVICE", "RPS", "BURST"],
+        Kind::LinkerdServiceProfile => &["ROUTES", "RETRY RATIO"],
+        Kind::SmiTrafficSplit => &["SERVICE", "BACKENDS"],
     }
 }
 
@@ -231,7 +233,14 @@ fn wide_cells(kind: Kind, item: &Value) -> Vec<String> {
                     }
                 })
                 .collect();
-            vec![ports.join(","), list("/endpoints", "")]
+            let endpoints: Vec<String> = spec
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(endpoint)
+                .collect();
+            vec![ports.join(","), abbreviate(&endpoints)]
         }
         Kind::ServiceExport => vec![],
         Kind::Route => vec![list("/hosts", "")],
@@ -257,6 +266,39 @@ fn wide_cells(kind: Kind, item: &Value) -> Vec<String> {
             field("/requestsPerSecond"),
             field("/burst"),
         ],
+        Kind::LinkerdServiceProfile => {
+            let routes = spec
+                .get("routes")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            vec![routes.to_string(), field("/retryBudget/retryRatio")]
+        }
+        Kind::SmiTrafficSplit => {
+            let backends: Vec<String> = spec
+                .get("backends")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|b| format!("{}={}", text(b, "/service"), text(b, "/weight")))
+                .collect();
+            vec![field("/service"), abbreviate(&backends)]
+        }
+    }
+}
+
+/// `ip:port`, with its labels when the endpoint has some: `10.0.0.2:80(version=v2)`.
+fn endpoint(value: &Value) -> String {
+    let labels: Vec<String> = value
+        .get("labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    match value.get("address") {
+        Some(address) if labels.is_empty() => text(address, ""),
+        Some(address) => format!("{}({})", text(address, ""), labels.join(",")),
+        None => text(value, ""),
     }
 }
 
@@ -291,6 +333,37 @@ mod tests {
 
     fn now() -> SystemTime {
         humantime::parse_rfc3339("2025-03-01T12:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn cli_get_wide_shows_labelled_endpoints_profiles_and_splits() {
+        let wide = |kind| Columns {
+            kind,
+            namespace: false,
+            wide: true,
+        };
+        let service = json!({"metadata": {"name": "reviews", "cluster": "east"},
+            "spec": {"ports": [{"port": 9080, "protocol": "http"}],
+                     "endpoints": ["10.0.0.1:9080", {"address": "10.0.0.2:9080", "labels": {"version": "v2"}}]}});
+        assert_eq!(
+            table(&wide(Kind::Service), &[service], now()).render(),
+            "NAME      CLUSTER   AGE         PORTS       ENDPOINTS\n\
+             reviews   east      <unknown>   9080/http   10.0.0.1:9080,10.0.0.2:9080(version=v2)\n"
+        );
+        let profile = json!({"metadata": {"name": "web.shop.svc.cluster.local"},
+            "spec": {"routes": [{"name": "a"}, {"name": "b"}], "retryBudget": {"retryRatio": 0.2}}});
+        assert_eq!(
+            table(&wide(Kind::LinkerdServiceProfile), &[profile], now()).render(),
+            "NAME                         AGE         ROUTES   RETRY RATIO\n\
+             web.shop.svc.cluster.local   <unknown>   2        0.2\n"
+        );
+        let split = json!({"metadata": {"name": "web"},
+            "spec": {"service": "web", "backends": [{"service": "web-v1", "weight": "900m"}, {"service": "web-v2", "weight": 100}]}});
+        assert_eq!(
+            table(&wide(Kind::SmiTrafficSplit), &[split], now()).render(),
+            "NAME   AGE         SERVICE   BACKENDS\n\
+             web    <unknown>   web       web-v1=900m,web-v2=100\n"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use federation::mesh::{Command, CommandResult, RefusalCode, WriteResult, token};
-use federation::resource::{self, Resource, ResourceKey};
+use federation::resource::{self, Namespacing, Resource, ResourceKey};
 
 use super::auth::{Caller, Operator};
 use super::input::{Body, Params, documents, off_thread};
@@ -25,9 +25,11 @@ pub struct Checked {
 }
 
 /// Validates every document, collecting every error (with its document's position) before
-/// refusing, so one round trip shows them all.
+/// refusing, so one round trip shows them all. Documents without a namespace go where
+/// `namespacing` says.
 pub fn check_all(
     docs: Vec<Result<serde_json::Value, resource::FieldError>>,
+    namespacing: Namespacing<'_>,
 ) -> Result<Vec<Checked>, Problem> {
     if docs.is_empty() {
         return Err(Problem::bad_request("body", "the body holds no documents"));
@@ -43,7 +45,7 @@ pub fn check_all(
                 continue;
             }
         };
-        match check_one(i, doc) {
+        match check_one(i, doc, namespacing) {
             Ok(one) => {
                 if let Some(first) = seen.insert(one.key.clone(), i) {
                     errors.push(ProblemError {
@@ -65,8 +67,12 @@ pub fn check_all(
 }
 
 /// Validates document `i`.
-pub fn check_one(i: usize, doc: serde_json::Value) -> Result<Checked, Vec<ProblemError>> {
-    let checked = resource::validate(doc).map_err(|errors| {
+pub fn check_one(
+    i: usize,
+    doc: serde_json::Value,
+    namespacing: Namespacing<'_>,
+) -> Result<Checked, Vec<ProblemError>> {
+    let checked = resource::validate_in(doc, namespacing).map_err(|errors| {
         errors
             .into_iter()
             .map(|e| ProblemError::at(i, e))
@@ -90,14 +96,73 @@ pub fn check_one(i: usize, doc: serde_json::Value) -> Result<Checked, Vec<Proble
     })
 }
 
+/// Checks the documents against what is stored ([`resource::cross_check`]): adds a warning
+/// for each subset no rule defines; 409 when a document routes a host another route table
+/// already routes. Run before the write, against this gateway's state; the window before the
+/// entry commits is the same as for any validation done here.
+pub fn against_stored(state: &AdminState, checked: &mut [Checked]) -> Result<(), Problem> {
+    let applied: Vec<Resource> = checked.iter().map(|c| c.resource.clone()).collect();
+    let findings = state.mesh.read(|s| {
+        let stored: Vec<&Resource> = resource::CROSS_CHECKED
+            .iter()
+            .flat_map(|kind| s.list(*kind, None, None))
+            .collect();
+        resource::cross_check(&applied, &stored)
+    });
+    if !findings.conflicts.is_empty() {
+        let mut problem = Problem::new(
+            Slug::Conflict,
+            "a document routes a host that another route table already routes; nothing was written",
+        );
+        problem.errors = findings
+            .conflicts
+            .into_iter()
+            .map(|(i, e)| ProblemError::at(i, e))
+            .collect();
+        return Err(problem);
+    }
+    for (i, warning) in findings.warnings {
+        if let Some(c) = checked.get_mut(i) {
+            c.warnings.push(Warning::from(warning));
+        }
+    }
+    Ok(())
+}
+
+/// Where documents without `metadata.namespace` go: `?namespace=NS` is kubectl's `-n` (fills
+/// in, and refuses a document naming another), `?defaultNamespace=NS` a CLI context's
+/// namespace (fills in only); with neither, `default`.
+fn namespacing(params: &Params) -> Result<Option<(String, bool)>, Problem> {
+    let given = match (params.text("namespace")?, params.text("defaultNamespace")?) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "defaultNamespace",
+                "give namespace or defaultNamespace, not both",
+            ));
+        }
+        (Some(ns), None) => ("namespace", ns, true),
+        (None, Some(ns)) => ("defaultNamespace", ns, false),
+        (None, None) => return Ok(None),
+    };
+    let (name, namespace, enforce) = given;
+    federation::model::check_dns_label("namespace", namespace)
+        .map_err(|e| Problem::bad_request(name, e.to_string()))?;
+    Ok(Some((namespace.to_string(), enforce)))
+}
+
 /// Creates or replaces every resource in the body, or none: YAML documents separated by `---`,
 /// a JSON object, or a JSON array of objects. Any invalid document → 422 listing every error;
-/// any `metadata.resourceVersion` that no longer matches → 409 with every document's outcome.
+/// any `metadata.resourceVersion` that no longer matches, or a host another route table
+/// already routes → 409 with every document's outcome.
 #[utoipa::path(
     post,
     path = "/v1/apply",
     tag = "resources",
-    params(("dryRun" = Option<bool>, Query, description = "Validate and predict each action; write nothing")),
+    params(
+        ("dryRun" = Option<bool>, Query, description = "Validate and predict each action; write nothing"),
+        ("namespace" = Option<String>, Query, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description = "For documents without metadata.namespace (kubectl's -n); a document naming another namespace is refused (422)"),
+        ("defaultNamespace" = Option<String>, Query, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description = "For documents without metadata.namespace, like a kubectl context's namespace; documents naming one keep it. Without either parameter: `default`"),
+    ),
     request_body(
         description = "One or more resource documents (at most 4 MiB). JSON when it starts with `{` or `[`, YAML otherwise.",
         content(
@@ -111,7 +176,7 @@ pub fn check_one(i: usize, doc: serde_json::Value) -> Result<Checked, Vec<Proble
     responses(
         (status = 200, description = "Every document applied (or, in a dry run, would apply)", body = ApplyResponse),
         (status = 400, description = "No documents, or a bad query parameter", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "A resourceVersion precondition failed; nothing was written. `results` shows each document's outcome", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A resourceVersion precondition failed (`results` shows each document's outcome), or a document routes a host another VirtualService or Route in its namespace routes; nothing was written", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 4 MiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid documents; `errors` lists every error with its document and field", body = ProblemBody, content_type = "application/problem+json"),
@@ -123,9 +188,21 @@ pub async fn apply(
     params: Params,
     body: Body,
 ) -> Result<Response, Problem> {
-    params.only(&["dryRun"])?;
+    params.only(&["dryRun", "namespace", "defaultNamespace"])?;
     let dry_run = params.flag("dryRun")?;
-    let checked = off_thread(move || check_all(documents(&body)?)).await?;
+    let namespacing = namespacing(&params)?;
+    let mut checked = off_thread(move || {
+        let namespacing = match &namespacing {
+            Some((namespace, enforce)) => Namespacing {
+                namespace,
+                enforce: *enforce,
+            },
+            None => Namespacing::default(),
+        };
+        check_all(documents(&body)?, namespacing)
+    })
+    .await?;
+    against_stored(&state, &mut checked)?;
     let resources: Vec<Resource> = checked.iter().map(|c| c.resource.clone()).collect();
     let expect: Vec<Option<u64>> = checked.iter().map(|c| c.expect).collect();
     let writes = if dry_run {

@@ -14,10 +14,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use federation::mesh::{Command, CommandResult, WriteResult, token};
-use federation::resource::{Kind, NATIVE_API_VERSION, Resource, ResourceKey, Scope};
+use federation::resource::{Kind, NATIVE_API_VERSION, Namespacing, Resource, ResourceKey, Scope};
 use serde_json::Value;
 
-use super::apply::{Checked, check_one, conflict_message, unexpected};
+use super::apply::{Checked, against_stored, check_one, conflict_message, unexpected};
 use super::auth::{Caller, Operator, Viewer};
 use super::input::{Body, Params, Segments, documents, off_thread};
 use super::problem::{Problem, ProblemBody, ProblemError, Slug};
@@ -443,12 +443,7 @@ async fn put_one(
     let cluster = cluster_param(params, kind)?;
     let (namespace_owned, name_owned) = (namespace.to_string(), name.to_string());
     let cluster = cluster.map(str::to_string);
-    let Checked {
-        resource,
-        warnings,
-        expect,
-        ..
-    } = off_thread(move || {
+    let mut checked = off_thread(move || {
         let mut docs = documents(&body)?;
         if docs.len() != 1 {
             return Err(Problem::bad_request(
@@ -461,9 +456,16 @@ async fn put_one(
             .unwrap_or_else(|| Ok(Value::Null))
             .map_err(|e| Problem::invalid(vec![ProblemError::at(0, e)]))?;
         let doc = put_document(kind, &namespace_owned, &name_owned, cluster.as_deref(), doc)?;
-        check_one(0, doc).map_err(Problem::invalid)
+        check_one(0, doc, Namespacing::default()).map_err(Problem::invalid)
     })
     .await?;
+    against_stored(state, std::slice::from_mut(&mut checked))?;
+    let Checked {
+        resource,
+        warnings,
+        expect,
+        ..
+    } = checked;
     let command = Command::Apply {
         resources: vec![resource],
         expect: vec![expect],

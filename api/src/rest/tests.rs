@@ -27,6 +27,7 @@ use super::*;
 use crate::{AdminState, Readiness, SharedMesh};
 
 mod schema_limits;
+mod traffic_checks;
 
 async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,

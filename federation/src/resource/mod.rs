@@ -20,6 +20,7 @@ mod native;
 mod parse;
 #[cfg(test)]
 mod proptests;
+mod references;
 mod schema;
 mod smi;
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod traffic;
 
 pub use check::{Checked, DEFAULT_NAMESPACE, Namespacing, key_of, validate, validate_in};
 pub use parse::parse_documents;
+pub use references::{CROSS_CHECKED, Findings, cross_check, service_host};
 pub use schema::{NOT_ENFORCED, parse_duration};
 pub use smi::parse_quantity;
 pub use traffic::build_regex;

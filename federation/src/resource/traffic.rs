@@ -115,11 +115,14 @@ pub(crate) fn virtual_service(spec: &Value, report: &mut Report) {
             );
         }
     }
-    if ["http", "tcp", "tls"]
-        .iter()
-        .all(|k| items(spec, k).is_empty())
-    {
-        report.error("spec", "one of `http`, `tcp` or `tls` must hold a route");
+    // Istio refuses this; we only warn, since a VirtualService that routes nothing claims no
+    // host (see `references`) and changes nothing, and stored documents of this shape exist.
+    if !routes_something(spec) {
+        report.warning(
+            "spec",
+            "routes nothing: give `http`, `tcp` or `tls` routes (Istio refuses a VirtualService \
+             without them)",
+        );
     }
     for (i, route) in items(spec, "http").iter().enumerate() {
         http_route(route, &at("spec.http", i), report);
@@ -137,6 +140,13 @@ pub(crate) fn virtual_service(spec: &Value, report: &mut Report) {
             }
         }
     }
+}
+
+/// Whether a VirtualService (or Route) has any route: only then does it claim its hosts.
+pub(crate) fn routes_something(spec: &Value) -> bool {
+    ["http", "tcp", "tls"]
+        .iter()
+        .any(|k| !items(spec, k).is_empty())
 }
 
 /// Two hosts one VirtualService cannot both claim: equal, or one wildcard covering the other
@@ -585,10 +595,10 @@ mod tests {
             ),
             ["spec.hosts[1]: \"web.shop.svc\" overlaps spec.hosts[0] (\"*.shop.svc\")"]
         );
-        assert_eq!(
-            errors(virtual_service, json!({"hosts": ["a"]})),
-            ["spec: one of `http`, `tcp` or `tls` must hold a route"]
-        );
+        let mut report = Report::default();
+        virtual_service(&json!({"hosts": ["a"]}), &mut report);
+        assert!(report.errors.is_empty());
+        assert!(report.warnings[0].message.starts_with("routes nothing"));
         assert!(
             errors(
                 virtual_service,
