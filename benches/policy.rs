@@ -329,6 +329,7 @@ fn propagation(settings: &Settings) -> anyhow::Result<()> {
     let token = create_token(&admin, "join")?;
     let edge = Spec::new("edge", 3).join(&east, &token).start(&net);
     let gateways = [("east", &east), ("west", &west), ("edge", &edge)];
+    canary_cost(settings, &net, &east, &admin)?;
 
     let loading = Instant::now();
     let docs = |range: std::ops::Range<usize>, f: &dyn Fn(usize) -> Resource| {
@@ -433,5 +434,161 @@ fn propagation(settings: &Settings) -> anyhow::Result<()> {
             verdict(settings, rss <= 60.0),
         );
     }
+    Ok(())
+}
+
+// ---- D: what the canary policy adds to a request ----------------------------------------------
+
+/// One keep-alive connection to east's outbound listener; requests sent one at a time.
+struct KeepAlive {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl KeepAlive {
+    fn open(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(KeepAlive {
+            reader: std::io::BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Sends a GET and reads the answer; returns its status.
+    fn get(&mut self, host: &str) -> anyhow::Result<u16> {
+        use std::io::{BufRead, Read, Write};
+        write!(self.writer, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .context("status line")?
+            .parse()?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok(status)
+    }
+}
+
+fn latencies(addr: std::net::SocketAddr, host: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut conn = KeepAlive::open(addr)?;
+    for _ in 0..n / 10 {
+        conn.get(host)?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = conn.get(host)?;
+        out.push(started.elapsed());
+        ensure!(status == 200, "status {status}");
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The same calls through east to west's echo without policy and with the examples' canary
+/// VirtualService + DestinationRule (both subsets in west, so the path is the same), in
+/// alternating rounds so that drift in the machine hits both alike.
+fn canary_cost(settings: &Settings, net: &Net, east: &Gateway, admin: &Api) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = std::net::TcpListener::bind((net.ip(2).as_str(), 0))?;
+    listener.set_nonblocking(true)?;
+    let echo = listener.local_addr()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("register");
+            common::serve_echo(listener).await;
+        })
+    });
+    apply(
+        admin,
+        &format!(
+            "apiVersion: causeway.dev/v1alpha1\nkind: Service\nmetadata: {{name: api, namespace: production, cluster: west}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  endpoints:\n  - {{address: \"{echo}\", labels: {{version: stable}}}}\n"
+        ),
+    )?;
+    let export = "apiVersion: causeway.dev/v1alpha1\nkind: ServiceExport\nmetadata: {name: api, namespace: production, cluster: west}\nspec: {}\n";
+    apply(admin, export)?;
+    eventually(
+        "api.production through east",
+        Duration::from_secs(60),
+        || {
+            matches!(
+                support::try_http(east.outbound, "GET", "api.production", "/", &[], b""),
+                Ok((200, _, _))
+            )
+            .then_some(())
+        },
+    );
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/istio/");
+    let read = |name: &str| std::fs::read_to_string(format!("{examples}{name}"));
+    // Both subsets on the one endpoint: the canary's pick changes nothing on the path.
+    let rule = read("subsets-destinationrule.yaml")?.replace("version: canary", "version: stable");
+    let canary = read("canary-split-virtualservice.yaml")?;
+    let n = if settings.full { 5_000 } else { 200 };
+    let (mut plain, mut with_policy) = (Vec::new(), Vec::new());
+    for _round in 0..4 {
+        let _ = admin.raw(
+            "DELETE",
+            "/v1/namespaces/production/virtualservices/api-traffic-split",
+            None,
+        );
+        let _ = admin.raw(
+            "DELETE",
+            "/v1/namespaces/production/destinationrules/api-destination",
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        plain.extend(latencies(east.outbound, "api.production", n)?);
+        apply(admin, &rule)?;
+        apply(admin, &canary)?;
+        std::thread::sleep(Duration::from_millis(200));
+        with_policy.extend(latencies(east.outbound, "api.production", n)?);
+    }
+    plain.sort();
+    with_policy.sort();
+    let (p50a, p99a) = (percentile(&plain, 0.5), percentile(&plain, 0.99));
+    let (p50b, p99b) = (
+        percentile(&with_policy, 0.5),
+        percentile(&with_policy, 0.99),
+    );
+    let added = (p99b.as_secs_f64() - p99a.as_secs_f64()) * 1e3;
+    println!(
+        "\nD. one keep-alive client through east to west, {} calls each, alternating rounds",
+        plain.len()
+    );
+    println!(
+        "   no policy       p50 {} ms  p99 {} ms",
+        ms(p50a),
+        ms(p99a)
+    );
+    println!(
+        "   canary VS + DR  p50 {} ms  p99 {} ms",
+        ms(p50b),
+        ms(p99b)
+    );
+    println!(
+        "   added p99 {added:+.3} ms, p50 {:+.3} ms ({} the plain p99; target added p99 ≤ 0.05 ms: {})",
+        (p50b.as_secs_f64() - p50a.as_secs_f64()) * 1e3,
+        ratio(p99b.as_secs_f64(), p99a.as_secs_f64()),
+        verdict(settings, added <= 0.05)
+    );
     Ok(())
 }
