@@ -28,11 +28,13 @@ pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
         out.clusters.insert(name.clone(), cluster.clone());
     }
     for (cluster, services) in &compiled.services {
+        // Linear, not a search per service: with thousands of services this runs on every
+        // applied write.
+        let stored: std::collections::HashSet<&federation::model::ServiceKey> =
+            services.iter().map(|s| &s.key).collect();
         let merged = out.services.entry(cluster.clone()).or_default();
-        for service in services {
-            merged.retain(|s| s.key != service.key);
-            merged.push(service.clone());
-        }
+        merged.retain(|s| !stored.contains(&s.key));
+        merged.extend(services.iter().cloned());
     }
     for (cluster, exports) in &compiled.exports {
         let merged = out.exports.entry(cluster.clone()).or_default();

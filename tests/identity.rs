@@ -291,15 +291,27 @@ async fn spoofed_principals_and_malformed_streams_close_only_their_stream() {
         west.metric("causeway_stream_refusals_total", &[("reason", "malformed")]),
         Some(2.0)
     );
-    let (_, _, verdict) = stream(
-        &conn,
-        &Preamble {
-            version: 9,
-            ..http_preamble("spiffe://east.mesh/x")
-        },
-    )
-    .await;
-    assert_eq!(verdict.decision(), VerdictCode::UnsupportedVersion);
+    // A newer gateway's preamble, and an older one's (v1 carried no route choice): both
+    // refused by name, with both versions in the reason.
+    for version in [9, 1] {
+        let (_, _, verdict) = stream(
+            &conn,
+            &Preamble {
+                version,
+                ..http_preamble("spiffe://east.mesh/x")
+            },
+        )
+        .await;
+        assert_eq!(verdict.decision(), VerdictCode::UnsupportedVersion);
+        assert!(
+            verdict.reason.contains(&format!("version {version}"))
+                && verdict
+                    .reason
+                    .contains(&format!("speaks {}", preamble::VERSION)),
+            "{}",
+            verdict.reason
+        );
+    }
     let (_, _, verdict) = stream(
         &conn,
         &Preamble {

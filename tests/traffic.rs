@@ -289,6 +289,28 @@ fn timeouts_answer_504_and_faults_inject_delays_and_aborts() {
             &[("response_code", "500"), ("response_flags", "FI")]
         ) > 0.0
     );
+
+    // Delays: 30% of the calls held 50 ms at east, counted by their flag.
+    mesh.apply(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: api\n  namespace: production\nspec:\n  hosts: [api]\n  http:\n    - fault: {delay: {percentage: {value: 30}, fixedDelay: 50ms}}\n      route: [{destination: {host: api}}]\n",
+    );
+    eventually("the delay fault", UP, || {
+        (mesh.get("/", &[]).0 == 200).then_some(())
+    });
+    let delayed = |m: &Mesh| m.metric("causeway_requests_total", &[("response_flags", "DI")]);
+    eventually("the first delayed call", UP, || {
+        let _ = mesh.get("/", &[]);
+        (delayed(&mesh) > 0.0).then_some(())
+    });
+    let before = delayed(&mesh);
+    let counts = tally(&mesh, 300, "/", &[]);
+    assert_eq!(
+        counts.get("west"),
+        Some(&300),
+        "a delay is no failure: {counts:?}"
+    );
+    let share = (delayed(&mesh) - before) / 300.0;
+    assert!((0.2..=0.4).contains(&share), "delayed share {share}");
 }
 
 #[test]

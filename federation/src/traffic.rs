@@ -41,6 +41,113 @@ pub struct ServicePolicy {
     /// Linkerd's retry budget (ServiceProfile `retryBudget`); Istio has none, so a default
     /// budget applies where this is absent (see the gateway's `policy::budget`).
     pub retry_budget: Option<RetryBudget>,
+    /// Which of `routes` a request can match at all; see [`RouteIndex`].
+    pub index: RouteIndex,
+}
+
+/// The routes a request can match, found without trying each: a route whose every match
+/// requires one header to have an exact value (`x-tenant: a`, `end-user: jason`) is filed
+/// under that value, and only the routes filed under the request's own value, plus those
+/// filed under none, are tried, in their order. With a thousand such routes, choosing one
+/// costs a hash lookup instead of a thousand comparisons.
+#[derive(Debug, Clone, Default)]
+pub struct RouteIndex {
+    /// For a header name (lower case): the routes requiring an exact value of it, by value.
+    pub by_header: Vec<(String, HashMap<String, Vec<u32>>)>,
+    /// Routes filed under no header: always tried.
+    pub always: Vec<u32>,
+}
+
+/// Header names an index files routes under; routes keyed on more names go to `always`.
+pub const MAX_INDEXED_HEADERS: usize = 8;
+
+impl RouteIndex {
+    pub fn build(routes: &[HttpRoute]) -> Self {
+        let mut index = RouteIndex::default();
+        for (i, route) in routes.iter().enumerate() {
+            let i = i as u32;
+            let live: Vec<&RequestMatch> = route.matches.iter().filter(|m| !m.never).collect();
+            if route.matches.is_empty() {
+                index.always.push(i);
+                continue;
+            }
+            if live.is_empty() {
+                // No match can ever hold: the route is never a candidate.
+                continue;
+            }
+            let exact = |m: &RequestMatch, name: &str| {
+                m.headers.iter().find_map(|(n, s)| match s {
+                    StringMatch::Exact(v) if n == name => Some(v.clone()),
+                    _ => None,
+                })
+            };
+            let key = live[0].headers.iter().find_map(|(name, s)| {
+                matches!(s, StringMatch::Exact(_))
+                    .then_some(name)
+                    .filter(|name| live.iter().all(|m| exact(m, name).is_some()))
+            });
+            let slot = key.and_then(|name| {
+                if let Some(pos) = index.by_header.iter().position(|(n, _)| n == name) {
+                    return Some(pos);
+                }
+                (index.by_header.len() < MAX_INDEXED_HEADERS).then(|| {
+                    index.by_header.push((name.clone(), HashMap::new()));
+                    index.by_header.len() - 1
+                })
+            });
+            let Some(slot) = slot else {
+                index.always.push(i);
+                continue;
+            };
+            let name = index.by_header[slot].0.clone();
+            for m in &live {
+                if let Some(value) = exact(m, &name) {
+                    let filed = index.by_header[slot].1.entry(value).or_default();
+                    if filed.last() != Some(&i) {
+                        filed.push(i);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// The candidate routes for a request whose headers `header` reads, in route order,
+    /// each once; `f` returns `true` to stop. Allocates nothing.
+    pub fn for_each_candidate<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h str>,
+        mut f: impl FnMut(u32) -> bool,
+    ) {
+        let mut lists: [&[u32]; MAX_INDEXED_HEADERS + 1] = [&[]; MAX_INDEXED_HEADERS + 1];
+        lists[0] = &self.always;
+        for (slot, (name, filed)) in self.by_header.iter().enumerate() {
+            if let Some(found) = header(name).and_then(|v| filed.get(v)) {
+                lists[slot + 1] = found;
+            }
+        }
+        // A merge of sorted lists: the smallest head next, duplicates skipped.
+        let mut last = None;
+        loop {
+            let mut best: Option<(usize, u32)> = None;
+            for (l, list) in lists.iter().enumerate() {
+                if let Some(&head) = list.first()
+                    && best.is_none_or(|(_, b)| head < b)
+                {
+                    best = Some((l, head));
+                }
+            }
+            let Some((l, head)) = best else { return };
+            lists[l] = &lists[l][1..];
+            if last == Some(head) {
+                continue;
+            }
+            last = Some(head);
+            if f(head) {
+                return;
+            }
+        }
+    }
 }
 
 /// One HTTP route (Istio `HTTPRoute`).
@@ -464,6 +571,82 @@ mod tests {
         assert!(!StringMatch::Exact("GET".into()).matches("get"));
         assert!(StringMatch::Prefix("/API".into()).matches_ignoring_case("/api/x"));
         assert!(StringMatch::regex("(").is_err());
+    }
+
+    fn route(name: &str, matches: Vec<RequestMatch>) -> HttpRoute {
+        HttpRoute {
+            name: name.into(),
+            matches,
+            action: RouteAction::Direct {
+                status: 200,
+                body: None,
+            },
+            timeout: None,
+            retries: None,
+            fault: None,
+            mirrors: vec![],
+            rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
+    }
+
+    fn header(name: &str, value: &str) -> RequestMatch {
+        RequestMatch {
+            headers: vec![(name.into(), StringMatch::Exact(value.into()))],
+            ..RequestMatch::default()
+        }
+    }
+
+    #[test]
+    fn the_index_offers_only_routes_a_request_can_match_in_order() {
+        let routes = vec![
+            route("tenant-a", vec![header("x-tenant", "a")]),
+            route(
+                "prefix",
+                vec![RequestMatch {
+                    uri: Some(StringMatch::Prefix("/v2".into())),
+                    ..RequestMatch::default()
+                }],
+            ),
+            // Either of two values.
+            route(
+                "tenant-bc",
+                vec![header("x-tenant", "b"), header("x-tenant", "c")],
+            ),
+            // Never matches: a caller's labels are unknown.
+            route(
+                "never",
+                vec![RequestMatch {
+                    never: true,
+                    ..RequestMatch::default()
+                }],
+            ),
+            route("user", vec![header("end-user", "jason")]),
+            route("default", vec![]),
+        ];
+        let index = RouteIndex::build(&routes);
+        let candidates = |headers: &[(&str, &str)]| {
+            let mut out = Vec::new();
+            index.for_each_candidate(
+                |name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
+                |i| {
+                    out.push(routes[i as usize].name.as_str());
+                    false
+                },
+            );
+            out
+        };
+        assert_eq!(candidates(&[]), ["prefix", "default"]);
+        assert_eq!(
+            candidates(&[("x-tenant", "a")]),
+            ["tenant-a", "prefix", "default"]
+        );
+        assert_eq!(
+            candidates(&[("x-tenant", "c"), ("end-user", "jason")]),
+            ["prefix", "tenant-bc", "user", "default"]
+        );
+        assert_eq!(candidates(&[("x-tenant", "z")]), ["prefix", "default"]);
     }
 
     #[test]

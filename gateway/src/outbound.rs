@@ -207,6 +207,8 @@ async fn route_http(
         .as_ref()
         .map(|p| p.routes.as_slice())
         .unwrap_or_default();
+    let empty_index = federation::traffic::RouteIndex::default();
+    let index = service_policy.as_ref().map_or(&empty_index, |p| &p.index);
 
     // Route choice, as Istio's caller-side proxy makes it. No VirtualService: one default
     // route to the service itself.
@@ -214,7 +216,7 @@ async fn route_http(
         (None, None)
     } else {
         let view = RequestView::of(&req, &host, host_port);
-        match routing::select(routes, &view) {
+        match routing::select(routes, index, &view) {
             Some((route, matched)) => (Some(route), matched),
             None => {
                 flags.set(Flags::NO_ROUTE);

@@ -7,7 +7,9 @@
 //! hold; regexes match the whole value (Envoy `safe_regex`); `uri` matches the path without
 //! the query string; `withoutHeaders` holds when the header is absent or does not match.
 
-use federation::traffic::{HeaderOps, HttpRoute, Redirect, RequestMatch, Rewrite, StringMatch};
+use federation::traffic::{
+    HeaderOps, HttpRoute, Redirect, RequestMatch, Rewrite, RouteIndex, StringMatch,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 /// What route matching reads of a request.
@@ -47,21 +49,32 @@ impl<'a> RequestView<'a> {
 }
 
 /// The first route that `req` matches, and the match that held (none for a route without
-/// matches).
+/// matches). Only the routes `index` offers for the request are tried (see
+/// [`RouteIndex`]), in order, so the answer is the one a scan of every route would give.
 pub fn select<'r>(
     routes: &'r [HttpRoute],
+    index: &RouteIndex,
     req: &RequestView<'_>,
 ) -> Option<(&'r HttpRoute, Option<&'r RequestMatch>)> {
-    routes.iter().find_map(|route| {
-        if route.matches.is_empty() {
-            return Some((route, None));
-        }
-        route
-            .matches
-            .iter()
-            .find(|m| matches(m, req))
-            .map(|m| (route, Some(m)))
-    })
+    let mut chosen = None;
+    index.for_each_candidate(
+        |name| req.header(name),
+        |i| {
+            let Some(route) = routes.get(i as usize) else {
+                return false;
+            };
+            if route.matches.is_empty() {
+                chosen = Some((route, None));
+                return true;
+            }
+            if let Some(m) = route.matches.iter().find(|m| matches(m, req)) {
+                chosen = Some((route, Some(m)));
+                return true;
+            }
+            false
+        },
+    );
+    chosen
 }
 
 fn matches(m: &RequestMatch, req: &RequestView<'_>) -> bool {
@@ -190,7 +203,9 @@ mod tests {
 
     fn pick<'r>(routes: &'r [HttpRoute], req: &http::Request<()>) -> Option<&'r str> {
         let authority = "api.prod";
-        select(routes, &RequestView::of(req, authority, Some(80))).map(|(r, _)| r.name.as_str())
+        let index = RouteIndex::build(routes);
+        select(routes, &index, &RequestView::of(req, authority, Some(80)))
+            .map(|(r, _)| r.name.as_str())
     }
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::Request<()> {

@@ -21,8 +21,8 @@ use crate::resource::{parse_duration, parse_quantity};
 use crate::traffic::{
     ConnectionPool, DestinationPolicy, Fault, FaultAbort, FaultDelay, HashOn, HeaderOps, HttpRoute,
     LoadBalancer, LocalityLb, Mirror, OutlierDetection, Redirect, RequestMatch, RetryBudget,
-    RetryOn, RetryPolicy, Rewrite, RouteAction, RouteDestination, RouteTable, StringMatch, Subset,
-    TrafficPolicy, WeightedDestinations,
+    RetryOn, RetryPolicy, Rewrite, RouteAction, RouteDestination, RouteIndex, RouteTable,
+    StringMatch, Subset, TrafficPolicy, WeightedDestinations,
 };
 
 /// The service a host of a resource in `namespace` names, as Istio resolves short names:
@@ -132,6 +132,7 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
     for (key, (claim, compiled)) in routes {
         let entry = table.services.entry(key).or_default();
         let policy = Arc::make_mut(entry);
+        policy.index = RouteIndex::build(&compiled);
         policy.routes = compiled;
         policy.routes_from = Some(claim.from);
     }
