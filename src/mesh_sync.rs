@@ -147,7 +147,10 @@ mod tests {
         ]);
         seed.services.insert(
             east.clone(),
-            vec![service("a.demo", 80), service("b.demo", 80)],
+            vec![
+                Arc::new(service("a.demo", 80)),
+                Arc::new(service("b.demo", 80)),
+            ],
         );
         let mut compiled = MeshSnapshot {
             version: 7,
@@ -159,7 +162,7 @@ mod tests {
         ]);
         compiled
             .services
-            .insert(east.clone(), vec![service("b.demo", 8080)]);
+            .insert(east.clone(), vec![Arc::new(service("b.demo", 8080))]);
         let merged = merge(&seed, &compiled);
         assert_eq!(merged.version, 7);
         assert_eq!(merged.clusters.len(), 3);

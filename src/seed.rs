@@ -65,9 +65,10 @@ pub fn from_config(
         .filter(|s| s.export)
         .map(|s| (s.key.clone(), s.ports.clone()))
         .collect();
-    snapshot
-        .services
-        .insert(config.cluster.clone(), config.services.clone());
+    snapshot.services.insert(
+        config.cluster.clone(),
+        config.services.iter().cloned().map(Arc::new).collect(),
+    );
     snapshot.exports.insert(config.cluster.clone(), exports);
     Ok(snapshot)
 }

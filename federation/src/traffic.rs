@@ -32,7 +32,7 @@ impl RouteTable {
 pub struct ServicePolicy {
     /// HTTP routes in match order; the first that matches wins. Empty: one default route to
     /// the service itself.
-    pub routes: Vec<HttpRoute>,
+    pub routes: Arc<Vec<HttpRoute>>,
     /// Which resource the routes came from, for logs and `apply` output
     /// (`VirtualService production/api`).
     pub routes_from: Option<String>,
@@ -42,7 +42,7 @@ pub struct ServicePolicy {
     /// budget applies where this is absent (see the gateway's `policy::budget`).
     pub retry_budget: Option<RetryBudget>,
     /// Which of `routes` a request can match at all; see [`RouteIndex`].
-    pub index: RouteIndex,
+    pub index: Arc<RouteIndex>,
 }
 
 /// The routes a request can match, found without trying each: a route whose every match

@@ -52,7 +52,7 @@ impl Policy {
     /// gateway knows where a subset lives.
     pub fn new(
         routes: Arc<RouteTable>,
-        services: &BTreeMap<ClusterName, Vec<LocalService>>,
+        services: &BTreeMap<ClusterName, Vec<Arc<LocalService>>>,
         own: &ClusterName,
     ) -> Self {
         let mut subsets: HashMap<(ServiceKey, String), SubsetView> = HashMap::new();

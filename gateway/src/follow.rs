@@ -56,7 +56,7 @@ pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName) -> Plan {
             .get(own)
             .into_iter()
             .flatten()
-            .map(|s| (s.key.clone(), Arc::new(s.clone())))
+            .map(|s| (s.key.clone(), s.clone()))
             .collect(),
         policy: Arc::new(
             Policy::new(mesh.routes.clone(), &mesh.services, own).with_localities(
@@ -315,9 +315,9 @@ mod tests {
             cluster("north", &[]),
         ]);
         mesh.services
-            .insert(name("east"), vec![service("web.demo", 80, false)]);
+            .insert(name("east"), vec![Arc::new(service("web.demo", 80, false))]);
         mesh.services
-            .insert(name("west"), vec![service("api.demo", 81, true)]);
+            .insert(name("west"), vec![Arc::new(service("api.demo", 81, true))]);
         mesh.exports.insert(
             name("west"),
             [(

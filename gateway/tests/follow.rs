@@ -180,9 +180,10 @@ async fn peers_exports_and_services_follow_the_mesh_snapshot() {
     west_mesh
         .clusters
         .extend([west.view(None), east.view(None)]);
-    west_mesh
-        .services
-        .insert(west.name.clone(), vec![service("echo.demo", west_backend)]);
+    west_mesh.services.insert(
+        west.name.clone(),
+        vec![Arc::new(service("echo.demo", west_backend))],
+    );
     let (_west_tx, west_rx) = watch::channel(Arc::new(west_mesh));
     let west_gw = west.start(&trust(&[&east, &west]).into(), west_rx).await;
 
@@ -207,9 +208,10 @@ async fn peers_exports_and_services_follow_the_mesh_snapshot() {
         west.name.clone(),
         BTreeMap::from([("echo.demo".parse().unwrap(), vec![PORT])]),
     );
-    joined
-        .services
-        .insert(east.name.clone(), vec![service("local.demo", east_backend)]);
+    joined.services.insert(
+        east.name.clone(),
+        vec![Arc::new(service("local.demo", east_backend))],
+    );
     joined.version = 2;
     east_tx.send_replace(Arc::new(joined));
 

@@ -5,18 +5,81 @@
 //! does not parse here is a bug or an older format, and one bad resource must not take the
 //! data plane's view of every other one down. It is skipped with a warning instead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::{ClusterView, MeshSnapshot, MeshState};
 use crate::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
-use crate::resource::{Kind, Resource};
+use crate::resource::{Kind, Resource, ResourceKey};
 
 /// More CA certificates than any sane trust bundle holds; bounds the PEM reader.
 const MAX_BUNDLE_CERTS: usize = 256;
+
+/// Compiled resources by key, each with the resourceVersion it was compiled at: a write
+/// recompiles only the resources it changed (with ten thousand services, recompiling every
+/// one on every write cost each gateway a third of a CPU-second per write).
+#[derive(Default)]
+pub(crate) struct Cache(Mutex<CacheMaps>);
+
+/// A Service compiled at a version, with whether it was exported then: the cluster that runs
+/// it and what it became (none if it does not compile).
+type CompiledService = (String, bool, Option<(ClusterName, Arc<LocalService>)>);
+
+#[derive(Default)]
+pub(crate) struct CacheMaps {
+    services: HashMap<ResourceKey, CompiledService>,
+    pub(super) routes: HashMap<ResourceKey, (String, Arc<dyn std::any::Any + Send + Sync>)>,
+}
+
+impl Clone for Cache {
+    /// A copy of a state starts with an empty cache: the two may diverge.
+    fn clone(&self) -> Self {
+        Cache::default()
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cache")
+    }
+}
+
+impl Cache {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CacheMaps> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl CacheMaps {
+    /// `compile(resource)`, or what it gave for the same key at the same version.
+    pub(super) fn route_entry<T: Send + Sync + 'static>(
+        &mut self,
+        resource: &Resource,
+        compile: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let Ok(key) = super::resource_key(resource) else {
+            return Arc::new(compile());
+        };
+        let version = resource
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        if let Some((cached, value)) = self.routes.get(&key)
+            && *cached == version
+            && let Ok(value) = Arc::clone(value).downcast::<T>()
+        {
+            return value;
+        }
+        let value = Arc::new(compile());
+        self.routes.insert(key, (version, value.clone()));
+        value
+    }
+}
 
 impl MeshState {
     /// The data plane's view of the state as of [`MeshState::applied`].
@@ -46,8 +109,35 @@ impl MeshState {
             })
             .collect();
 
+        let mut cache = self.compiled.lock();
+        let mut live = std::collections::HashSet::new();
         for resource in self.list(Kind::Service, None, None) {
-            let Some((cluster, service)) = local_service(resource, &exported) else {
+            let Ok(key) = super::resource_key(resource) else {
+                continue;
+            };
+            let version = resource
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default();
+            let meta = &resource.metadata;
+            let export = match (meta.cluster.as_deref(), meta.namespace.as_deref()) {
+                (Some(c), Some(ns)) => exported.contains(&(c, ns, meta.name.as_str())),
+                _ => false,
+            };
+            let compiled = match cache.services.get(&key) {
+                Some((v, e, compiled)) if *v == version && *e == export => compiled.clone(),
+                _ => {
+                    let compiled = local_service(resource, &exported)
+                        .map(|(cluster, service)| (cluster, Arc::new(service)));
+                    cache
+                        .services
+                        .insert(key.clone(), (version, export, compiled.clone()));
+                    compiled
+                }
+            };
+            live.insert(key);
+            let Some((cluster, service)) = compiled else {
                 continue;
             };
             if service.export {
@@ -59,10 +149,11 @@ impl MeshState {
             }
             snapshot.services.entry(cluster).or_default().push(service);
         }
+        cache.services.retain(|key, _| live.contains(key));
         for services in snapshot.services.values_mut() {
             services.sort_by(|a, b| a.key.cmp(&b.key));
         }
-        snapshot.routes = std::sync::Arc::new(super::routes::compile(self));
+        snapshot.routes = Arc::new(super::routes::compile(self, &mut cache));
         snapshot
     }
 }

@@ -259,7 +259,7 @@ pub struct MeshSnapshot {
     pub clusters: BTreeMap<ClusterName, ClusterView>,
     /// Each cluster's services with their endpoints; `export` set where a `ServiceExport`
     /// names them.
-    pub services: BTreeMap<ClusterName, Vec<LocalService>>,
+    pub services: BTreeMap<ClusterName, Vec<Arc<LocalService>>>,
     /// What each cluster exports, by service (for importers: names and ports only).
     pub exports: BTreeMap<ClusterName, BTreeMap<ServiceKey, Vec<ServicePort>>>,
     pub members: Vec<Member>,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::MeshState;
+use super::compile::CacheMaps;
 use crate::model::ServiceKey;
 use crate::resource::{Kind, Resource};
 use crate::resource::{parse_duration, parse_quantity};
@@ -45,9 +46,27 @@ pub fn resolve_host(host: &str, namespace: &str) -> Option<ServiceKey> {
 }
 
 /// Routes and destination rules of every service, from the state's policy resources.
-pub(crate) fn compile(state: &MeshState) -> RouteTable {
-    let mut routes: HashMap<ServiceKey, (Claim, Vec<HttpRoute>)> = HashMap::new();
-    let mut rules: HashMap<ServiceKey, (Claim, DestinationPolicy)> = HashMap::new();
+/// Routes of one resource, compiled once per version of it.
+struct Compiled {
+    routes: Arc<Vec<HttpRoute>>,
+    index: Arc<RouteIndex>,
+}
+
+impl Compiled {
+    fn new(routes: Vec<HttpRoute>) -> Self {
+        Compiled {
+            index: Arc::new(RouteIndex::build(&routes)),
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+/// Routes and destination rules of every service, from the state's policy resources. A
+/// resource whose version `cache` has seen is not compiled again.
+pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> RouteTable {
+    let mut routes: HashMap<ServiceKey, (Claim, Arc<Compiled>)> = HashMap::new();
+    let mut rules: HashMap<ServiceKey, (Claim, Arc<DestinationPolicy>)> = HashMap::new();
+    let mut live = std::collections::HashSet::new();
 
     let mut budgets: HashMap<ServiceKey, RetryBudget> = HashMap::new();
     for kind in [
@@ -60,45 +79,47 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
             let Some(ns) = resource.metadata.namespace.as_deref() else {
                 continue;
             };
+            if let Ok(key) = super::resource_key(resource) {
+                live.insert(key);
+            }
             let claim = Claim::of(resource);
-            let (hosts, compiled): (Vec<&str>, Vec<HttpRoute>) = match kind {
-                Kind::Route => (
-                    strings(resource.spec.get("hosts")).collect(),
-                    native_routes(&resource.spec, ns),
-                ),
-                Kind::SmiTrafficSplit => (
-                    resource
-                        .spec
-                        .get("service")
-                        .and_then(Value::as_str)
-                        .into_iter()
-                        .collect(),
-                    traffic_split(&resource.spec, ns).into_iter().collect(),
-                ),
+            let spec = &resource.spec;
+            let hosts: Vec<&str> = match kind {
+                Kind::SmiTrafficSplit => spec
+                    .get("service")
+                    .and_then(Value::as_str)
+                    .into_iter()
+                    .collect(),
                 Kind::LinkerdServiceProfile => {
                     // A profile is named by the FQDN of its service.
                     let host = resource.metadata.name.as_str();
                     if let (Some(key), Some(budget)) = (
                         resolve_host(host, ns),
-                        resource.spec.get("retryBudget").and_then(retry_budget),
+                        spec.get("retryBudget").and_then(retry_budget),
                     ) {
                         budgets.insert(key, budget);
                     }
-                    let routes = profile_routes(&resource.spec, host, ns);
-                    if routes.is_empty() {
-                        continue;
-                    }
-                    (vec![host], routes)
+                    vec![host]
                 }
-                _ if !binds_mesh(resource.spec.get("gateways")) => {
+                Kind::IstioVirtualService if !binds_mesh(spec.get("gateways")) => {
                     tracing::debug!(from = %claim.from, "VirtualService bound to other gateways only; nothing to do here");
                     continue;
                 }
-                _ => (
-                    strings(resource.spec.get("hosts")).collect(),
-                    istio_routes(&resource.spec, ns),
-                ),
+                _ => strings(spec.get("hosts")).collect(),
             };
+            let compiled = cache.route_entry(resource, || {
+                Compiled::new(match kind {
+                    Kind::Route => native_routes(spec, ns),
+                    Kind::SmiTrafficSplit => traffic_split(spec, ns).into_iter().collect(),
+                    Kind::LinkerdServiceProfile => {
+                        profile_routes(spec, resource.metadata.name.as_str(), ns)
+                    }
+                    _ => istio_routes(spec, ns),
+                })
+            });
+            if compiled.routes.is_empty() && kind == Kind::LinkerdServiceProfile {
+                continue;
+            }
             for host in hosts {
                 let Some(key) = resolve_host(host, ns) else {
                     tracing::debug!(host, from = %claim.from, "host names no mesh service; its routes are not compiled");
@@ -113,6 +134,9 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
             let Some(ns) = resource.metadata.namespace.as_deref() else {
                 continue;
             };
+            if let Ok(key) = super::resource_key(resource) {
+                live.insert(key);
+            }
             let claim = Claim::of(resource);
             let Some(key) = resource
                 .spec
@@ -122,23 +146,25 @@ pub(crate) fn compile(state: &MeshState) -> RouteTable {
             else {
                 continue;
             };
-            claim_host(&mut rules, key, &claim, || {
+            let rule = cache.route_entry(resource, || {
                 destination_policy(&resource.spec, claim.from.clone())
             });
+            claim_host(&mut rules, key, &claim, || rule.clone());
         }
     }
+    cache.routes.retain(|key, _| live.contains(key));
 
     let mut table = RouteTable::default();
     for (key, (claim, compiled)) in routes {
         let entry = table.services.entry(key).or_default();
         let policy = Arc::make_mut(entry);
-        policy.index = RouteIndex::build(&compiled);
-        policy.routes = compiled;
+        policy.index = compiled.index.clone();
+        policy.routes = compiled.routes.clone();
         policy.routes_from = Some(claim.from);
     }
     for (key, (_, rule)) in rules {
         let entry = table.services.entry(key).or_default();
-        Arc::make_mut(entry).destination = Some(Arc::new(rule));
+        Arc::make_mut(entry).destination = Some(rule);
     }
     for (key, budget) in budgets {
         let entry = table.services.entry(key).or_default();
@@ -997,7 +1023,7 @@ mod tests {
                      "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}}]}),
         );
         apply(&mut state, 10, vec![canary, rule], vec![]);
-        let table = compile(&state);
+        let table = compile(&state, &mut CacheMaps::default());
         let policy = table.get(&key("api.production")).expect("api has a policy");
         assert_eq!(
             policy.routes_from.as_deref(),
@@ -1046,6 +1072,45 @@ mod tests {
     }
 
     #[test]
+    fn a_write_recompiles_only_what_it_changed() {
+        let mut state = bootstrapped();
+        let route = |host: &str, subset: &str| {
+            vs(
+                "prod",
+                host,
+                json!({"hosts": [host], "http": [{"route": [{"destination": {"host": host, "subset": subset}}]}]}),
+            )
+        };
+        apply(
+            &mut state,
+            10,
+            vec![route("a", "v1"), route("b", "v1")],
+            vec![],
+        );
+        let first = state.compile();
+        apply(&mut state, 11, vec![route("b", "v2")], vec![]);
+        let second = state.compile();
+        let routes = |snap: &crate::mesh::MeshSnapshot, host: &str| {
+            snap.routes
+                .get(&key(&format!("{host}.prod")))
+                .unwrap()
+                .routes
+                .clone()
+        };
+        // `a` did not change: the very same compiled routes.
+        assert!(Arc::ptr_eq(&routes(&first, "a"), &routes(&second, "a")));
+        assert!(!Arc::ptr_eq(&routes(&first, "b"), &routes(&second, "b")));
+        let RouteAction::Forward(w) = &routes(&second, "b")[0].action else {
+            panic!("a forward")
+        };
+        assert_eq!(w.destinations[0].subset.as_deref(), Some("v2"));
+        // A restored state compiles afresh and to the same table.
+        let mut restored = crate::mesh::MeshState::new();
+        restored.restore(&state.snapshot()).unwrap();
+        assert_eq!(restored.compile().routes.services.len(), 2);
+    }
+
+    #[test]
     fn the_older_of_two_claims_on_a_host_wins() {
         let mut state = bootstrapped();
         let first = vs(
@@ -1060,7 +1125,7 @@ mod tests {
             json!({"hosts": ["api.shared"], "http": [{"route": [{"destination": {"host": "two.shared"}}]}]}),
         );
         apply(&mut state, 11, vec![second], vec![]);
-        let table = compile(&state);
+        let table = compile(&state, &mut CacheMaps::default());
         let policy = table.get(&key("api.shared")).unwrap();
         assert_eq!(
             policy.routes_from.as_deref(),
@@ -1093,7 +1158,7 @@ mod tests {
                 {"service": "cart-v1", "weight": "500m"}, {"service": "cart-v2", "weight": "1500m"}]}),
         );
         apply(&mut state, 10, vec![profile, split], vec![]);
-        let table = compile(&state);
+        let table = compile(&state, &mut CacheMaps::default());
         let web = table.get(&key("web.shop")).expect("the profile's service");
         assert_eq!(web.retry_budget.unwrap().min_per_second, 10);
         let names: Vec<_> = web.routes.iter().map(|r| r.name.as_str()).collect();

@@ -44,6 +44,9 @@ pub struct MeshState {
     events_trimmed_through: Option<u64>,
     /// How many audit entries and events to keep. A local setting, not part of snapshots.
     retain: usize,
+    /// What [`MeshState::compile`] made of each resource at its current version, so that a
+    /// write compiles only what it changed. Local, never part of snapshots.
+    pub(super) compiled: super::compile::Cache,
 }
 
 /// What a command handler says back; the `Err` side is a refusal, so handlers can use `?`.
@@ -95,6 +98,7 @@ impl MeshState {
             last_node_id: 0,
             events_trimmed_through: None,
             retain: retain.max(1),
+            compiled: Default::default(),
         }
     }
 
@@ -218,6 +222,8 @@ impl MeshState {
             last_node_id: image.last_node_id,
             events_trimmed_through: image.events_trimmed_through,
             retain: self.retain,
+            // Versions restart with the restored resources: nothing compiled before applies.
+            compiled: Default::default(),
         };
         self.trim();
         Ok(())
