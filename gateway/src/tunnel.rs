@@ -1,7 +1,9 @@
-//! QUIC tunnels between gateways: one endpoint per gateway, one long-lived connection per peer.
+//! QUIC tunnels between gateways: one endpoint per gateway, one long-lived connection per peer
+//! gateway.
 //!
 //! The endpoint both accepts (peers dial us on the tunnel port) and dials (one connector task
-//! per peer in the mesh keeps a connection up, with backoff; `follow` starts and stops them).
+//! per gateway of each peer cluster keeps a connection up, with backoff; `follow` starts and
+//! stops them).
 //! Both ends present SVIDs; the rustls verifiers in `federation::identity` refuse unknown trust
 //! domains, expired certificates and certificates from the wrong CA before any stream can open.
 //! They read the shared [`TrustStore`] on every handshake, so a cluster that joins is trusted
@@ -16,7 +18,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::catalog::Snapshot;
+use crate::catalog::{Snapshot, Tunnel};
 use crate::drain;
 use crate::metrics::{HandshakeLabels, Metrics, PeerLabels};
 use crate::preamble::{self, Catalog, StreamRequest, VerdictCode};
@@ -76,8 +78,8 @@ pub(crate) struct Dialer {
     pub metrics: Metrics,
 }
 
-/// Keeps the tunnel to one peer up until draining starts or `follow` aborts it. `number` is
-/// the connector's number in the peer's view; it publishes nowhere else.
+/// Keeps the tunnel to one peer gateway up until draining starts or `follow` aborts it.
+/// `number` is the connector's number in its gateway's slot; it publishes nowhere else.
 pub(crate) async fn run_connector(
     dialer: Arc<Dialer>,
     peer: Peer,
@@ -86,6 +88,7 @@ pub(crate) async fn run_connector(
 ) {
     let labels = PeerLabels {
         peer_cluster: peer.cluster.to_string(),
+        peer_gateway: peer.address.to_string(),
     };
     let mut failures: u32 = 0;
     loop {
@@ -105,13 +108,13 @@ pub(crate) async fn run_connector(
                 let catalog = match fetched {
                     Ok(Ok(catalog)) => catalog,
                     Ok(Err(e)) => {
-                        tracing::warn!(peer = %peer.cluster, error = %e, "catalog fetch failed; reconnecting");
+                        tracing::warn!(peer = %peer.cluster, addr = %peer.address, error = %e, "catalog fetch failed; reconnecting");
                         conn.close(1u32.into(), b"catalog fetch failed");
                         continue_after_backoff(&dialer, &drain, 1).await;
                         continue;
                     }
                     Err(_) => {
-                        tracing::warn!(peer = %peer.cluster, "peer sent no catalog in time; reconnecting");
+                        tracing::warn!(peer = %peer.cluster, addr = %peer.address, "peer sent no catalog in time; reconnecting");
                         conn.close(1u32.into(), b"catalog timeout");
                         continue_after_backoff(&dialer, &drain, 1).await;
                         continue;
@@ -120,10 +123,10 @@ pub(crate) async fn run_connector(
                 dialer.metrics.tunnel_connects.get_or_create(&labels).inc();
                 dialer.metrics.tunnel_up.get_or_create(&labels).set(1);
                 tracing::info!(peer = %peer.cluster, addr = %peer.address, services = catalog.services.len(), "tunnel up");
-                publish_peer(
+                publish_tunnel(
                     &dialer.snapshot,
                     (&peer.cluster, number),
-                    Some(conn.clone()),
+                    Some(Tunnel::new(peer.address, conn.clone())),
                     Some(catalog),
                 );
                 let reason = tokio::select! {
@@ -131,8 +134,8 @@ pub(crate) async fn run_connector(
                     reason = conn.closed() => reason,
                 };
                 dialer.metrics.tunnel_up.get_or_create(&labels).set(0);
-                publish_peer(&dialer.snapshot, (&peer.cluster, number), None, None);
-                tracing::warn!(peer = %peer.cluster, %reason, "tunnel down");
+                publish_tunnel(&dialer.snapshot, (&peer.cluster, number), None, None);
+                tracing::warn!(peer = %peer.cluster, addr = %peer.address, %reason, "tunnel down");
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -229,25 +232,28 @@ async fn fetch_catalog(
     Ok(catalog)
 }
 
-/// Records a peer's tunnel (and, on connect, its catalog) in a new snapshot, unless the peer
-/// left the mesh or another connector took over meanwhile.
-fn publish_peer(
+/// Records the tunnel of connector `number` (and, on connect, the peer's catalog) in a new
+/// snapshot, unless its gateway or cluster left the mesh or another connector took over
+/// meanwhile.
+fn publish_tunnel(
     snapshot: &watch::Sender<Arc<Snapshot>>,
     (cluster, number): (&ClusterName, u64),
-    conn: Option<quinn::Connection>,
+    tunnel: Option<Tunnel>,
     catalog: Option<Catalog>,
 ) {
     snapshot.send_if_modified(|snap| {
-        if snap
-            .peers
-            .get(cluster)
-            .is_none_or(|view| view.connector != number)
-        {
+        let ours = |snap: &Snapshot| {
+            snap.peers
+                .get(cluster)
+                .and_then(|view| view.gateways.iter().position(|g| g.connector == number))
+        };
+        let Some(slot) = ours(snap) else {
             return false;
-        }
+        };
         let mut next = (**snap).clone();
         if let Some(peer) = next.peers.get_mut(cluster) {
-            peer.conn = conn;
+            peer.gateways[slot].tunnel = tunnel;
+            // Every gateway of a cluster serves the same replicated catalog; the newest wins.
             if let Some(catalog) = catalog {
                 peer.fetched = crate::inbound::exports_from_catalog(&catalog, cluster);
             }
