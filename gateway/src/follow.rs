@@ -141,10 +141,10 @@ pub(crate) fn apply(
 ) -> (Snapshot, Changes) {
     let mut changes = Changes::default();
     let stop = |changes: &mut Changes,
-                    cluster: &ClusterName,
-                    slot: &GatewaySlot,
-                    gone: bool,
-                    why: &'static [u8]| {
+                cluster: &ClusterName,
+                slot: &GatewaySlot,
+                gone: bool,
+                why: &'static [u8]| {
         changes.stop.push(Stop {
             connector: slot.connector,
             cluster: cluster.clone(),
@@ -163,7 +163,13 @@ pub(crate) fn apply(
             (Some(old), None) => {
                 for slot in &old.gateways {
                     let gone = !planned.gateways.contains(&slot.address);
-                    stop(&mut changes, cluster, slot, gone, b"peer trust domain changed");
+                    stop(
+                        &mut changes,
+                        cluster,
+                        slot,
+                        gone,
+                        b"peer trust domain changed",
+                    );
                 }
             }
             (_, Some(kept)) => {
@@ -179,7 +185,8 @@ pub(crate) fn apply(
             .gateways
             .iter()
             .map(|&address| {
-                let live = kept.and_then(|view| view.gateways.iter().find(|g| g.address == address));
+                let live =
+                    kept.and_then(|view| view.gateways.iter().find(|g| g.address == address));
                 if let Some(slot) = live {
                     return slot.clone();
                 }

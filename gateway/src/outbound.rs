@@ -811,7 +811,7 @@ pub(crate) async fn open(
                 .ok_or(OpenError::NoEndpoint)
         }
     };
-    // Bounds checking out a pooled connection too, so a stuck endpoint costs one timeout.
+    // A stuck local endpoint (or pool checkout) costs one timeout too.
     tokio::time::timeout(outbound.verdict_timeout, opening)
         .await
         .unwrap_or_else(|_| {
