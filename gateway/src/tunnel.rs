@@ -380,13 +380,20 @@ mod tests {
         mesh
     }
 
-    fn tunnels_to_west(snapshot: &Snapshot) -> Result<Vec<SocketAddr>, NoRoute> {
-        let targets = snapshot.targets(&"api.demo".parse().unwrap(), Protocol::Http, None, None)?;
+    /// The addresses of the tunnels west's one target carries; none when west is unreachable.
+    fn tunnels_to_west(snapshot: &Snapshot) -> Vec<SocketAddr> {
+        let service = "api.demo".parse().unwrap();
+        let targets = match snapshot.targets(&service, Protocol::Http, None, None) {
+            Ok(targets) => targets,
+            Err(NoRoute::Unreachable { .. }) => return Vec::new(),
+            Err(e) => panic!("{e}"),
+        };
         assert_eq!(targets.len(), 1, "one target per cluster");
         let TargetKind::Remote { gateways, .. } = &targets[0].kind else {
             panic!("west is remote");
         };
-        Ok(gateways.tunnels.iter().map(|t| t.address).collect())
+        assert!(!gateways.tunnels.is_empty());
+        gateways.tunnels.iter().map(|t| t.address).collect()
     }
 
     /// Real QUIC tunnels from east to west's two gateways, published by connector number into
@@ -452,10 +459,7 @@ mod tests {
         let started: Vec<_> = changes.start.iter().map(|(p, n)| (p.address, *n)).collect();
         assert_eq!(started, [(w1, 1), (w2, 2)]);
         let (snapshot, _) = watch::channel(Arc::new(first));
-        assert!(matches!(
-            tunnels_to_west(&snapshot.borrow()),
-            Err(NoRoute::Unreachable { .. })
-        ));
+        assert!(tunnels_to_west(&snapshot.borrow()).is_empty());
 
         let west = name("west");
         publish_tunnel(
@@ -465,7 +469,7 @@ mod tests {
             None,
         );
         assert!(
-            tunnels_to_west(&snapshot.borrow()).is_err(),
+            tunnels_to_west(&snapshot.borrow()).is_empty(),
             "no slot carries connector 99"
         );
         publish_tunnel(
@@ -474,14 +478,14 @@ mod tests {
             Some(Tunnel::new(w2, conns[1].1.clone())),
             None,
         );
-        assert_eq!(tunnels_to_west(&snapshot.borrow()).unwrap(), [w2]);
+        assert_eq!(tunnels_to_west(&snapshot.borrow()), [w2]);
         publish_tunnel(
             &snapshot,
             (&west, 1),
             Some(Tunnel::new(w1, conns[0].1.clone())),
             None,
         );
-        assert_eq!(tunnels_to_west(&snapshot.borrow()).unwrap(), [w1, w2]);
+        assert_eq!(tunnels_to_west(&snapshot.borrow()), [w1, w2]);
 
         // Streams take turns; a stalled tunnel goes last until it answers again.
         let current = snapshot.borrow().clone();
@@ -523,7 +527,7 @@ mod tests {
         );
         assert_eq!(changes.close.len(), 1);
         assert_eq!(changes.close[0].0.stable_id(), conns[0].1.stable_id());
-        assert_eq!(tunnels_to_west(&next).unwrap(), [w2]);
+        assert_eq!(tunnels_to_west(&next), [w2]);
         let slot = &next.peers[&west].gateways[0];
         assert_eq!(slot.connector, 2);
         assert_eq!(
@@ -533,9 +537,6 @@ mod tests {
 
         // With no tunnel left open, the cluster is unreachable.
         conns[1].1.close(0u32.into(), b"test");
-        assert!(matches!(
-            tunnels_to_west(&next),
-            Err(NoRoute::Unreachable { .. })
-        ));
+        assert!(tunnels_to_west(&next).is_empty());
     }
 }
