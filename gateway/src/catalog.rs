@@ -5,14 +5,17 @@
 //! the snapshot they started with.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use federation::identity::TrustDomain;
 use federation::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
 use federation::traffic::RouteTable;
 
-use crate::Peer;
+use tokio::time::Instant;
+
 use crate::dns::{DnsService, DnsTable};
 
 /// What a cluster exports: ports by service.
@@ -93,20 +96,94 @@ impl Policy {
     }
 }
 
+/// A peer cluster as the data plane sees it: a tunnel slot per gateway, and its exports.
 #[derive(Clone)]
 pub(crate) struct PeerView {
-    /// The gateway dialled, and by which connector (see `follow`): a connector that was
-    /// replaced must not publish into its successor's view.
-    pub peer: Peer,
-    pub connector: u64,
-    /// The live tunnel, if any. Exports stay known while it is down so that callers learn *why*
-    /// a service is unreachable instead of that it does not exist.
-    pub conn: Option<quinn::Connection>,
+    pub trust_domain: TrustDomain,
+    /// One slot per gateway address of the cluster, in the order its Cluster resource lists
+    /// them. Never empty.
+    pub gateways: Vec<GatewaySlot>,
+    /// Where the next stream to this cluster starts its round over the gateways. The views
+    /// that replace one another while the cluster stays share it, so a snapshot swap does not
+    /// restart the rotation.
+    pub turn: Arc<AtomicUsize>,
     /// What the mesh state says the peer exports; authoritative when present.
     pub declared: Option<Exports>,
-    /// What the peer's own catalog said when its tunnel came up; used when the mesh state
-    /// says nothing about the peer's exports (peers from static config).
+    /// What the peer's own catalog said when a tunnel came up; used when the mesh state says
+    /// nothing about the peer's exports (peers from static config). Exports stay known while
+    /// every tunnel is down so that callers learn *why* a service is unreachable instead of
+    /// that it does not exist.
     pub fetched: Exports,
+}
+
+/// One gateway of a peer cluster, and the tunnel to it.
+#[derive(Clone)]
+pub(crate) struct GatewaySlot {
+    pub address: SocketAddr,
+    /// The connector dialling it (see `follow`): a connector that was replaced must not
+    /// publish into its successor's slot.
+    pub connector: u64,
+    /// The tunnel, once established with the peer's catalog read.
+    pub tunnel: Option<Tunnel>,
+}
+
+impl GatewaySlot {
+    /// The tunnel, if it is up right now.
+    pub fn live(&self) -> Option<&Tunnel> {
+        self.tunnel.as_ref().filter(|t| t.is_open())
+    }
+}
+
+/// An established tunnel to one gateway of a peer cluster.
+#[derive(Clone)]
+pub(crate) struct Tunnel {
+    pub address: SocketAddr,
+    pub conn: quinn::Connection,
+    /// Until when this tunnel goes last in its cluster's rotation: a stream on it got no
+    /// verdict in time, as when the peer died and QUIC has not noticed yet (that takes the
+    /// idle timeout). Cleared by the next verdict it brings.
+    stalled_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Tunnel {
+    pub fn new(address: SocketAddr, conn: quinn::Connection) -> Self {
+        Self {
+            address,
+            conn,
+            stalled_until: Arc::default(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+
+    fn is_stalled(&self, now: Instant) -> bool {
+        self.stalled_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| now < until)
+    }
+
+    /// A stream on this tunnel got no verdict in time: try the cluster's other gateways first
+    /// for `hold`.
+    pub fn stalled(&self, now: Instant, hold: Duration) {
+        *self
+            .stalled_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(now + hold);
+    }
+
+    /// A verdict came back on this tunnel: it takes its turn again.
+    pub fn answered(&self) {
+        let mut until = self
+            .stalled_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if until.is_some() {
+            *until = None;
+        }
+    }
 }
 
 impl PeerView {
@@ -114,12 +191,55 @@ impl PeerView {
         self.declared.as_ref().unwrap_or(&self.fetched)
     }
 
-    /// Whether the tunnel is up right now.
-    pub fn is_up(&self) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| c.close_reason().is_none())
+    /// The tunnels that are up, for one target; `None` when none is.
+    fn reachable(&self) -> Option<Gateways> {
+        let tunnels: Vec<Tunnel> = self
+            .gateways
+            .iter()
+            .filter_map(GatewaySlot::live)
+            .cloned()
+            .collect();
+        (!tunnels.is_empty()).then(|| Gateways {
+            tunnels,
+            turn: self.turn.clone(),
+        })
     }
+}
+
+/// The live tunnels to one peer cluster's gateways; a stream goes through one of them.
+#[derive(Clone)]
+pub(crate) struct Gateways {
+    /// Never empty.
+    pub tunnels: Vec<Tunnel>,
+    turn: Arc<AtomicUsize>,
+}
+
+impl Gateways {
+    /// The tunnels in the order one stream tries them: round-robin over the cluster's
+    /// gateways, so streams spread over them, with stalled tunnels moved last (stable, so the
+    /// rotation holds among the others). The next is only tried when the stream could not
+    /// start on the one before (see `forward`).
+    pub fn in_turn(&self, now: Instant) -> Vec<&Tunnel> {
+        let n = self.tunnels.len();
+        let start = if n > 1 {
+            self.turn.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        let stalled: Vec<bool> = self.tunnels.iter().map(|t| t.is_stalled(now)).collect();
+        turn_order(start, &stalled)
+            .into_iter()
+            .map(|i| &self.tunnels[i])
+            .collect()
+    }
+}
+
+/// Indexes `0..stalled.len()` rotated to begin at `start`, the stalled ones moved last.
+fn turn_order(start: usize, stalled: &[bool]) -> Vec<usize> {
+    let n = stalled.len();
+    let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+    order.sort_by_key(|&i| stalled[i]);
+    order
 }
 
 /// Where one request or connection may go, and the port to ask for there (clusters may
@@ -133,9 +253,10 @@ pub(crate) struct Target {
 #[derive(Clone)]
 pub(crate) enum TargetKind {
     Local(Arc<LocalService>),
+    /// A peer cluster, through whichever of its gateways' tunnels are up.
     Remote {
         cluster: ClusterName,
-        conn: quinn::Connection,
+        gateways: Gateways,
     },
 }
 
@@ -163,7 +284,7 @@ pub(crate) enum NoRoute {
         service: ServiceKey,
         protocol: Protocol,
     },
-    /// Clusters export it, but none of their tunnels is up.
+    /// Clusters export it, but none of their gateways' tunnels is up.
     #[error("no cluster exporting {service} is reachable: tunnels to {} are down", down.join(", "))]
     Unreachable {
         service: ServiceKey,
@@ -216,15 +337,17 @@ impl Snapshot {
             known = true;
             let Some(port) = pick(ports) else { continue };
             has_port = true;
-            match &peer.conn {
-                Some(conn) if conn.close_reason().is_none() => targets.push(Target {
+            // One target per cluster, however many gateways it has: policy, outlier
+            // detection and locality act on clusters; the gateways share its streams.
+            match peer.reachable() {
+                Some(gateways) => targets.push(Target {
                     kind: TargetKind::Remote {
                         cluster: cluster.clone(),
-                        conn: conn.clone(),
+                        gateways,
                     },
                     port,
                 }),
-                _ => down.push(cluster.to_string()),
+                None => down.push(cluster.to_string()),
             }
         }
         if !known {
@@ -335,7 +458,6 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn svc(key: &str, ports: &[(u16, Protocol)]) -> LocalService {
         LocalService {
@@ -366,13 +488,13 @@ mod tests {
                         .collect();
                     let cluster = ClusterName::new(name).unwrap();
                     let view = PeerView {
-                        peer: Peer {
-                            cluster: cluster.clone(),
-                            trust_domain: TrustDomain::parse(name).unwrap(),
+                        trust_domain: TrustDomain::parse(name).unwrap(),
+                        gateways: vec![GatewaySlot {
                             address: SocketAddr::from(([127, 0, 0, 1], 1)),
-                        },
-                        connector: 0,
-                        conn: None,
+                            connector: 0,
+                            tunnel: None,
+                        }],
+                        turn: Arc::default(),
                         declared: None,
                         fetched: exports,
                     };
@@ -431,5 +553,43 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, NoRoute::Unknown { .. }));
+    }
+
+    #[test]
+    fn streams_take_turns_over_gateways_and_stalled_tunnels_go_last() {
+        assert_eq!(turn_order(0, &[false, false]), [0, 1]);
+        assert_eq!(turn_order(1, &[false, false]), [1, 0]);
+        assert_eq!(turn_order(5, &[false, false, false]), [2, 0, 1]);
+        // A stalled gateway is still tried, after the others, whose rotation holds.
+        assert_eq!(turn_order(0, &[true, false, false]), [1, 2, 0]);
+        assert_eq!(turn_order(1, &[true, false, false]), [1, 2, 0]);
+        assert_eq!(turn_order(2, &[true, false, false]), [2, 1, 0]);
+        assert_eq!(turn_order(0, &[true, true]), [0, 1]);
+    }
+
+    #[test]
+    fn a_cluster_is_down_only_when_every_gateway_is() {
+        let remote = svc("web.demo", &[(80, Protocol::Http)]);
+        let mut snap = snapshot(&[], &[("west", std::slice::from_ref(&remote))]);
+        let west = ClusterName::new("west").unwrap();
+        let view = snap.peers.get_mut(&west).unwrap();
+        view.gateways.push(GatewaySlot {
+            address: SocketAddr::from(([127, 0, 0, 2], 1)),
+            connector: 1,
+            tunnel: None,
+        });
+        assert!(view.reachable().is_none());
+        let err = snap
+            .targets(&"web.demo".parse().unwrap(), Protocol::Http, None, None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            NoRoute::Unreachable {
+                service: "web.demo".parse().unwrap(),
+                down: vec!["west".into()],
+            },
+            "one entry per cluster, not per gateway"
+        );
     }
 }

@@ -1,19 +1,22 @@
 //! Follows the mesh: turns each [`MeshSnapshot`] into the routing [`Snapshot`] and keeps one
-//! tunnel connector per peer cluster.
+//! tunnel connector per gateway of each peer cluster.
 //!
 //! ```text
 //!  watch<MeshSnapshot> ──► plan(): own services, peers (trust domain, gateway addresses),
 //!                          declared exports, other clusters by trust domain
 //!                     ──► apply(): next routing Snapshot, live tunnels kept ──► outbound,
 //!                                                                  inbound, DNS, TCP listeners
-//!                     ──► connectors started for new peers, stopped (tunnel closed) for peers
-//!                         that left or whose dialled gateway is gone
+//!                     ──► connectors started for new peer gateways, stopped (tunnel closed)
+//!                         for gateways that left, with their cluster or alone
+//!
+//!  PeerView west ── slot 10.1.0.1:15443, connector 7, tunnel ──┐  one target "west";
+//!                └─ slot 10.1.0.2:15443, connector 8, tunnel ──┘  streams take turns
 //! ```
 //!
 //! Connectors publish into the routing snapshot themselves (tunnel up or down, fetched
 //! catalog); both sides go through `send_modify`, so neither overwrites the other. A connector
-//! publishes only into the view that still carries its number: a replaced connector that is
-//! still winding down cannot resurrect its tunnel in its successor's view.
+//! publishes only into the gateway slot that still carries its number: a replaced connector
+//! that is still winding down cannot resurrect its tunnel in its successor's slot.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::Peer;
-use crate::catalog::{Exports, PeerView, Policy, Snapshot};
+use crate::catalog::{Exports, GatewaySlot, PeerView, Policy, Snapshot};
 use crate::drain;
 use crate::metrics::PeerLabels;
 use crate::tunnel::{self, Dialer};
@@ -43,7 +46,8 @@ pub(crate) struct Plan {
 #[derive(Debug)]
 pub(crate) struct PlannedPeer {
     pub trust_domain: TrustDomain,
-    /// Never empty: a cluster without a gateway address cannot be dialled and is no peer.
+    /// Never empty (a cluster without a gateway address cannot be dialled and is no peer), no
+    /// address twice; each gets a tunnel.
     pub gateways: Vec<SocketAddr>,
     pub declared: Option<Exports>,
 }
@@ -85,14 +89,20 @@ pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName) -> Plan {
         }
         plan.clusters_by_domain
             .insert(trust_domain.clone(), name.clone());
-        if cluster.gateways.is_empty() {
+        let mut gateways = Vec::with_capacity(cluster.gateways.len());
+        for addr in &cluster.gateways {
+            if !gateways.contains(addr) {
+                gateways.push(*addr);
+            }
+        }
+        if gateways.is_empty() {
             continue;
         }
         plan.peers.insert(
             name.clone(),
             PlannedPeer {
                 trust_domain,
-                gateways: cluster.gateways.clone(),
+                gateways,
                 declared: mesh.exports.get(name).cloned(),
             },
         );
@@ -103,65 +113,110 @@ pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName) -> Plan {
 /// What changed between two routing snapshots, for the caller to act on.
 #[derive(Default)]
 pub(crate) struct Changes {
-    /// Connectors to start, with the number their view carries.
+    /// Connectors to start, with the number their gateway slot carries.
     pub start: Vec<(Peer, u64)>,
-    /// Peers whose connector must stop: they left the mesh (`true`), or their dialled gateway
-    /// is gone (`false`, a new connector starts).
-    pub stop: Vec<(ClusterName, bool)>,
+    /// Connectors to stop.
+    pub stop: Vec<Stop>,
     /// Tunnels to close, with why.
     pub close: Vec<(quinn::Connection, &'static [u8])>,
 }
 
-/// The routing snapshot `plan` asks for, keeping `current`'s tunnels to peers whose dialled
-/// gateway is still one of theirs. `next_connector` numbers new connectors.
+/// A connector to stop, and the gateway it dialled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Stop {
+    pub connector: u64,
+    pub cluster: ClusterName,
+    pub address: SocketAddr,
+    /// The gateway is no longer dialled at all (it or its cluster left the mesh); otherwise a
+    /// new connector dials it again (its cluster changed trust domain).
+    pub gone: bool,
+}
+
+/// The routing snapshot `plan` asks for, keeping `current`'s tunnels to every gateway that is
+/// still one of its cluster's. `next_connector` numbers new connectors.
 pub(crate) fn apply(
     current: &Snapshot,
     plan: &Plan,
     next_connector: &mut u64,
 ) -> (Snapshot, Changes) {
     let mut changes = Changes::default();
+    let stop = |changes: &mut Changes,
+                cluster: &ClusterName,
+                slot: &GatewaySlot,
+                gone: bool,
+                why: &'static [u8]| {
+        changes.stop.push(Stop {
+            connector: slot.connector,
+            cluster: cluster.clone(),
+            address: slot.address,
+            gone,
+        });
+        if let Some(tunnel) = &slot.tunnel {
+            changes.close.push((tunnel.conn.clone(), why));
+        }
+    };
     let mut peers = BTreeMap::new();
     for (cluster, planned) in &plan.peers {
-        let kept = current.peers.get(cluster).filter(|view| {
-            view.peer.trust_domain == planned.trust_domain
-                && planned.gateways.contains(&view.peer.address)
-        });
-        let view = match kept {
-            Some(view) => PeerView {
-                declared: planned.declared.clone(),
-                ..view.clone()
-            },
-            None => {
-                if let Some(old) = current.peers.get(cluster) {
-                    changes.stop.push((cluster.clone(), false));
-                    if let Some(conn) = &old.conn {
-                        changes.close.push((conn.clone(), b"peer gateway moved"));
+        let old = current.peers.get(cluster);
+        let kept = old.filter(|view| view.trust_domain == planned.trust_domain);
+        match (old, kept) {
+            (Some(old), None) => {
+                for slot in &old.gateways {
+                    let gone = !planned.gateways.contains(&slot.address);
+                    stop(
+                        &mut changes,
+                        cluster,
+                        slot,
+                        gone,
+                        b"peer trust domain changed",
+                    );
+                }
+            }
+            (_, Some(kept)) => {
+                for slot in &kept.gateways {
+                    if !planned.gateways.contains(&slot.address) {
+                        stop(&mut changes, cluster, slot, true, b"peer gateway left");
                     }
                 }
-                // Several gateways: the first is dialled; the others are failover to come.
+            }
+            (None, None) => {}
+        }
+        let gateways = planned
+            .gateways
+            .iter()
+            .map(|&address| {
+                let live =
+                    kept.and_then(|view| view.gateways.iter().find(|g| g.address == address));
+                if let Some(slot) = live {
+                    return slot.clone();
+                }
+                *next_connector += 1;
                 let peer = Peer {
                     cluster: cluster.clone(),
                     trust_domain: planned.trust_domain.clone(),
-                    address: planned.gateways[0],
+                    address,
                 };
-                *next_connector += 1;
-                changes.start.push((peer.clone(), *next_connector));
-                PeerView {
-                    peer,
+                changes.start.push((peer, *next_connector));
+                GatewaySlot {
+                    address,
                     connector: *next_connector,
-                    conn: None,
-                    declared: planned.declared.clone(),
-                    fetched: Exports::new(),
+                    tunnel: None,
                 }
-            }
+            })
+            .collect();
+        let view = PeerView {
+            trust_domain: planned.trust_domain.clone(),
+            gateways,
+            turn: kept.map(|view| view.turn.clone()).unwrap_or_default(),
+            declared: planned.declared.clone(),
+            fetched: kept.map(|view| view.fetched.clone()).unwrap_or_default(),
         };
         peers.insert(cluster.clone(), view);
     }
     for (cluster, old) in &current.peers {
         if !plan.peers.contains_key(cluster) {
-            changes.stop.push((cluster.clone(), true));
-            if let Some(conn) = &old.conn {
-                changes.close.push((conn.clone(), b"peer left the mesh"));
+            for slot in &old.gateways {
+                stop(&mut changes, cluster, slot, true, b"peer left the mesh");
             }
         }
     }
@@ -175,12 +230,13 @@ pub(crate) fn apply(
     (next, changes)
 }
 
-/// Owns the connectors: one task per peer, in a set that aborts them all when dropped.
+/// Owns the connectors: one task per peer gateway, in a set that aborts them all when dropped.
 pub(crate) struct Follower {
     pub own: ClusterName,
     pub dialer: Arc<Dialer>,
     connectors: JoinSet<()>,
-    running: BTreeMap<ClusterName, AbortHandle>,
+    /// By connector number.
+    running: BTreeMap<u64, AbortHandle>,
     next_connector: u64,
     version: Option<u64>,
 }
@@ -206,16 +262,17 @@ impl Follower {
             *snapshot = Arc::new(next);
             changes = found;
         });
-        for (cluster, left) in changes.stop {
-            if let Some(task) = self.running.remove(&cluster) {
+        for stop in changes.stop {
+            if let Some(task) = self.running.remove(&stop.connector) {
                 task.abort();
             }
             let labels = PeerLabels {
-                peer_cluster: cluster.to_string(),
+                peer_cluster: stop.cluster.to_string(),
+                peer_gateway: stop.address.to_string(),
             };
-            if left {
+            if stop.gone {
                 self.dialer.metrics.tunnel_up.remove(&labels);
-                tracing::info!(peer = %cluster, "peer left the mesh; tunnel closed");
+                tracing::info!(peer = %stop.cluster, addr = %stop.address, "peer gateway left the mesh; tunnel closed");
             } else {
                 self.dialer.metrics.tunnel_up.get_or_create(&labels).set(0);
             }
@@ -231,12 +288,12 @@ impl Follower {
                 number,
                 drain.clone(),
             ));
-            self.running.insert(peer.cluster, task);
+            self.running.insert(number, task);
         }
         if self.version != Some(mesh.version) {
             tracing::debug!(
                 version = mesh.version,
-                peers = self.running.len(),
+                connectors = self.running.len(),
                 "data plane follows mesh snapshot"
             );
             self.version = Some(mesh.version);
@@ -350,8 +407,26 @@ mod tests {
         assert_eq!(domains, ["north.mesh=north", "west.mesh=west"]);
     }
 
+    /// Connector numbers of `cluster`'s gateway slots, by address port.
+    fn slots(snapshot: &Snapshot, cluster: &str) -> Vec<(u16, u64)> {
+        snapshot.peers[&name(cluster)]
+            .gateways
+            .iter()
+            .map(|g| (g.address.port(), g.connector))
+            .collect()
+    }
+
+    fn stopped(connector: u64, port: u16, gone: bool) -> Stop {
+        Stop {
+            connector,
+            cluster: name("west"),
+            address: addr(port),
+            gone,
+        }
+    }
+
     #[test]
-    fn apply_starts_keeps_moves_and_stops_connectors() {
+    fn apply_starts_keeps_and_stops_connectors() {
         let mut number = 0;
         let mut mesh = MeshSnapshot::default();
         mesh.clusters
@@ -360,11 +435,12 @@ mod tests {
         assert_eq!(changes.start.len(), 1);
         assert_eq!(changes.start[0].0.address, addr(2));
         assert!(changes.stop.is_empty());
-        assert_eq!(first.peers[&name("west")].connector, 1);
+        assert_eq!(slots(&first, "west"), [(2, 1)]);
         assert_eq!(first.local_cluster, Some(name("east")));
 
-        // A second gateway and declared exports: the dialled gateway is still there, so the
-        // connector (and its tunnel) stays, and the declared exports win over fetched ones.
+        // A second gateway and declared exports: the first gateway's connector (and its
+        // tunnel) stays, the second gets its own, and the declared exports win over fetched
+        // ones.
         mesh.clusters.extend([cluster("west", &[3, 2])]);
         mesh.exports
             .insert(name("west"), [("api.demo".parse().unwrap(), vec![])].into());
@@ -376,9 +452,15 @@ mod tests {
             .fetched
             .insert("old.demo".parse().unwrap(), vec![]);
         let (second, changes) = apply(&current, &plan(&mesh, &name("east")), &mut number);
-        assert!(changes.start.is_empty() && changes.stop.is_empty());
+        assert!(changes.stop.is_empty());
+        assert_eq!(changes.start.len(), 1);
+        assert_eq!(
+            (changes.start[0].0.address, changes.start[0].1),
+            (addr(3), 2)
+        );
+        assert_eq!(slots(&second, "west"), [(3, 2), (2, 1)]);
         let west = &second.peers[&name("west")];
-        assert_eq!(west.connector, 1);
+        assert!(Arc::ptr_eq(&west.turn, &first.peers[&name("west")].turn));
         assert_eq!(
             west.exports()
                 .keys()
@@ -387,18 +469,31 @@ mod tests {
             ["api.demo"]
         );
 
-        // The dialled gateway is gone: a new connector dials the first remaining one.
-        mesh.clusters.extend([cluster("west", &[3])]);
+        // The first gateway leaves its cluster: only its connector stops; the other keeps its
+        // slot, and a gateway listed twice is dialled once.
+        mesh.clusters.extend([cluster("west", &[3, 3])]);
         let (third, changes) = apply(&second, &plan(&mesh, &name("east")), &mut number);
-        assert_eq!(changes.stop, [(name("west"), false)]);
-        assert_eq!(changes.start[0].0.address, addr(3));
-        assert_eq!(third.peers[&name("west")].connector, 2);
-
-        // West leaves.
-        mesh.clusters.remove(&name("west"));
-        let (fourth, changes) = apply(&third, &plan(&mesh, &name("east")), &mut number);
-        assert_eq!(changes.stop, [(name("west"), true)]);
+        assert_eq!(changes.stop, [stopped(1, 2, true)]);
         assert!(changes.start.is_empty());
-        assert!(fourth.peers.is_empty() && fourth.clusters_by_domain.is_empty());
+        assert_eq!(slots(&third, "west"), [(3, 2)]);
+
+        // A new trust domain: every connector dials anew, and the fetched catalog is dropped.
+        mesh.clusters.get_mut(&name("west")).unwrap().trust_domain = "west2.mesh".into();
+        let (fourth, changes) = apply(&third, &plan(&mesh, &name("east")), &mut number);
+        assert_eq!(changes.stop, [stopped(2, 3, false)]);
+        assert_eq!(changes.start.len(), 1);
+        assert_eq!(slots(&fourth, "west"), [(3, 3)]);
+        assert!(fourth.peers[&name("west")].fetched.is_empty());
+
+        // Back to the first trust domain, with two gateways; then west leaves: every
+        // connector of its stops.
+        mesh.clusters.extend([cluster("west", &[3, 4])]);
+        let (fifth, _) = apply(&fourth, &plan(&mesh, &name("east")), &mut number);
+        assert_eq!(slots(&fifth, "west"), [(3, 4), (4, 5)]);
+        mesh.clusters.remove(&name("west"));
+        let (sixth, changes) = apply(&fifth, &plan(&mesh, &name("east")), &mut number);
+        assert_eq!(changes.stop, [stopped(4, 3, true), stopped(5, 4, true)]);
+        assert!(changes.start.is_empty());
+        assert!(sixth.peers.is_empty() && sixth.clusters_by_domain.is_empty());
     }
 }

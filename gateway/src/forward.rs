@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!  request ─► pool limit (UO) ─► attempt 1 ─► cluster A ── 5xx? retriable? budget? ─► backoff
-//!                                   │             (refused or unreachable: next cluster,
-//!                                   │              not a retry: nothing was acted on)
+//!                                   │             (refused or unreachable through each of
+//!                                   │              A's gateways: next cluster, not a retry:
+//!                                   │              nothing was acted on)
 //!                                   └─ per-try timeout ─► attempt 2 ─► cluster B ...
 //!  the whole call bounded by the route's timeout (UT); outlier detection sees every answer
 //! ```
@@ -302,8 +303,8 @@ fn forget(state: &crate::policy::state::PolicyState, snapshot: &Snapshot) {
 /// One attempt's end, as the retry policy reads it.
 enum Tried {
     Answered(http::Response<Body>),
-    /// Refused or unreachable before anything was acted on: the next cluster may try, and it
-    /// is not a retry.
+    /// Refused or unreachable through every gateway of the cluster before anything was acted
+    /// on: the next cluster may try, and it is not a retry.
     NotStarted(String, Failure),
     /// Started and then failed (reset, or no answer within the per-try timeout).
     Failed(String, Failure),
@@ -631,8 +632,8 @@ async fn try_once(
 ) -> Tried {
     let once = async {
         match (&target.kind, &mut *request) {
-            (TargetKind::Remote { conn, .. }, Pending::Replayable(r)) => {
-                match send_early(outbound, conn, target, call, r, choice).await {
+            (TargetKind::Remote { gateways, .. }, Pending::Replayable(r)) => {
+                match send_early(outbound, gateways, target, call, r, choice).await {
                     Early::Answered(resp) => Tried::Answered(resp),
                     Early::TryNext(e, connect) => Tried::NotStarted(
                         e,

@@ -76,7 +76,7 @@ pub struct TunnelSettings {
     pub max_preamble_bytes: u16,
 }
 
-/// A peer cluster's gateway, dialled and kept connected.
+/// One gateway of a peer cluster, dialled and kept connected by one connector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Peer {
     pub cluster: ClusterName,
@@ -101,7 +101,8 @@ pub struct Settings {
     pub clients: ClientLimits,
 }
 
-/// One peer's tunnel, for status reports.
+/// The tunnel to one gateway of a peer cluster, for status reports (a cluster with several
+/// gateways has one each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelStatus {
     pub cluster: ClusterName,
@@ -316,6 +317,7 @@ impl Gateway {
             pool: endpoints,
             spinner,
             verdict_timeout: settings.tunnel.connect_timeout,
+            stall_hold: settings.tunnel.idle_timeout,
             snapshot: snapshot_rx.clone(),
             svid,
             metrics,
@@ -472,10 +474,12 @@ fn tunnel_status(snapshot: &Snapshot) -> Vec<TunnelStatus> {
     snapshot
         .peers
         .iter()
-        .map(|(cluster, view)| TunnelStatus {
-            cluster: cluster.clone(),
-            address: view.peer.address,
-            up: view.is_up(),
+        .flat_map(|(cluster, view)| {
+            view.gateways.iter().map(|slot| TunnelStatus {
+                cluster: cluster.clone(),
+                address: slot.address,
+                up: slot.live().is_some(),
+            })
         })
         .collect()
 }

@@ -65,6 +65,9 @@ pub struct TcpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer_cluster: String,
+    /// The tunnel address of the peer gateway dialled: a cluster with several gateways has a
+    /// tunnel to each.
+    pub peer_gateway: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

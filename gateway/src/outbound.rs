@@ -5,8 +5,10 @@
 //! * TCP on a port per service port, on the outbound listener's address; the listeners follow
 //!   the catalog as peers come and go.
 //!
-//! Requests spread round-robin over the clusters whose tunnel is up; a request that cannot
-//! even start on one target (stream refused, tunnel gone) moves on to the next.
+//! Requests spread round-robin over the clusters whose tunnel is up, and within a cluster over
+//! its gateways' tunnels; a request that cannot even start on one gateway (stream refused,
+//! tunnel gone, no verdict in time) moves on to the cluster's next gateway, then to the next
+//! cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use federation::traffic::{LoadBalancer, RouteAction};
 
-use crate::catalog::{Snapshot, Target, TargetKind};
+use crate::catalog::{Gateways, Snapshot, Target, TargetKind, Tunnel};
 use crate::drain;
 use crate::early::{Replayable, VerdictFirst};
 use crate::forward::{self, Call, Ended, Flags, Pending};
@@ -47,6 +49,9 @@ pub(crate) struct Outbound {
     pub spinner: Spinner,
     /// How long a peer may take to answer a preamble with its verdict.
     pub verdict_timeout: std::time::Duration,
+    /// How long a tunnel that left a stream without a verdict goes last among its cluster's
+    /// gateways: the tunnel idle timeout, by which QUIC has closed it if the peer died.
+    pub stall_hold: std::time::Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub svid: watch::Receiver<Arc<Svid>>,
     pub metrics: Metrics,
@@ -550,10 +555,46 @@ async fn open_stream(
     Ok((send, recv))
 }
 
-/// Sends a replayable request right behind its preamble; see `early`.
+/// Sends a replayable request to `target`'s cluster through `gateways`: on the tunnel whose
+/// turn it is, then on the others while it could not start ([`Early::TryNext`]). `true` in a
+/// `TryNext` only when every gateway failed to connect.
 pub(crate) async fn send_early(
     outbound: &Outbound,
-    conn: &quinn::Connection,
+    gateways: &Gateways,
+    target: &Target,
+    call: &Call,
+    replayable: &Replayable,
+    choice: RouteChoice,
+) -> Early {
+    let order = gateways.in_turn(tokio::time::Instant::now());
+    let several = order.len() > 1;
+    let mut errors = Vec::new();
+    let mut connect = true;
+    for tunnel in order {
+        match send_early_on(outbound, tunnel, target, call, replayable, choice.clone()).await {
+            Early::TryNext(e, tunnel_failed) => {
+                connect &= tunnel_failed;
+                errors.push(on_gateway(several, tunnel, e));
+            }
+            done => return done,
+        }
+    }
+    Early::TryNext(errors.join("; "), connect)
+}
+
+/// `e`, naming the gateway when the cluster has several.
+fn on_gateway(several: bool, tunnel: &Tunnel, e: impl std::fmt::Display) -> String {
+    if several {
+        format!("gateway {}: {e}", tunnel.address)
+    } else {
+        e.to_string()
+    }
+}
+
+/// Sends a replayable request right behind its preamble on one tunnel; see `early`.
+async fn send_early_on(
+    outbound: &Outbound,
+    tunnel: &Tunnel,
     target: &Target,
     call: &Call,
     replayable: &Replayable,
@@ -567,11 +608,13 @@ pub(crate) async fn send_early(
         call.deadline,
         choice,
     );
+    let conn = &tunnel.conn;
     let opened = tokio::time::timeout(outbound.verdict_timeout, open_stream(conn, &request)).await;
     let (send, recv) = match opened {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Early::TryNext(format!("tunnel: {e}"), true),
         Err(_) => {
+            tunnel.stalled(tokio::time::Instant::now(), outbound.stall_hold);
             return Early::TryNext(
                 format!("tunnel: no stream within {:?}", outbound.verdict_timeout),
                 true,
@@ -586,6 +629,13 @@ pub(crate) async fn send_early(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
+    if verdict.is_some() {
+        tunnel.answered();
+    } else if result.is_err() && tunnel.is_open() {
+        // No verdict on a tunnel QUIC still holds open: the peer may have died, and streams
+        // go to its cluster's other gateways first until QUIC knows.
+        tunnel.stalled(tokio::time::Instant::now(), outbound.stall_hold);
+    }
     match (result, verdict) {
         (Ok(resp), _) => Early::Answered(resp.map(http::boxed)),
         (Err(_), Some(v)) if v.decision() != VerdictCode::Accepted => Early::TryNext(
@@ -742,46 +792,28 @@ pub(crate) async fn open(
     call: &Call,
     choice: RouteChoice,
 ) -> Result<Upstream, OpenError> {
+    let svc = match &target.kind {
+        TargetKind::Local(svc) => svc,
+        TargetKind::Remote { gateways, .. } => {
+            return open_remote(outbound, gateways, target, call, choice).await;
+        }
+    };
     let opening = async {
-        match &target.kind {
-            TargetKind::Local(svc) if target.port.protocol == Protocol::Http => outbound
+        if target.port.protocol == Protocol::Http {
+            outbound
                 .pool
                 .checkout(svc)
                 .await
                 .map(Upstream::Pooled)
-                .ok_or(OpenError::NoEndpoint),
-            TargetKind::Local(svc) => {
-                connect_endpoint(svc, &outbound.next_endpoint, outbound.verdict_timeout)
-                    .await
-                    .map(|s| Upstream::Stream(Stream::Local(s)))
-                    .ok_or(OpenError::NoEndpoint)
-            }
-            TargetKind::Remote { conn, .. } => {
-                let request = proxy_request(
-                    outbound,
-                    target,
-                    &call.service,
-                    call.traceparent.clone(),
-                    call.deadline,
-                    choice,
-                );
-                let (send, mut recv) = open_stream(conn, &request)
-                    .await
-                    .map_err(OpenError::Tunnel)?;
-                let verdict = preamble::read_verdict(&mut recv)
-                    .await
-                    .map_err(|e| OpenError::Tunnel(e.to_string()))?;
-                match verdict.decision() {
-                    VerdictCode::Accepted => Ok(Upstream::Stream(Stream::Tunnel(tokio::io::join(
-                        recv, send,
-                    )))),
-                    code => Err(OpenError::Refused(code, verdict.reason)),
-                }
-            }
+                .ok_or(OpenError::NoEndpoint)
+        } else {
+            connect_endpoint(svc, &outbound.next_endpoint, outbound.verdict_timeout)
+                .await
+                .map(|s| Upstream::Stream(Stream::Local(s)))
+                .ok_or(OpenError::NoEndpoint)
         }
     };
-    // Bounds every step, including waiting for stream credit on a saturated tunnel, so a stuck
-    // target costs one timeout and the request moves on to the next.
+    // A stuck local endpoint (or pool checkout) costs one timeout too.
     tokio::time::timeout(outbound.verdict_timeout, opening)
         .await
         .unwrap_or_else(|_| {
@@ -790,6 +822,83 @@ pub(crate) async fn open(
                 outbound.verdict_timeout
             )))
         })
+}
+
+/// Opens a stream to `target`'s cluster on the tunnel whose turn it is, then on its other
+/// gateways' while it could not start (refused, tunnel gone, no verdict in time).
+async fn open_remote(
+    outbound: &Outbound,
+    gateways: &Gateways,
+    target: &Target,
+    call: &Call,
+    choice: RouteChoice,
+) -> Result<Upstream, OpenError> {
+    let request = proxy_request(
+        outbound,
+        target,
+        &call.service,
+        call.traceparent.clone(),
+        call.deadline,
+        choice,
+    );
+    let order = gateways.in_turn(tokio::time::Instant::now());
+    let several = order.len() > 1;
+    let mut errors = Vec::new();
+    let mut refused = None;
+    for tunnel in order {
+        match open_on(outbound, tunnel, &request).await {
+            Ok(upstream) => return Ok(upstream),
+            Err(e) => {
+                if let OpenError::Refused(code, _) = &e {
+                    refused.get_or_insert(*code);
+                }
+                errors.push(on_gateway(several, tunnel, &e));
+                if !several {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let errors = errors.join("; ");
+    Err(match refused {
+        Some(code) => OpenError::Refused(code, errors),
+        None => OpenError::Tunnel(errors),
+    })
+}
+
+/// Opens a stream on one tunnel and waits for its verdict.
+async fn open_on(
+    outbound: &Outbound,
+    tunnel: &Tunnel,
+    request: &StreamRequest,
+) -> Result<Upstream, OpenError> {
+    let opening = async {
+        let (send, mut recv) = open_stream(&tunnel.conn, request)
+            .await
+            .map_err(OpenError::Tunnel)?;
+        let verdict = preamble::read_verdict(&mut recv)
+            .await
+            .map_err(|e| OpenError::Tunnel(e.to_string()))?;
+        tunnel.answered();
+        match verdict.decision() {
+            VerdictCode::Accepted => Ok(Upstream::Stream(Stream::Tunnel(tokio::io::join(
+                recv, send,
+            )))),
+            code => Err(OpenError::Refused(code, verdict.reason)),
+        }
+    };
+    // Bounds every step, including waiting for stream credit on a saturated tunnel, so a stuck
+    // gateway costs one timeout and the stream moves on to the next.
+    match tokio::time::timeout(outbound.verdict_timeout, opening).await {
+        Ok(opened) => opened,
+        Err(_) => {
+            tunnel.stalled(tokio::time::Instant::now(), outbound.stall_hold);
+            Err(OpenError::Tunnel(format!(
+                "no verdict within {:?}",
+                outbound.verdict_timeout
+            )))
+        }
+    }
 }
 
 /// Keeps one TCP listener per (service, TCP port) on the outbound address in step with the

@@ -1,7 +1,9 @@
-//! QUIC tunnels between gateways: one endpoint per gateway, one long-lived connection per peer.
+//! QUIC tunnels between gateways: one endpoint per gateway, one long-lived connection per peer
+//! gateway.
 //!
 //! The endpoint both accepts (peers dial us on the tunnel port) and dials (one connector task
-//! per peer in the mesh keeps a connection up, with backoff; `follow` starts and stops them).
+//! per gateway of each peer cluster keeps a connection up, with backoff; `follow` starts and
+//! stops them).
 //! Both ends present SVIDs; the rustls verifiers in `federation::identity` refuse unknown trust
 //! domains, expired certificates and certificates from the wrong CA before any stream can open.
 //! They read the shared [`TrustStore`] on every handshake, so a cluster that joins is trusted
@@ -16,7 +18,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::catalog::Snapshot;
+use crate::catalog::{Snapshot, Tunnel};
 use crate::drain;
 use crate::metrics::{HandshakeLabels, Metrics, PeerLabels};
 use crate::preamble::{self, Catalog, StreamRequest, VerdictCode};
@@ -76,8 +78,8 @@ pub(crate) struct Dialer {
     pub metrics: Metrics,
 }
 
-/// Keeps the tunnel to one peer up until draining starts or `follow` aborts it. `number` is
-/// the connector's number in the peer's view; it publishes nowhere else.
+/// Keeps the tunnel to one peer gateway up until draining starts or `follow` aborts it.
+/// `number` is the connector's number in its gateway's slot; it publishes nowhere else.
 pub(crate) async fn run_connector(
     dialer: Arc<Dialer>,
     peer: Peer,
@@ -86,6 +88,7 @@ pub(crate) async fn run_connector(
 ) {
     let labels = PeerLabels {
         peer_cluster: peer.cluster.to_string(),
+        peer_gateway: peer.address.to_string(),
     };
     let mut failures: u32 = 0;
     loop {
@@ -105,13 +108,13 @@ pub(crate) async fn run_connector(
                 let catalog = match fetched {
                     Ok(Ok(catalog)) => catalog,
                     Ok(Err(e)) => {
-                        tracing::warn!(peer = %peer.cluster, error = %e, "catalog fetch failed; reconnecting");
+                        tracing::warn!(peer = %peer.cluster, addr = %peer.address, error = %e, "catalog fetch failed; reconnecting");
                         conn.close(1u32.into(), b"catalog fetch failed");
                         continue_after_backoff(&dialer, &drain, 1).await;
                         continue;
                     }
                     Err(_) => {
-                        tracing::warn!(peer = %peer.cluster, "peer sent no catalog in time; reconnecting");
+                        tracing::warn!(peer = %peer.cluster, addr = %peer.address, "peer sent no catalog in time; reconnecting");
                         conn.close(1u32.into(), b"catalog timeout");
                         continue_after_backoff(&dialer, &drain, 1).await;
                         continue;
@@ -120,10 +123,10 @@ pub(crate) async fn run_connector(
                 dialer.metrics.tunnel_connects.get_or_create(&labels).inc();
                 dialer.metrics.tunnel_up.get_or_create(&labels).set(1);
                 tracing::info!(peer = %peer.cluster, addr = %peer.address, services = catalog.services.len(), "tunnel up");
-                publish_peer(
+                publish_tunnel(
                     &dialer.snapshot,
                     (&peer.cluster, number),
-                    Some(conn.clone()),
+                    Some(Tunnel::new(peer.address, conn.clone())),
                     Some(catalog),
                 );
                 let reason = tokio::select! {
@@ -131,8 +134,8 @@ pub(crate) async fn run_connector(
                     reason = conn.closed() => reason,
                 };
                 dialer.metrics.tunnel_up.get_or_create(&labels).set(0);
-                publish_peer(&dialer.snapshot, (&peer.cluster, number), None, None);
-                tracing::warn!(peer = %peer.cluster, %reason, "tunnel down");
+                publish_tunnel(&dialer.snapshot, (&peer.cluster, number), None, None);
+                tracing::warn!(peer = %peer.cluster, addr = %peer.address, %reason, "tunnel down");
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -229,25 +232,28 @@ async fn fetch_catalog(
     Ok(catalog)
 }
 
-/// Records a peer's tunnel (and, on connect, its catalog) in a new snapshot, unless the peer
-/// left the mesh or another connector took over meanwhile.
-fn publish_peer(
+/// Records the tunnel of connector `number` (and, on connect, the peer's catalog) in a new
+/// snapshot, unless its gateway or cluster left the mesh or another connector took over
+/// meanwhile.
+fn publish_tunnel(
     snapshot: &watch::Sender<Arc<Snapshot>>,
     (cluster, number): (&ClusterName, u64),
-    conn: Option<quinn::Connection>,
+    tunnel: Option<Tunnel>,
     catalog: Option<Catalog>,
 ) {
     snapshot.send_if_modified(|snap| {
-        if snap
-            .peers
-            .get(cluster)
-            .is_none_or(|view| view.connector != number)
-        {
+        let ours = |snap: &Snapshot| {
+            snap.peers
+                .get(cluster)
+                .and_then(|view| view.gateways.iter().position(|g| g.connector == number))
+        };
+        let Some(slot) = ours(snap) else {
             return false;
-        }
+        };
         let mut next = (**snap).clone();
         if let Some(peer) = next.peers.get_mut(cluster) {
-            peer.conn = conn;
+            peer.gateways[slot].tunnel = tunnel;
+            // Every gateway of a cluster serves the same replicated catalog; the newest wins.
             if let Some(catalog) = catalog {
                 peer.fetched = crate::inbound::exports_from_catalog(&catalog, cluster);
             }
@@ -322,5 +328,215 @@ pub(crate) async fn rotate_server_identity(
                 tracing::error!(error = %e, "rotated SVID unusable; keeping the previous one")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use federation::identity::{CertificateAuthority, SpiffeId, TrustBundles};
+    use federation::mesh::{ClusterView, MeshSnapshot};
+    use federation::model::{Protocol, ServicePort};
+
+    use super::*;
+    use crate::catalog::{NoRoute, TargetKind};
+    use crate::follow::{apply, plan};
+
+    fn name(s: &str) -> ClusterName {
+        ClusterName::new(s).unwrap()
+    }
+
+    fn svid(ca: &CertificateAuthority, gateway: &str) -> Svid {
+        let id = SpiffeId::gateway(ca.trust_domain(), gateway).unwrap();
+        ca.issue_for(&id, Duration::from_secs(3600)).unwrap()
+    }
+
+    fn mesh(west: &[SocketAddr]) -> MeshSnapshot {
+        let mut mesh = MeshSnapshot::default();
+        for (cluster, gateways) in [
+            ("east", vec![SocketAddr::from(([127, 0, 0, 1], 1))]),
+            ("west", west.to_vec()),
+        ] {
+            mesh.clusters.insert(
+                name(cluster),
+                ClusterView {
+                    name: name(cluster),
+                    trust_domain: format!("{cluster}.mesh"),
+                    trust_bundle: Vec::new(),
+                    gateways,
+                    locality: None,
+                },
+            );
+        }
+        let port = ServicePort {
+            port: 80,
+            protocol: Protocol::Http,
+        };
+        mesh.exports.insert(
+            name("west"),
+            [("api.demo".parse().unwrap(), vec![port])].into(),
+        );
+        mesh
+    }
+
+    /// The addresses of the tunnels west's one target carries; none when west is unreachable.
+    fn tunnels_to_west(snapshot: &Snapshot) -> Vec<SocketAddr> {
+        let service = "api.demo".parse().unwrap();
+        let targets = match snapshot.targets(&service, Protocol::Http, None, None) {
+            Ok(targets) => targets,
+            Err(NoRoute::Unreachable { .. }) => return Vec::new(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(targets.len(), 1, "one target per cluster");
+        let TargetKind::Remote { gateways, .. } = &targets[0].kind else {
+            panic!("west is remote");
+        };
+        assert!(!gateways.tunnels.is_empty());
+        gateways.tunnels.iter().map(|t| t.address).collect()
+    }
+
+    /// Real QUIC tunnels from east to west's two gateways, published by connector number into
+    /// the slots `follow` made: each lands in its own gateway's slot, a stale connector's
+    /// nowhere; one gateway leaving stops its connector and keeps the other's tunnel.
+    #[tokio::test]
+    async fn each_gateway_has_its_slot_and_one_leaving_keeps_the_others_tunnel() {
+        let dir = tempfile::tempdir().unwrap();
+        let east_td = TrustDomain::parse("east.mesh").unwrap();
+        let west_td = TrustDomain::parse("west.mesh").unwrap();
+        let east_ca =
+            CertificateAuthority::load_or_create(&dir.path().join("east"), &east_td).unwrap();
+        let west_ca =
+            CertificateAuthority::load_or_create(&dir.path().join("west"), &west_td).unwrap();
+        let mut bundles = TrustBundles::new();
+        bundles.insert(east_td.clone(), vec![east_ca.root_der()]);
+        bundles.insert(west_td.clone(), vec![west_ca.root_der()]);
+        let trust = TrustStore::new(bundles);
+        let settings = TunnelSettings {
+            keep_alive: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(1),
+            max_streams: 16,
+            max_preamble_bytes: 4096,
+        };
+        let transport = transport(&settings).unwrap();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut servers = Vec::new();
+        for gateway in ["west-1", "west-2"] {
+            let config = server_config(&svid(&west_ca, gateway), &trust, &transport).unwrap();
+            servers.push(quinn::Endpoint::server(config, loopback).unwrap());
+        }
+        let client = quinn::Endpoint::client(loopback).unwrap();
+        let east_svid = svid(&east_ca, "east-1");
+        let mut conns = Vec::new();
+        for server in &servers {
+            let config = client_config(&east_svid, &trust, &west_td, &transport).unwrap();
+            let addr = server.local_addr().unwrap();
+            let (dialled, accepted) = tokio::join!(
+                async {
+                    client
+                        .connect_with(config, addr, "west.mesh")
+                        .unwrap()
+                        .await
+                },
+                async { server.accept().await.unwrap().await },
+            );
+            conns.push((addr, dialled.unwrap(), accepted.unwrap()));
+        }
+        let (w1, w2) = (conns[0].0, conns[1].0);
+
+        let mut number = 0;
+        let initial = Snapshot {
+            local_cluster: Some(name("east")),
+            ..Snapshot::default()
+        };
+        let (first, changes) = apply(
+            &initial,
+            &plan(&mesh(&[w1, w2]), &name("east")),
+            &mut number,
+        );
+        let started: Vec<_> = changes.start.iter().map(|(p, n)| (p.address, *n)).collect();
+        assert_eq!(started, [(w1, 1), (w2, 2)]);
+        let (snapshot, _) = watch::channel(Arc::new(first));
+        assert!(tunnels_to_west(&snapshot.borrow()).is_empty());
+
+        let west = name("west");
+        publish_tunnel(
+            &snapshot,
+            (&west, 99),
+            Some(Tunnel::new(w1, conns[0].1.clone())),
+            None,
+        );
+        assert!(
+            tunnels_to_west(&snapshot.borrow()).is_empty(),
+            "no slot carries connector 99"
+        );
+        publish_tunnel(
+            &snapshot,
+            (&west, 2),
+            Some(Tunnel::new(w2, conns[1].1.clone())),
+            None,
+        );
+        assert_eq!(tunnels_to_west(&snapshot.borrow()), [w2]);
+        publish_tunnel(
+            &snapshot,
+            (&west, 1),
+            Some(Tunnel::new(w1, conns[0].1.clone())),
+            None,
+        );
+        assert_eq!(tunnels_to_west(&snapshot.borrow()), [w1, w2]);
+
+        // Streams take turns; a stalled tunnel goes last until it answers again.
+        let current = snapshot.borrow().clone();
+        let targets = current
+            .targets(&"api.demo".parse().unwrap(), Protocol::Http, None, None)
+            .unwrap();
+        let TargetKind::Remote { gateways, .. } = &targets[0].kind else {
+            panic!("west is remote");
+        };
+        let now = tokio::time::Instant::now();
+        let firsts: Vec<_> = (0..4).map(|_| gateways.in_turn(now)[0].address).collect();
+        assert_eq!(firsts, [w1, w2, w1, w2]);
+        gateways.tunnels[0].stalled(now, Duration::from_secs(5));
+        let firsts: Vec<_> = (0..2).map(|_| gateways.in_turn(now)[0].address).collect();
+        assert_eq!(firsts, [w2, w2]);
+        assert_eq!(
+            gateways.in_turn(now)[1].address,
+            w1,
+            "a stalled tunnel is still tried"
+        );
+        let later = now + Duration::from_secs(5);
+        let firsts: Vec<_> = (0..2).map(|_| gateways.in_turn(later)[0].address).collect();
+        assert!(firsts.contains(&w1), "the hold ends: {firsts:?}");
+        gateways.tunnels[0].answered();
+        let firsts: Vec<_> = (0..2).map(|_| gateways.in_turn(now)[0].address).collect();
+        assert!(firsts.contains(&w1) && firsts.contains(&w2), "{firsts:?}");
+
+        // West-1 leaves its cluster: its connector stops and its tunnel closes; west-2's stays.
+        let (next, changes) = apply(&current, &plan(&mesh(&[w2]), &name("east")), &mut number);
+        assert!(changes.start.is_empty());
+        assert_eq!(changes.stop.len(), 1);
+        assert_eq!(
+            (
+                changes.stop[0].connector,
+                changes.stop[0].address,
+                changes.stop[0].gone
+            ),
+            (1, w1, true)
+        );
+        assert_eq!(changes.close.len(), 1);
+        assert_eq!(changes.close[0].0.stable_id(), conns[0].1.stable_id());
+        assert_eq!(tunnels_to_west(&next), [w2]);
+        let slot = &next.peers[&west].gateways[0];
+        assert_eq!(slot.connector, 2);
+        assert_eq!(
+            slot.live().unwrap().conn.stable_id(),
+            conns[1].1.stable_id()
+        );
+
+        // With no tunnel left open, the cluster is unreachable.
+        conns[1].1.close(0u32.into(), b"test");
+        assert!(tunnels_to_west(&next).is_empty());
     }
 }

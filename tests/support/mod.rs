@@ -52,6 +52,19 @@ impl Net {
         self.dir.path().join(cluster)
     }
 
+    /// Gives gateway `name` of `cluster` the cluster's CA (a copy of `<data_dir>/ca` of its
+    /// first gateway), as an operator starts a second gateway of a cluster today.
+    pub fn share_ca(&self, cluster: &str, name: &str) {
+        self.bundle(cluster);
+        let from = self.data_dir(cluster).join("ca");
+        let to = self.data_dir(name).join("ca");
+        std::fs::create_dir_all(&to).expect("create CA dir");
+        for entry in std::fs::read_dir(&from).expect("read CA dir") {
+            let entry = entry.expect("CA dir entry");
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy CA file");
+        }
+    }
+
     /// Creates (once) the cluster's CA with `causeway bundle` and returns its bundle file.
     pub fn bundle(&self, cluster: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{cluster}-bundle.pem"));
@@ -75,6 +88,9 @@ impl Net {
 /// One cluster's gateway, as a config file.
 pub struct Spec<'a> {
     pub cluster: &'a str,
+    /// The gateway's name when it is not its cluster's first (`<cluster>-1`): it then keeps
+    /// its data (and config file) under this name instead of the cluster's.
+    pub name: Option<&'a str>,
     pub host: u8,
     /// (cluster, host) of peers to dial.
     pub peers: Vec<(&'a str, u8)>,
@@ -107,6 +123,7 @@ impl<'a> Spec<'a> {
     pub fn new(cluster: &'a str, host: u8) -> Self {
         Self {
             cluster,
+            name: None,
             host,
             peers: Vec::new(),
             extra: String::new(),
@@ -148,6 +165,16 @@ impl<'a> Spec<'a> {
         });
         self
     }
+    /// Another gateway of the cluster, named `name`, with its own data dir. It must be given
+    /// the cluster's CA before it starts (see [`Net::share_ca`]).
+    pub fn named(mut self, name: &'a str) -> Self {
+        self.name = Some(name);
+        self
+    }
+    /// Where this gateway keeps its data: its cluster's dir, or its own name's.
+    fn dir_name(&self) -> &'a str {
+        self.name.unwrap_or(self.cluster)
+    }
     pub fn store(mut self, node_id: u64, voters: &[u64], members: &[(u64, &'a str, u8)]) -> Self {
         self.store = Some(StoreSpec {
             node_id,
@@ -177,9 +204,12 @@ impl<'a> Spec<'a> {
         let mut toml = format!(
             "cluster = \"{}\"\ndata_dir = \"{}\"\nbind = \"{}\"\n",
             self.cluster,
-            net.data_dir(self.cluster).display(),
+            net.data_dir(self.dir_name()).display(),
             net.ip(self.host)
         );
+        if let Some(name) = self.name {
+            toml += &format!("name = \"{name}\"\n");
+        }
         // Tests notice dead peers quickly; production defaults are 1s/5s.
         if !self.extra.contains("[tunnel]") {
             toml += "[tunnel]\nkeep_alive = \"300ms\"\nidle_timeout = \"2s\"\nreconnect_backoff_max = \"500ms\"\nconnect_timeout = \"1s\"\n";
@@ -238,7 +268,7 @@ impl<'a> Spec<'a> {
     fn args(&self, net: &Net) -> Vec<String> {
         // Every cluster's CA must exist before a peer can trust it.
         net.bundle(self.cluster);
-        let path = net.dir.path().join(format!("{}.toml", self.cluster));
+        let path = net.dir.path().join(format!("{}.toml", self.dir_name()));
         std::fs::write(&path, self.config(net)).expect("write config");
         let mut args = vec![
             "gateway".to_string(),
