@@ -37,9 +37,18 @@ pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
         merged.extend(services.iter().cloned());
     }
     for (cluster, exports) in &compiled.exports {
-        let merged = out.exports.entry(cluster.clone()).or_default();
-        for (key, ports) in exports {
-            merged.insert(key.clone(), ports.clone());
+        match out.exports.get_mut(cluster) {
+            // The seed names exports of this cluster too: the store's win by name.
+            Some(seeded) => {
+                let merged = Arc::make_mut(seeded);
+                for (key, ports) in exports.iter() {
+                    merged.insert(key.clone(), ports.clone());
+                }
+            }
+            // Shared as compiled: no copy of thousands of entries on every write.
+            None => {
+                out.exports.insert(cluster.clone(), exports.clone());
+            }
         }
     }
     out.members = compiled.members.clone();

@@ -69,7 +69,9 @@ pub fn from_config(
         config.cluster.clone(),
         config.services.iter().cloned().map(Arc::new).collect(),
     );
-    snapshot.exports.insert(config.cluster.clone(), exports);
+    snapshot
+        .exports
+        .insert(config.cluster.clone(), Arc::new(exports));
     Ok(snapshot)
 }
 

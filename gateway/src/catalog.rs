@@ -108,7 +108,7 @@ pub(crate) struct PeerView {
     /// restart the rotation.
     pub turn: Arc<AtomicUsize>,
     /// What the mesh state says the peer exports; authoritative when present.
-    pub declared: Option<Exports>,
+    pub declared: Option<Arc<Exports>>,
     /// What the peer's own catalog said when a tunnel came up; used when the mesh state says
     /// nothing about the peer's exports (peers from static config). Exports stay known while
     /// every tunnel is down so that callers learn *why* a service is unreachable instead of
@@ -188,7 +188,7 @@ impl Tunnel {
 
 impl PeerView {
     pub fn exports(&self) -> &Exports {
-        self.declared.as_ref().unwrap_or(&self.fetched)
+        self.declared.as_deref().unwrap_or(&self.fetched)
     }
 
     /// The tunnels that are up, for one target; `None` when none is.
@@ -369,6 +369,28 @@ impl Snapshot {
             });
         }
         Ok(targets)
+    }
+
+    /// Whether `other` offers the same services with the same ports as `self` (compared by
+    /// identity where the compiler shared them, so the check costs pointer comparisons):
+    /// when it does, what is derived from them (DNS, TCP listeners) need not be rebuilt.
+    pub fn same_catalog(&self, other: &Snapshot) -> bool {
+        let local_same = self.local.len() == other.local.len()
+            && self
+                .local
+                .iter()
+                .zip(&other.local)
+                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
+        let peers_same = self.peers.len() == other.peers.len()
+            && self.peers.iter().zip(&other.peers).all(|((a, x), (b, y))| {
+                a == b
+                    && match (&x.declared, &y.declared) {
+                        (Some(p), Some(q)) => Arc::ptr_eq(p, q),
+                        (None, None) => x.fetched == y.fetched,
+                        _ => false,
+                    }
+            });
+        local_same && peers_same
     }
 
     /// Every service a local client may call, with the clusters offering it and its ports.

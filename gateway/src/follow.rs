@@ -49,7 +49,7 @@ pub(crate) struct PlannedPeer {
     /// Never empty (a cluster without a gateway address cannot be dialled and is no peer), no
     /// address twice; each gets a tunnel.
     pub gateways: Vec<SocketAddr>,
-    pub declared: Option<Exports>,
+    pub declared: Option<Arc<Exports>>,
 }
 
 /// Reads what the data plane of cluster `own` needs from `mesh`.
@@ -377,14 +377,16 @@ mod tests {
             .insert(name("west"), vec![Arc::new(service("api.demo", 81, true))]);
         mesh.exports.insert(
             name("west"),
-            [(
-                "api.demo".parse().unwrap(),
-                vec![ServicePort {
-                    port: 81,
-                    protocol: Protocol::Http,
-                }],
-            )]
-            .into(),
+            Arc::new(
+                [(
+                    "api.demo".parse().unwrap(),
+                    vec![ServicePort {
+                        port: 81,
+                        protocol: Protocol::Http,
+                    }],
+                )]
+                .into(),
+            ),
         );
         let plan = plan(&mesh, &name("east"));
         assert_eq!(
@@ -442,8 +444,10 @@ mod tests {
         // tunnel) stays, the second gets its own, and the declared exports win over fetched
         // ones.
         mesh.clusters.extend([cluster("west", &[3, 2])]);
-        mesh.exports
-            .insert(name("west"), [("api.demo".parse().unwrap(), vec![])].into());
+        mesh.exports.insert(
+            name("west"),
+            Arc::new([("api.demo".parse().unwrap(), vec![])].into()),
+        );
         let mut current = first.clone();
         current
             .peers

@@ -250,13 +250,22 @@ pub(crate) async fn forget_departed(
     mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     drain: crate::drain::Watch,
 ) {
+    let mut last: Option<Arc<Snapshot>> = None;
     loop {
         tokio::select! {
             _ = drain.signaled() => return,
             changed = snapshots.changed() => if changed.is_err() { return },
         }
         let snapshot = snapshots.borrow_and_update().clone();
+        // Only what left the catalog or the route table is forgotten; a write that changed
+        // neither (most do not) leaves nothing to drop.
+        if last.as_ref().is_some_and(|l| {
+            l.same_catalog(&snapshot) && Arc::ptr_eq(&l.policy.routes, &snapshot.policy.routes)
+        }) {
+            continue;
+        }
         forget(&state, &snapshot);
+        last = Some(snapshot);
     }
 }
 

@@ -454,14 +454,19 @@ async fn publish_dns(
     outbound: SocketAddr,
     drain: drain::Watch,
 ) {
+    let mut last: Option<Arc<Snapshot>> = None;
     loop {
         tokio::select! {
             _ = drain.signaled() => return,
             changed = snapshots.changed() => if changed.is_err() { return },
         }
-        let table = snapshots
-            .borrow_and_update()
-            .dns_table(outbound.ip(), outbound.port());
+        let snapshot = snapshots.borrow_and_update().clone();
+        // Most writes change no service or export (policy, tokens, ...): nothing to rebuild.
+        if last.as_ref().is_some_and(|l| l.same_catalog(&snapshot)) {
+            continue;
+        }
+        let table = snapshot.dns_table(outbound.ip(), outbound.port());
+        last = Some(snapshot);
         dns.send_if_modified(|current| {
             let changed = *current != table;
             *current = table;

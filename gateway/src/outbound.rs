@@ -910,8 +910,19 @@ pub(crate) async fn run_tcp_listeners(
 ) {
     let mut snapshots = outbound.snapshot.clone();
     let mut running: BTreeMap<u16, (ServiceKey, JoinHandle<()>)> = BTreeMap::new();
+    let mut last: Option<Arc<Snapshot>> = None;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        // Listeners follow services and ports only; most writes change neither.
+        if last.as_ref().is_some_and(|l| l.same_catalog(&snapshot))
+            && running.values().all(|(_, task)| !task.is_finished())
+        {
+            tokio::select! {
+                _ = drain.signaled() => break,
+                changed = snapshots.changed() => if changed.is_err() { break } else { continue },
+            }
+        }
+        last = Some(snapshot.clone());
         let (wanted, clashes) = snapshot.tcp_ports();
         for (service, port) in clashes {
             tracing::error!(%service, port, "TCP port already offered for another service; not listening for this one");

@@ -375,7 +375,7 @@ mod tests {
         };
         mesh.exports.insert(
             name("west"),
-            [("api.demo".parse().unwrap(), vec![port])].into(),
+            Arc::new([("api.demo".parse().unwrap(), vec![port])].into()),
         );
         mesh
     }

@@ -206,7 +206,7 @@ async fn peers_exports_and_services_follow_the_mesh_snapshot() {
     joined.clusters.extend([west.view(Some(west_tunnel))]);
     joined.exports.insert(
         west.name.clone(),
-        BTreeMap::from([("echo.demo".parse().unwrap(), vec![PORT])]),
+        Arc::new(BTreeMap::from([("echo.demo".parse().unwrap(), vec![PORT])])),
     );
     joined.services.insert(
         east.name.clone(),

@@ -29,9 +29,17 @@ pub(crate) struct Cache(Mutex<CacheMaps>);
 /// it and what it became (none if it does not compile).
 type CompiledService = (String, bool, Option<(ClusterName, Arc<LocalService>)>);
 
+type Exports = std::collections::BTreeMap<crate::model::ServiceKey, Vec<crate::model::ServicePort>>;
+
 #[derive(Default)]
 pub(crate) struct CacheMaps {
     services: HashMap<ResourceKey, CompiledService>,
+    /// Each cluster's exports as last compiled, handed on while none of its services changed.
+    exports: HashMap<ClusterName, Arc<Exports>>,
+    /// The route table as last compiled, handed on while no policy resource changed.
+    pub(super) table: Option<Arc<crate::traffic::RouteTable>>,
+    /// Set when a policy resource was compiled anew since the table was built.
+    pub(super) fresh: bool,
     pub(super) routes: HashMap<ResourceKey, (String, Arc<dyn std::any::Any + Send + Sync>)>,
 }
 
@@ -77,6 +85,7 @@ impl CacheMaps {
         }
         let value = Arc::new(compile());
         self.routes.insert(key, (version, value.clone()));
+        self.fresh = true;
         value
     }
 }
@@ -111,6 +120,8 @@ impl MeshState {
 
         let mut cache = self.compiled.lock();
         let mut live = std::collections::HashSet::new();
+        // Clusters one of whose services was compiled anew, appeared or went away.
+        let mut changed: BTreeSet<ClusterName> = BTreeSet::new();
         for resource in self.list(Kind::Service, None, None) {
             let Ok(key) = super::resource_key(resource) else {
                 continue;
@@ -127,9 +138,15 @@ impl MeshState {
             };
             let compiled = match cache.services.get(&key) {
                 Some((v, e, compiled)) if *v == version && *e == export => compiled.clone(),
-                _ => {
+                previous => {
+                    if let Some((_, _, Some((cluster, _)))) = previous {
+                        changed.insert(cluster.clone());
+                    }
                     let compiled = local_service(resource, &exported)
                         .map(|(cluster, service)| (cluster, Arc::new(service)));
+                    if let Some((cluster, _)) = &compiled {
+                        changed.insert(cluster.clone());
+                    }
                     cache
                         .services
                         .insert(key.clone(), (version, export, compiled.clone()));
@@ -140,20 +157,38 @@ impl MeshState {
             let Some((cluster, service)) = compiled else {
                 continue;
             };
-            if service.export {
-                snapshot
-                    .exports
-                    .entry(cluster.clone())
-                    .or_default()
-                    .insert(service.key.clone(), service.ports.clone());
-            }
             snapshot.services.entry(cluster).or_default().push(service);
         }
-        cache.services.retain(|key, _| live.contains(key));
-        for services in snapshot.services.values_mut() {
+        let mut gone = Vec::new();
+        cache.services.retain(|key, (_, _, compiled)| {
+            let keep = live.contains(key);
+            if !keep && let Some((cluster, _)) = compiled {
+                gone.push(cluster.clone());
+            }
+            keep
+        });
+        changed.extend(gone);
+        for (cluster, services) in snapshot.services.iter_mut() {
             services.sort_by(|a, b| a.key.cmp(&b.key));
+            let exports = match cache.exports.get(cluster) {
+                Some(exports) if !changed.contains(cluster) => exports.clone(),
+                _ => Arc::new(
+                    services
+                        .iter()
+                        .filter(|s| s.export)
+                        .map(|s| (s.key.clone(), s.ports.clone()))
+                        .collect(),
+                ),
+            };
+            cache.exports.insert(cluster.clone(), exports.clone());
+            if !exports.is_empty() {
+                snapshot.exports.insert(cluster.clone(), exports);
+            }
         }
-        snapshot.routes = Arc::new(super::routes::compile(self, &mut cache));
+        cache
+            .exports
+            .retain(|cluster, _| snapshot.services.contains_key(cluster));
+        snapshot.routes = super::routes::compile(self, &mut cache);
         snapshot
     }
 }

@@ -260,8 +260,9 @@ pub struct MeshSnapshot {
     /// Each cluster's services with their endpoints; `export` set where a `ServiceExport`
     /// names them.
     pub services: BTreeMap<ClusterName, Vec<Arc<LocalService>>>,
-    /// What each cluster exports, by service (for importers: names and ports only).
-    pub exports: BTreeMap<ClusterName, BTreeMap<ServiceKey, Vec<ServicePort>>>,
+    /// What each cluster exports, by service (for importers: names and ports only). Shared:
+    /// a write that changes none of a cluster's services hands on the same map.
+    pub exports: BTreeMap<ClusterName, Arc<BTreeMap<ServiceKey, Vec<ServicePort>>>>,
     pub members: Vec<Member>,
     /// Compiled traffic policy, by service.
     pub routes: Arc<RouteTable>,

@@ -63,7 +63,7 @@ impl Compiled {
 
 /// Routes and destination rules of every service, from the state's policy resources. A
 /// resource whose version `cache` has seen is not compiled again.
-pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> RouteTable {
+pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTable> {
     let mut routes: HashMap<ServiceKey, (Claim, Arc<Compiled>)> = HashMap::new();
     let mut rules: HashMap<ServiceKey, (Claim, Arc<DestinationPolicy>)> = HashMap::new();
     let mut live = std::collections::HashSet::new();
@@ -152,7 +152,17 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> RouteTable {
             claim_host(&mut rules, key, &claim, || rule.clone());
         }
     }
+    let before = cache.routes.len();
     cache.routes.retain(|key, _| live.contains(key));
+    if cache.routes.len() != before {
+        cache.fresh = true;
+    }
+    // Nothing compiled anew and nothing gone: the table is the one built last time.
+    if !cache.fresh
+        && let Some(table) = &cache.table
+    {
+        return table.clone();
+    }
 
     let mut table = RouteTable::default();
     for (key, (claim, compiled)) in routes {
@@ -170,6 +180,9 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> RouteTable {
         let entry = table.services.entry(key).or_default();
         Arc::make_mut(entry).retry_budget = Some(budget);
     }
+    let table = Arc::new(table);
+    cache.table = Some(table.clone());
+    cache.fresh = false;
     table
 }
 
@@ -1104,6 +1117,18 @@ mod tests {
             panic!("a forward")
         };
         assert_eq!(w.destinations[0].subset.as_deref(), Some("v2"));
+        // A write that touches no policy hands on the very same table.
+        let svc = res(
+            crate::resource::NATIVE_API_VERSION,
+            "Service",
+            Some("prod"),
+            Some("east"),
+            "a",
+            json!({"ports": [{"port": 80, "protocol": "http"}]}),
+        );
+        apply(&mut state, 12, vec![svc], vec![]);
+        let third = state.compile();
+        assert!(Arc::ptr_eq(&second.routes, &third.routes));
         // A restored state compiles afresh and to the same table.
         let mut restored = crate::mesh::MeshState::new();
         restored.restore(&state.snapshot()).unwrap();
