@@ -118,6 +118,40 @@ fn the_demo_federates_three_clusters_and_stops_cleanly() {
     let got = cli(&["get", "vs", "-n", "production", "-o", "json"]);
     assert!(got.contains("\"canary\""), "{got}");
 
+    // The tour's traffic policy, applied as printed, takes effect at east.
+    let policy_file = |name: &str| {
+        tour.split_whitespace()
+            .find(|w| w.ends_with(&format!("/policy/{name}")))
+            .unwrap_or_else(|| panic!("the tour names no {name}: {tour}"))
+            .to_string()
+    };
+    let version = |headers: &[(&str, &str)], path: &str| {
+        let (status, _, body) = support::http_request(east, "GET", "echo.demo", path, headers, b"");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (status, json["version"].as_str().unwrap_or("").to_string())
+    };
+    cli(&["apply", "-f", &policy_file("subsets.yaml")]);
+    cli(&["apply", "-f", &policy_file("header-routing.yaml")]);
+    eventually(
+        "header routing in the demo",
+        Duration::from_secs(20),
+        || (version(&[("x-canary", "true")], "/") == (200, "v2".to_string())).then_some(()),
+    );
+    for _ in 0..10 {
+        assert_eq!(version(&[("x-canary", "true")], "/"), (200, "v2".into()));
+        assert_eq!(version(&[], "/"), (200, "v1".into()));
+    }
+    // Retries hide a failing v2: every call succeeds, answered by v1.
+    cli(&["apply", "-f", &policy_file("retries.yaml")]);
+    eventually("retries in the demo", Duration::from_secs(20), || {
+        (0..6)
+            .all(|_| version(&[], "/?fail-version=v2").0 == 200)
+            .then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(version(&[], "/?fail-version=v2"), (200, "v1".into()));
+    }
+
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

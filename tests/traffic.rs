@@ -641,3 +641,87 @@ fn bookinfo_reviews_route_applies_as_published_and_takes_effect() {
         assert_eq!(get(&[]), "reviews-v3");
     }
 }
+
+#[test]
+fn timeout_circuit_breaker_and_fault_examples_take_effect_as_written() {
+    let mesh = mesh(119);
+    // cascading-timeouts.yaml: inventory-service answers within 10 s or not at all.
+    let inventory = backend::http_echo(&mesh.net.ip(2), "west-inventory");
+    mesh.service("west", "inventory-service", inventory, &[]);
+    mesh.apply(&example("cascading-timeouts.yaml"));
+    let get =
+        |host: &str, path: &str| match try_http(mesh.east.outbound, "GET", host, path, &[], b"") {
+            Ok((status, _, body)) => (status, body),
+            Err(e) => (0, e.to_string()),
+        };
+    eventually("inventory-service through east", UP, || {
+        (get("inventory-service.production", "/").0 == 200).then_some(())
+    });
+    let (status, body) = get("inventory-service.production", "/slow/12000");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("within 10s"), "{body}");
+
+    // circuit-breaker-destinationrule.yaml: west's api fails every call; after five in a row
+    // it is ejected (at most 50% of two clusters) and edge takes every call.
+    let broken = backend::http_failing(&mesh.net.ip(2), "west", 503);
+    let healthy = backend::http_echo(&mesh.net.ip(3), "edge");
+    mesh.service("west", "api", broken, &[]);
+    mesh.service("edge", "api", healthy, &[]);
+    mesh.until_served_by("edge", "/", &[]);
+    mesh.apply(&example("circuit-breaker-destinationrule.yaml"));
+    eventually("west's api to be ejected", UP, || {
+        let _ = mesh.get("/", &[]);
+        (mesh.metric(
+            "causeway_outlier_ejections_total",
+            &[("service", "api.production")],
+        ) >= 1.0)
+            .then_some(())
+    });
+    let counts = tally(&mesh, 40, "/", &[]);
+    assert_eq!(counts.get("edge"), Some(&40), "{counts:?}");
+
+    // fault-injection-virtualservice.yaml (namespace staging): 5% aborted with 500, 10%
+    // delayed 5 s; 200 calls, 20 at a time.
+    let staging = backend::http_echo(&mesh.net.ip(2), "west-staging");
+    let doc = format!(
+        "apiVersion: causeway.dev/v1alpha1\nkind: Service\nmetadata: {{name: api, namespace: staging, cluster: west}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n  endpoints: [\"{staging}\"]\n---\napiVersion: causeway.dev/v1alpha1\nkind: ServiceExport\nmetadata: {{name: api, namespace: staging, cluster: west}}\nspec: {{}}\n"
+    );
+    mesh.apply(&doc);
+    mesh.apply(&example("fault-injection-virtualservice.yaml"));
+    // A call may be both delayed and aborted (Envoy draws each): its flags read `DI,FI`.
+    let flagged = |m: &Mesh, flags: &str| {
+        m.metric(
+            "causeway_requests_total",
+            &[("service", "api.staging"), ("response_flags", flags)],
+        )
+    };
+    let aborted = |m: &Mesh| flagged(m, "FI") + flagged(m, "DI,FI");
+    let delayed = |m: &Mesh| flagged(m, "DI") + flagged(m, "DI,FI");
+    eventually("the staging faults", UP, || {
+        let _ = get("api.staging", "/");
+        (aborted(&mesh) + delayed(&mesh) > 0.0).then_some(())
+    });
+    let (aborts_before, delays_before) = (aborted(&mesh), delayed(&mesh));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..20)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| get("api.staging", "/").0)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let aborts = statuses.iter().filter(|&&s| s == 500).count();
+    assert_eq!(aborts + statuses.iter().filter(|&&s| s == 200).count(), 200);
+    // 5% of 200 is 10: binomial bounds that hold in 99.9% of runs.
+    assert!((1..=22).contains(&aborts), "{aborts} aborted of 200");
+    assert_eq!(aborted(&mesh) - aborts_before, aborts as f64);
+    let delays = delayed(&mesh) - delays_before;
+    assert!((6.0..=36.0).contains(&delays), "{delays} delayed of 200");
+}

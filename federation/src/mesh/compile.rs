@@ -25,6 +25,11 @@ const MAX_BUNDLE_CERTS: usize = 256;
 #[derive(Default)]
 pub(crate) struct Cache(Mutex<CacheMaps>);
 
+/// Where a key points within its kind: (namespace, cluster, name).
+fn place(k: &ResourceKey) -> (&str, &str, &str) {
+    (k.namespace.as_str(), k.cluster.as_str(), k.name.as_str())
+}
+
 /// A Service compiled at a version, with whether it was exported then: the cluster that runs
 /// it and what it became (none if it does not compile).
 type CompiledService = (String, bool, Option<(ClusterName, Arc<LocalService>)>);
@@ -33,7 +38,8 @@ type Exports = std::collections::BTreeMap<crate::model::ServiceKey, Vec<crate::m
 
 #[derive(Default)]
 pub(crate) struct CacheMaps {
-    services: HashMap<ResourceKey, CompiledService>,
+    /// By key, in key order: walked in step with the state's own services.
+    services: Vec<(ResourceKey, CompiledService)>,
     /// Each cluster's exports as last compiled, handed on while none of its services changed.
     exports: HashMap<ClusterName, Arc<Exports>>,
     /// The route table as last compiled, handed on while no policy resource changed.
@@ -104,70 +110,59 @@ impl MeshState {
             }
         }
 
-        // (cluster, namespace, name) of every ServiceExport.
-        let exported: BTreeSet<(&str, &str, &str)> = self
-            .list(Kind::ServiceExport, None, None)
-            .into_iter()
-            .filter_map(|r| {
-                let meta = &r.metadata;
-                Some((
-                    meta.cluster.as_deref()?,
-                    meta.namespace.as_deref()?,
-                    meta.name.as_str(),
-                ))
-            })
-            .collect();
-
+        // Services, their exports and the cache are all in key order (namespace, cluster,
+        // name): one walk over the three, with no lookup, hashing or allocation for a
+        // service that did not change. This runs on every applied write.
         let mut cache = self.compiled.lock();
-        let mut live = std::collections::HashSet::new();
+        let mut old = std::mem::take(&mut cache.services).into_iter().peekable();
+        let mut exports = self.entries(Kind::ServiceExport).map(|(k, _)| k).peekable();
+        let mut next = Vec::with_capacity(old.len());
         // Clusters one of whose services was compiled anew, appeared or went away.
         let mut changed: BTreeSet<ClusterName> = BTreeSet::new();
-        for resource in self.list(Kind::Service, None, None) {
-            let Ok(key) = super::resource_key(resource) else {
-                continue;
-            };
-            let version = resource
-                .metadata
-                .resource_version
-                .clone()
-                .unwrap_or_default();
-            let meta = &resource.metadata;
-            let export = match (meta.cluster.as_deref(), meta.namespace.as_deref()) {
-                (Some(c), Some(ns)) => exported.contains(&(c, ns, meta.name.as_str())),
-                _ => false,
-            };
-            let compiled = match cache.services.get(&key) {
-                Some((v, e, compiled)) if *v == version && *e == export => compiled.clone(),
-                previous => {
-                    if let Some((_, _, Some((cluster, _)))) = previous {
-                        changed.insert(cluster.clone());
+        let gone = |entry: &CompiledService, changed: &mut BTreeSet<ClusterName>| {
+            if let Some((cluster, _)) = &entry.2 {
+                changed.insert(cluster.clone());
+            }
+        };
+        for (key, resource) in self.entries(Kind::Service) {
+            while let Some((k, entry)) = old.peek() {
+                if k >= key {
+                    break;
+                }
+                gone(entry, &mut changed);
+                old.next();
+            }
+            let cached = old.next_if(|(k, _)| k == key);
+            while exports.next_if(|e| place(e) < place(key)).is_some() {}
+            let export = exports.peek().is_some_and(|e| place(e) == place(key));
+            let version = resource.metadata.resource_version.as_deref().unwrap_or("");
+            let entry = match cached {
+                Some((k, entry)) if entry.0 == version && entry.1 == export => (k, entry),
+                cached => {
+                    if let Some((_, entry)) = &cached {
+                        gone(entry, &mut changed);
                     }
-                    let compiled = local_service(resource, &exported)
+                    let compiled = local_service(resource, export)
                         .map(|(cluster, service)| (cluster, Arc::new(service)));
                     if let Some((cluster, _)) = &compiled {
                         changed.insert(cluster.clone());
                     }
-                    cache
-                        .services
-                        .insert(key.clone(), (version, export, compiled.clone()));
-                    compiled
+                    (key.clone(), (version.to_string(), export, compiled))
                 }
             };
-            live.insert(key);
-            let Some((cluster, service)) = compiled else {
-                continue;
-            };
-            snapshot.services.entry(cluster).or_default().push(service);
-        }
-        let mut gone = Vec::new();
-        cache.services.retain(|key, (_, _, compiled)| {
-            let keep = live.contains(key);
-            if !keep && let Some((cluster, _)) = compiled {
-                gone.push(cluster.clone());
+            if let Some((cluster, service)) = &entry.1.2 {
+                snapshot
+                    .services
+                    .entry(cluster.clone())
+                    .or_default()
+                    .push(service.clone());
             }
-            keep
-        });
-        changed.extend(gone);
+            next.push(entry);
+        }
+        for (_, entry) in old {
+            gone(&entry, &mut changed);
+        }
+        cache.services = next;
         for (cluster, services) in snapshot.services.iter_mut() {
             services.sort_by(|a, b| a.key.cmp(&b.key));
             let exports = match cache.exports.get(cluster) {
@@ -261,10 +256,7 @@ fn locality(locality: Option<&Value>) -> Option<String> {
     })
 }
 
-fn local_service(
-    resource: &Resource,
-    exported: &BTreeSet<(&str, &str, &str)>,
-) -> Option<(ClusterName, LocalService)> {
+fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, LocalService)> {
     let meta = &resource.metadata;
     let (cluster_name, namespace) = (meta.cluster.as_deref()?, meta.namespace.as_deref()?);
     let (Ok(cluster), Ok(key)) = (
@@ -324,7 +316,6 @@ fn local_service(
             endpoint_labels.insert(addr, labels);
         }
     }
-    let export = exported.contains(&(cluster_name, namespace, meta.name.as_str()));
     Some((
         cluster,
         LocalService {
@@ -497,6 +488,69 @@ mod tests {
             [key("api.dev"), key("api.prod")]
         );
         assert_eq!(west_exports[&key("api.prod")], api.ports);
+    }
+
+    #[test]
+    fn a_write_recompiles_only_the_services_it_touched() {
+        let mut state = bootstrapped();
+        let spec =
+            json!({"ports": [{"port": 80, "protocol": "http"}], "endpoints": ["10.0.0.1:80"]});
+        apply(
+            &mut state,
+            2,
+            vec![
+                service("west", "shop", "a", spec.clone()),
+                service("west", "shop", "b", spec.clone()),
+                service("edge", "shop", "c", spec.clone()),
+            ],
+            vec![],
+        );
+        let first = state.compile();
+        let west = ClusterName::new("west").unwrap();
+        let edge = ClusterName::new("edge").unwrap();
+        assert!(first.exports.is_empty());
+
+        // Exporting `b` flips its flag and gives west exports; edge's service is untouched.
+        apply(&mut state, 3, vec![export("west", "shop", "b")], vec![]);
+        let second = state.compile();
+        let find = |snap: &MeshSnapshot, cluster: &ClusterName, name: &str| {
+            snap.services[cluster]
+                .iter()
+                .find(|s| s.key == key(name))
+                .cloned()
+                .unwrap()
+        };
+        assert!(find(&second, &west, "b.shop").export);
+        assert!(!find(&second, &west, "a.shop").export);
+        assert!(Arc::ptr_eq(
+            &find(&first, &west, "a.shop"),
+            &find(&second, &west, "a.shop")
+        ));
+        assert!(Arc::ptr_eq(
+            &find(&first, &edge, "c.shop"),
+            &find(&second, &edge, "c.shop")
+        ));
+        assert_eq!(
+            second.exports[&west].keys().collect::<Vec<_>>(),
+            [&key("b.shop")]
+        );
+
+        // A write elsewhere hands on west's exports as they were.
+        apply(
+            &mut state,
+            4,
+            vec![service("edge", "shop", "d", spec.clone())],
+            vec![],
+        );
+        let third = state.compile();
+        assert!(Arc::ptr_eq(&second.exports[&west], &third.exports[&west]));
+
+        // A deleted service is gone, and its cluster's exports with it.
+        let key_b = crate::mesh::resource_key(&service("west", "shop", "b", spec)).unwrap();
+        crate::mesh::state::tests::delete_for_tests(&mut state, 5, key_b);
+        let fourth = state.compile();
+        assert_eq!(fourth.services[&west].len(), 1);
+        assert!(!fourth.exports.contains_key(&west));
     }
 
     #[test]

@@ -243,6 +243,19 @@ impl MeshState {
     }
 
     /// Resources of `kind`, optionally limited to a namespace and/or cluster, ordered by key.
+    /// Every resource of `kind` with its key, in key order (namespace, cluster, name).
+    pub(crate) fn entries(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Resource)> {
+        let first = ResourceKey {
+            kind,
+            namespace: String::new(),
+            cluster: String::new(),
+            name: String::new(),
+        };
+        self.resources
+            .range(first..)
+            .take_while(move |(key, _)| key.kind == kind)
+    }
+
     pub fn list(
         &self,
         kind: Kind,
@@ -1072,6 +1085,11 @@ pub(super) mod tests {
             CommandResult::Applied { results } => results,
             other => panic!("apply refused: {other:?}"),
         }
+    }
+
+    /// Deletes `key` at `index` (for other modules' tests).
+    pub(crate) fn delete_for_tests(state: &mut MeshState, index: u64, key: ResourceKey) {
+        delete(state, index, key, None);
     }
 
     fn delete(
