@@ -28,11 +28,16 @@ pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
         out.clusters.insert(name.clone(), cluster.clone());
     }
     for (cluster, services) in &compiled.services {
+        let Some(merged) = out.services.get_mut(cluster) else {
+            // The seed names no service of this cluster (every cluster but this one, and
+            // this one when its services come from the store): shared as compiled.
+            out.services.insert(cluster.clone(), services.clone());
+            continue;
+        };
         // Linear, not a search per service: with thousands of services this runs on every
         // applied write.
         let stored: std::collections::HashSet<&federation::model::ServiceKey> =
             services.iter().map(|s| &s.key).collect();
-        let merged = out.services.entry(cluster.clone()).or_default();
         merged.retain(|s| !stored.contains(&s.key));
         merged.extend(services.iter().cloned());
     }
