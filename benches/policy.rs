@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use federation::mesh::{Command, Member, MeshState, Role, TokenRecord, cluster_resource};
 use federation::resource::Resource;
-use federation::traffic::{HeaderOps, HttpRoute, RequestMatch, RouteAction, StringMatch};
+use federation::traffic::{HttpRoute, RequestMatch, RouteAction, StringMatch};
 use serde_json::json;
 
 use support::rest::{Api, founder};
@@ -104,24 +104,19 @@ fn verdict(settings: &Settings, met: bool) -> &'static str {
 
 fn route_selection(settings: &Settings) {
     let routes: Vec<HttpRoute> = (0..1000)
-        .map(|i| HttpRoute {
-            name: format!("r{i}"),
-            matches: vec![RequestMatch {
-                uri: Some(StringMatch::Prefix("/api/".into())),
-                headers: vec![("x-route".into(), StringMatch::Exact(format!("r{i}")))],
-                ..RequestMatch::default()
-            }],
-            action: RouteAction::Direct {
-                status: 200,
-                body: None,
-            },
-            timeout: None,
-            retries: None,
-            fault: None,
-            mirrors: vec![],
-            rewrite: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
+        .map(|i| {
+            HttpRoute::with_action(
+                format!("r{i}"),
+                vec![RequestMatch {
+                    uri: Some(StringMatch::Prefix("/api/".into())),
+                    headers: vec![("x-route".into(), StringMatch::Exact(format!("r{i}")))],
+                    ..RequestMatch::default()
+                }],
+                RouteAction::Direct {
+                    status: 200,
+                    body: None,
+                },
+            )
         })
         .collect();
     let index = federation::traffic::RouteIndex::build(&routes);

@@ -168,6 +168,42 @@ pub struct HttpRoute {
     pub response_headers: HeaderOps,
 }
 
+impl HttpRoute {
+    /// A route named `name` that forwards what `matches` (everything, when empty) to
+    /// `destinations` by weight, with no other feature.
+    pub fn forward(
+        name: impl Into<String>,
+        matches: Vec<RequestMatch>,
+        destinations: Vec<RouteDestination>,
+    ) -> Self {
+        Self::with_action(
+            name,
+            matches,
+            RouteAction::Forward(WeightedDestinations::new(destinations)),
+        )
+    }
+
+    /// A route with `action` and no other feature.
+    pub fn with_action(
+        name: impl Into<String>,
+        matches: Vec<RequestMatch>,
+        action: RouteAction,
+    ) -> Self {
+        HttpRoute {
+            name: name.into(),
+            matches,
+            action,
+            timeout: None,
+            retries: None,
+            fault: None,
+            mirrors: vec![],
+            rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     /// Forward to one of these, by weight.
@@ -214,6 +250,20 @@ impl WeightedDestinations {
     pub fn pick(&self, roll: u32) -> Option<&RouteDestination> {
         let i = self.cumulative.partition_point(|&c| c <= roll);
         self.destinations.get(i)
+    }
+}
+
+impl RouteDestination {
+    /// `service` (its `subset`, if any) with `weight`, on its HTTP port, no header edits.
+    pub fn to(service: ServiceKey, subset: Option<String>, weight: u32) -> Self {
+        RouteDestination {
+            service,
+            subset,
+            port: None,
+            weight,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
     }
 }
 
@@ -537,14 +587,11 @@ mod tests {
     use super::*;
 
     fn dest(name: &str, weight: u32) -> RouteDestination {
-        RouteDestination {
-            service: ServiceKey::new("api", "prod").unwrap(),
-            subset: Some(name.into()),
-            port: None,
+        RouteDestination::to(
+            ServiceKey::new("api", "prod").unwrap(),
+            Some(name.into()),
             weight,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-        }
+        )
     }
 
     #[test]
@@ -574,21 +621,7 @@ mod tests {
     }
 
     fn route(name: &str, matches: Vec<RequestMatch>) -> HttpRoute {
-        HttpRoute {
-            name: name.into(),
-            matches,
-            action: RouteAction::Direct {
-                status: 200,
-                body: None,
-            },
-            timeout: None,
-            retries: None,
-            fault: None,
-            mirrors: vec![],
-            rewrite: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-        }
+        HttpRoute::forward(name, matches, vec![])
     }
 
     fn header(name: &str, value: &str) -> RequestMatch {

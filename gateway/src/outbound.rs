@@ -233,16 +233,7 @@ async fn route_http(
                     StatusCode::NOT_FOUND,
                     &format!("no route of {from} matches this request"),
                 );
-                record(
-                    outbound,
-                    &target.service,
-                    "",
-                    "unknown",
-                    &resp,
-                    flags,
-                    started,
-                );
-                return resp;
+                return answered_here(outbound, &target.service, resp, flags, started);
             }
         }
     };
@@ -259,16 +250,7 @@ async fn route_http(
             flags.set(Flags::FAULT_INJECTED);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let resp = http::error_response(status, "fault filter abort");
-            record(
-                outbound,
-                &target.service,
-                "",
-                "unknown",
-                &resp,
-                flags,
-                started,
-            );
-            return resp;
+            return answered_here(outbound, &target.service, resp, flags, started);
         }
     }
 
@@ -284,16 +266,7 @@ async fn route_http(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the matching route has no destination with weight",
                     );
-                    record(
-                        outbound,
-                        &target.service,
-                        "",
-                        "unknown",
-                        &resp,
-                        flags,
-                        started,
-                    );
-                    return resp;
+                    return answered_here(outbound, &target.service, resp, flags, started);
                 }
             }
         }
@@ -308,16 +281,7 @@ async fn route_http(
                 resp.headers_mut().insert(::http::header::LOCATION, value);
             }
             resp.headers_mut().remove("x-causeway-error");
-            record(
-                outbound,
-                &target.service,
-                "",
-                "unknown",
-                &resp,
-                flags,
-                started,
-            );
-            return resp;
+            return answered_here(outbound, &target.service, resp, flags, started);
         }
         Some(RouteAction::Direct { status, body }) => {
             flags.set(Flags::DIRECT_RESPONSE);
@@ -325,16 +289,7 @@ async fn route_http(
                 bytes::Bytes::from(body.clone().unwrap_or_default()),
             )));
             *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-            record(
-                outbound,
-                &target.service,
-                "",
-                "unknown",
-                &resp,
-                flags,
-                started,
-            );
-            return resp;
+            return answered_here(outbound, &target.service, resp, flags, started);
         }
     };
 
@@ -442,16 +397,7 @@ async fn route_http(
                 StatusCode::BAD_REQUEST,
                 &format!("reading the request body failed: {e}"),
             );
-            record(
-                outbound,
-                &call.service,
-                "",
-                "unknown",
-                &resp,
-                flags,
-                started,
-            );
-            return resp;
+            return answered_here(outbound, &call.service, resp, flags, started);
         }
     };
     if let (Some(route), Pending::Replayable(replayable)) = (route, &pending) {
@@ -680,6 +626,19 @@ fn timeout_of(headers: &::http::HeaderMap) -> Option<std::time::Duration> {
         .parse()
         .ok()?;
     (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
+/// A response the source gateway made itself (no route, a fault, a redirect, ...): counted
+/// with no destination cluster, then answered.
+fn answered_here(
+    outbound: &Outbound,
+    service: &ServiceKey,
+    resp: http::Response<Body>,
+    flags: Flags,
+    started: Instant,
+) -> http::Response<Body> {
+    record(outbound, service, "", "unknown", &resp, flags, started);
+    resp
 }
 
 fn record(

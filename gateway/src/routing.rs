@@ -175,22 +175,12 @@ pub(crate) fn redirect_location(
 mod tests {
     use std::time::Duration;
 
-    use federation::traffic::{RouteAction, WeightedDestinations};
-
     use super::*;
 
     fn route(name: &str, matches: Vec<RequestMatch>) -> HttpRoute {
         HttpRoute {
-            name: name.into(),
-            matches,
-            action: RouteAction::Forward(WeightedDestinations::new(vec![])),
             timeout: Some(Duration::from_secs(1)),
-            retries: None,
-            fault: None,
-            mirrors: vec![],
-            rewrite: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
+            ..HttpRoute::forward(name, matches, vec![])
         }
     }
 

@@ -766,25 +766,13 @@ fn profile_routes(spec: &Value, host: &str, ns: &str) -> Vec<HttpRoute> {
     let Some(service) = resolve_host(host, ns) else {
         return vec![];
     };
-    let to_self = || {
-        weighted(vec![RouteDestination {
-            service: service.clone(),
-            subset: None,
-            port: None,
-            weight: 100,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-        }])
-    };
+    let to_self = || vec![RouteDestination::to(service.clone(), None, 100)];
     let mut routes: Vec<HttpRoute> = items(spec.get("routes"))
         .iter()
         .filter_map(|route| {
             let matches = profile_condition(route.get("condition")?)?;
             let retryable = route.get("isRetryable").and_then(Value::as_bool) == Some(true);
             Some(HttpRoute {
-                name: text(route.get("name")).unwrap_or_default(),
-                matches,
-                action: RouteAction::Forward(to_self()),
                 timeout: duration(route.get("timeout")).filter(|d| !d.is_zero()),
                 // Linkerd's default response class: a 5xx is a failure, and a failure of a
                 // retryable route is retried.
@@ -800,29 +788,18 @@ fn profile_routes(spec: &Value, host: &str, ns: &str) -> Vec<HttpRoute> {
                     backoff_base: RetryPolicy::DEFAULT_BACKOFF_BASE,
                     backoff_max: RetryPolicy::DEFAULT_BACKOFF_BASE * 10,
                 }),
-                fault: None,
-                mirrors: vec![],
-                rewrite: None,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
+                ..HttpRoute::forward(
+                    text(route.get("name")).unwrap_or_default(),
+                    matches,
+                    to_self(),
+                )
             })
         })
         .collect();
     if routes.is_empty() {
         return routes;
     }
-    routes.push(HttpRoute {
-        name: "default".into(),
-        matches: vec![],
-        action: RouteAction::Forward(to_self()),
-        timeout: None,
-        retries: None,
-        fault: None,
-        mirrors: vec![],
-        rewrite: None,
-        request_headers: HeaderOps::default(),
-        response_headers: HeaderOps::default(),
-    });
+    routes.push(HttpRoute::forward("default", vec![], to_self()));
     routes
 }
 
@@ -899,31 +876,17 @@ fn traffic_split(spec: &Value, ns: &str) -> Option<HttpRoute> {
     let destinations: Vec<RouteDestination> = items(spec.get("backends"))
         .iter()
         .filter_map(|b| {
-            Some(RouteDestination {
-                service: resolve_host(b.get("service")?.as_str()?, ns)?,
-                subset: None,
-                port: None,
-                weight: weight_of(b.get("weight")?)?,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
-            })
+            Some(RouteDestination::to(
+                resolve_host(b.get("service")?.as_str()?, ns)?,
+                None,
+                weight_of(b.get("weight")?)?,
+            ))
         })
         .collect();
     if destinations.is_empty() {
         return None;
     }
-    Some(HttpRoute {
-        name: "split".into(),
-        matches: vec![],
-        action: RouteAction::Forward(WeightedDestinations::new(destinations)),
-        timeout: None,
-        retries: None,
-        fault: None,
-        mirrors: vec![],
-        rewrite: None,
-        request_headers: HeaderOps::default(),
-        response_headers: HeaderOps::default(),
-    })
+    Some(HttpRoute::forward("split", vec![], destinations))
 }
 
 // ---- native Route ----------------------------------------------------------------------------
@@ -936,30 +899,24 @@ fn native_routes(spec: &Value, ns: &str) -> Vec<HttpRoute> {
             let destinations: Vec<RouteDestination> = items(http.get("destinations"))
                 .iter()
                 .filter_map(|d| {
-                    Some(RouteDestination {
-                        service: resolve_host(d.get("service")?.as_str()?, ns)?,
-                        subset: text(d.get("subset")),
-                        port: None,
-                        weight: uint(d.get("weight")).unwrap_or(0),
-                        request_headers: HeaderOps::default(),
-                        response_headers: HeaderOps::default(),
-                    })
+                    Some(RouteDestination::to(
+                        resolve_host(d.get("service")?.as_str()?, ns)?,
+                        text(d.get("subset")),
+                        uint(d.get("weight")).unwrap_or(0),
+                    ))
                 })
                 .collect();
             if destinations.is_empty() {
                 return None;
             }
             Some(HttpRoute {
-                name: text(http.get("name")).unwrap_or_else(|| format!("http[{i}]")),
-                matches: items(http.get("match")).iter().map(istio_match).collect(),
-                action: RouteAction::Forward(weighted(destinations)),
                 timeout: duration(http.get("timeout")).filter(|d| !d.is_zero()),
                 retries: http.get("retries").and_then(istio_retries),
-                fault: None,
-                mirrors: vec![],
-                rewrite: None,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
+                ..HttpRoute::with_action(
+                    text(http.get("name")).unwrap_or_else(|| format!("http[{i}]")),
+                    items(http.get("match")).iter().map(istio_match).collect(),
+                    RouteAction::Forward(weighted(destinations)),
+                )
             })
         })
         .collect()
