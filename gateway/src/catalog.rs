@@ -24,7 +24,8 @@ pub(crate) type Exports = BTreeMap<ServiceKey, Vec<ServicePort>>;
 #[derive(Clone, Default)]
 pub(crate) struct Snapshot {
     pub local_cluster: Option<ClusterName>,
-    pub local: BTreeMap<ServiceKey, Arc<LocalService>>,
+    /// This cluster's services; shared between snapshots while none of them changed.
+    pub local: Arc<BTreeMap<ServiceKey, Arc<LocalService>>>,
     pub peers: BTreeMap<ClusterName, PeerView>,
     /// Every other cluster of the mesh, by trust domain: whose gateways may open tunnels here.
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
@@ -39,6 +40,9 @@ pub(crate) struct Policy {
     /// For each (service, subset) some DestinationRule defines: the clusters with at least one
     /// endpoint in it, and this cluster's endpoints in it.
     pub subsets: HashMap<(ServiceKey, String), SubsetView>,
+    /// The services the subsets were read from (kept alive so that comparing them by
+    /// identity is sound): a snapshot with the same ones and the same routes reuses this.
+    inputs: Vec<Arc<LocalService>>,
     /// Each cluster's locality (`region` or `region/zone`), where its Cluster resource says.
     pub localities: BTreeMap<ClusterName, String>,
 }
@@ -82,8 +86,24 @@ impl Policy {
         Policy {
             routes,
             subsets,
+            inputs: services.values().flatten().cloned().collect(),
             localities: BTreeMap::new(),
         }
+    }
+
+    /// Whether this policy was read from exactly `routes` and `services` (by identity).
+    pub fn read_from(
+        &self,
+        routes: &Arc<RouteTable>,
+        services: &BTreeMap<ClusterName, Vec<Arc<LocalService>>>,
+    ) -> bool {
+        Arc::ptr_eq(&self.routes, routes)
+            && self.inputs.len() == services.values().map(Vec::len).sum::<usize>()
+            && self
+                .inputs
+                .iter()
+                .zip(services.values().flatten())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 
     pub fn with_localities(mut self, localities: BTreeMap<ClusterName, String>) -> Self {
@@ -375,12 +395,13 @@ impl Snapshot {
     /// identity where the compiler shared them, so the check costs pointer comparisons):
     /// when it does, what is derived from them (DNS, TCP listeners) need not be rebuilt.
     pub fn same_catalog(&self, other: &Snapshot) -> bool {
-        let local_same = self.local.len() == other.local.len()
-            && self
-                .local
-                .iter()
-                .zip(&other.local)
-                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
+        let local_same = Arc::ptr_eq(&self.local, &other.local)
+            || self.local.len() == other.local.len()
+                && self
+                    .local
+                    .iter()
+                    .zip(other.local.iter())
+                    .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
         let peers_same = self.peers.len() == other.peers.len()
             && self.peers.iter().zip(&other.peers).all(|((a, x), (b, y))| {
                 a == b
@@ -397,7 +418,7 @@ impl Snapshot {
     fn services(&self) -> BTreeMap<ServiceKey, (BTreeSet<ClusterName>, BTreeSet<ServicePort>)> {
         let mut out: BTreeMap<_, (BTreeSet<_>, BTreeSet<_>)> = BTreeMap::new();
         if let Some(local_cluster) = &self.local_cluster {
-            for (key, svc) in &self.local {
+            for (key, svc) in self.local.iter() {
                 let entry = out.entry(key.clone()).or_default();
                 entry.0.insert(local_cluster.clone());
                 entry.1.extend(svc.ports.iter().copied());
@@ -497,10 +518,12 @@ mod tests {
     fn snapshot(local: &[LocalService], peers: &[(&str, &[LocalService])]) -> Snapshot {
         Snapshot {
             local_cluster: Some(ClusterName::new("east").unwrap()),
-            local: local
-                .iter()
-                .map(|s| (s.key.clone(), Arc::new(s.clone())))
-                .collect(),
+            local: Arc::new(
+                local
+                    .iter()
+                    .map(|s| (s.key.clone(), Arc::new(s.clone())))
+                    .collect(),
+            ),
             peers: peers
                 .iter()
                 .map(|(name, exports)| {

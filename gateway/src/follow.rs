@@ -37,7 +37,7 @@ use crate::tunnel::{self, Dialer};
 /// What one mesh snapshot asks of the data plane.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    pub local: BTreeMap<ServiceKey, Arc<LocalService>>,
+    pub local: Arc<BTreeMap<ServiceKey, Arc<LocalService>>>,
     pub peers: BTreeMap<ClusterName, PlannedPeer>,
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
     pub policy: Arc<Policy>,
@@ -52,24 +52,53 @@ pub(crate) struct PlannedPeer {
     pub declared: Option<Arc<Exports>>,
 }
 
-/// Reads what the data plane of cluster `own` needs from `mesh`.
-pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName) -> Plan {
-    let mut plan = Plan {
-        local: mesh
-            .services
-            .get(own)
-            .into_iter()
-            .flatten()
-            .map(|s| (s.key.clone(), s.clone()))
-            .collect(),
-        policy: Arc::new(
-            Policy::new(mesh.routes.clone(), &mesh.services, own).with_localities(
-                mesh.clusters
-                    .iter()
-                    .filter_map(|(name, c)| Some((name.clone(), c.locality.clone()?)))
-                    .collect(),
-            ),
+/// Reads what the data plane of cluster `own` needs from `mesh`. What `previous` already
+/// holds and `mesh` did not change (this cluster's services, the policy read from the
+/// services and routes) is shared, not rebuilt: with thousands of services most writes
+/// change neither.
+pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName, previous: Option<&Snapshot>) -> Plan {
+    let services = mesh
+        .services
+        .get(own)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let local = match previous {
+        Some(prev)
+            if prev.local.len() == services.len()
+                && prev
+                    .local
+                    .values()
+                    .zip(services)
+                    .all(|(a, b)| Arc::ptr_eq(a, b)) =>
+        {
+            prev.local.clone()
+        }
+        _ => Arc::new(
+            services
+                .iter()
+                .map(|s| (s.key.clone(), s.clone()))
+                .collect(),
         ),
+    };
+    let localities: BTreeMap<ClusterName, String> = mesh
+        .clusters
+        .iter()
+        .filter_map(|(name, c)| Some((name.clone(), c.locality.clone()?)))
+        .collect();
+    let policy = match previous {
+        Some(prev)
+            if prev.policy.localities == localities
+                && prev.policy.read_from(&mesh.routes, &mesh.services) =>
+        {
+            prev.policy.clone()
+        }
+        _ => Arc::new(
+            Policy::new(mesh.routes.clone(), &mesh.services, own).with_localities(localities),
+        ),
+    };
+    let mut plan = Plan {
+        local,
+        policy,
         ..Plan::default()
     };
     for (name, cluster) in &mesh.clusters {
@@ -255,7 +284,8 @@ impl Follower {
 
     /// Brings the routing snapshot and the connectors in line with `mesh`.
     pub fn follow(&mut self, mesh: &MeshSnapshot, drain: &drain::Watch) {
-        let plan = plan(mesh, &self.own);
+        let current = self.dialer.snapshot.borrow().clone();
+        let plan = plan(mesh, &self.own, Some(&current));
         let mut changes = Changes::default();
         self.dialer.snapshot.send_modify(|snapshot| {
             let (next, found) = apply(snapshot, &plan, &mut self.next_connector);
@@ -364,6 +394,32 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_shares_what_the_mesh_did_not_change() {
+        let mut mesh = MeshSnapshot::default();
+        mesh.clusters
+            .extend([cluster("east", &[1]), cluster("west", &[2])]);
+        mesh.services
+            .insert(name("east"), vec![Arc::new(service("web.demo", 80, false))]);
+        let mut number = 0;
+        let (first, _) = apply(&initial(), &plan(&mesh, &name("east"), None), &mut number);
+        // The same services and routes (a write elsewhere): the same map, the same policy.
+        mesh.version += 1;
+        let again = plan(&mesh, &name("east"), Some(&first));
+        assert!(Arc::ptr_eq(&again.local, &first.local));
+        assert!(Arc::ptr_eq(&again.policy, &first.policy));
+        // A service changed: both are read anew.
+        mesh.services
+            .insert(name("east"), vec![Arc::new(service("web.demo", 81, false))]);
+        let changed = plan(&mesh, &name("east"), Some(&first));
+        assert!(!Arc::ptr_eq(&changed.local, &first.local));
+        assert!(!Arc::ptr_eq(&changed.policy, &first.policy));
+        assert_eq!(
+            changed.local[&"web.demo".parse().unwrap()].ports[0].port,
+            81
+        );
+    }
+
+    #[test]
     fn plan_takes_own_services_and_every_other_dialable_cluster() {
         let mut mesh = MeshSnapshot::default();
         mesh.clusters.extend([
@@ -388,7 +444,7 @@ mod tests {
                 .into(),
             ),
         );
-        let plan = plan(&mesh, &name("east"));
+        let plan = plan(&mesh, &name("east"), None);
         assert_eq!(
             plan.local
                 .keys()
@@ -433,7 +489,7 @@ mod tests {
         let mut mesh = MeshSnapshot::default();
         mesh.clusters
             .extend([cluster("east", &[1]), cluster("west", &[2])]);
-        let (first, changes) = apply(&initial(), &plan(&mesh, &name("east")), &mut number);
+        let (first, changes) = apply(&initial(), &plan(&mesh, &name("east"), None), &mut number);
         assert_eq!(changes.start.len(), 1);
         assert_eq!(changes.start[0].0.address, addr(2));
         assert!(changes.stop.is_empty());
@@ -455,7 +511,7 @@ mod tests {
             .unwrap()
             .fetched
             .insert("old.demo".parse().unwrap(), vec![]);
-        let (second, changes) = apply(&current, &plan(&mesh, &name("east")), &mut number);
+        let (second, changes) = apply(&current, &plan(&mesh, &name("east"), None), &mut number);
         assert!(changes.stop.is_empty());
         assert_eq!(changes.start.len(), 1);
         assert_eq!(
@@ -476,14 +532,14 @@ mod tests {
         // The first gateway leaves its cluster: only its connector stops; the other keeps its
         // slot, and a gateway listed twice is dialled once.
         mesh.clusters.extend([cluster("west", &[3, 3])]);
-        let (third, changes) = apply(&second, &plan(&mesh, &name("east")), &mut number);
+        let (third, changes) = apply(&second, &plan(&mesh, &name("east"), None), &mut number);
         assert_eq!(changes.stop, [stopped(1, 2, true)]);
         assert!(changes.start.is_empty());
         assert_eq!(slots(&third, "west"), [(3, 2)]);
 
         // A new trust domain: every connector dials anew, and the fetched catalog is dropped.
         mesh.clusters.get_mut(&name("west")).unwrap().trust_domain = "west2.mesh".into();
-        let (fourth, changes) = apply(&third, &plan(&mesh, &name("east")), &mut number);
+        let (fourth, changes) = apply(&third, &plan(&mesh, &name("east"), None), &mut number);
         assert_eq!(changes.stop, [stopped(2, 3, false)]);
         assert_eq!(changes.start.len(), 1);
         assert_eq!(slots(&fourth, "west"), [(3, 3)]);
@@ -492,10 +548,10 @@ mod tests {
         // Back to the first trust domain, with two gateways; then west leaves: every
         // connector of its stops.
         mesh.clusters.extend([cluster("west", &[3, 4])]);
-        let (fifth, _) = apply(&fourth, &plan(&mesh, &name("east")), &mut number);
+        let (fifth, _) = apply(&fourth, &plan(&mesh, &name("east"), None), &mut number);
         assert_eq!(slots(&fifth, "west"), [(3, 4), (4, 5)]);
         mesh.clusters.remove(&name("west"));
-        let (sixth, changes) = apply(&fifth, &plan(&mesh, &name("east")), &mut number);
+        let (sixth, changes) = apply(&fifth, &plan(&mesh, &name("east"), None), &mut number);
         assert_eq!(changes.stop, [stopped(4, 3, true), stopped(5, 4, true)]);
         assert!(changes.start.is_empty());
         assert!(sixth.peers.is_empty() && sixth.clusters_by_domain.is_empty());

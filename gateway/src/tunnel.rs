@@ -453,7 +453,7 @@ mod tests {
         };
         let (first, changes) = apply(
             &initial,
-            &plan(&mesh(&[w1, w2]), &name("east")),
+            &plan(&mesh(&[w1, w2]), &name("east"), None),
             &mut number,
         );
         let started: Vec<_> = changes.start.iter().map(|(p, n)| (p.address, *n)).collect();
@@ -514,7 +514,11 @@ mod tests {
         assert!(firsts.contains(&w1) && firsts.contains(&w2), "{firsts:?}");
 
         // West-1 leaves its cluster: its connector stops and its tunnel closes; west-2's stays.
-        let (next, changes) = apply(&current, &plan(&mesh(&[w2]), &name("east")), &mut number);
+        let (next, changes) = apply(
+            &current,
+            &plan(&mesh(&[w2]), &name("east"), None),
+            &mut number,
+        );
         assert!(changes.start.is_empty());
         assert_eq!(changes.stop.len(), 1);
         assert_eq!(
