@@ -35,6 +35,8 @@ fn place(k: &ResourceKey) -> (&str, &str, &str) {
 type CompiledService = (String, bool, Option<(ClusterName, Arc<LocalService>)>);
 
 type Exports = std::collections::BTreeMap<crate::model::ServiceKey, Vec<crate::model::ServicePort>>;
+type ServicesByCluster = std::collections::BTreeMap<ClusterName, Vec<Arc<LocalService>>>;
+type ExportsByCluster = std::collections::BTreeMap<ClusterName, Arc<Exports>>;
 
 #[derive(Default)]
 pub(crate) struct CacheMaps {
@@ -46,6 +48,12 @@ pub(crate) struct CacheMaps {
     pub(super) table: Option<Arc<crate::traffic::RouteTable>>,
     /// Set when a policy resource was compiled anew since the table was built.
     pub(super) fresh: bool,
+    /// No policy resource was written since the table was built: it stands as it is.
+    pub(super) policy_clean: bool,
+    /// No Service or ServiceExport was written since `services_compiled`.
+    services_clean: bool,
+    /// The services and exports of the last compile, by cluster.
+    services_compiled: Option<(ServicesByCluster, ExportsByCluster)>,
     pub(super) routes: HashMap<ResourceKey, (String, Arc<dyn std::any::Any + Send + Sync>)>,
 }
 
@@ -69,6 +77,20 @@ impl Cache {
 }
 
 impl CacheMaps {
+    /// A resource of `kind` was written or deleted: what derives from its kind is stale.
+    pub(super) fn touch(&mut self, kind: Kind) {
+        match kind {
+            Kind::Service | Kind::ServiceExport => self.services_clean = false,
+            Kind::IstioVirtualService
+            | Kind::IstioDestinationRule
+            | Kind::Route
+            | Kind::DestinationPolicy
+            | Kind::LinkerdServiceProfile
+            | Kind::SmiTrafficSplit => self.policy_clean = false,
+            _ => {}
+        }
+    }
+
     /// `compile(resource)`, or what it gave for the same key at the same version.
     pub(super) fn route_entry<T: Send + Sync + 'static>(
         &mut self,
@@ -110,6 +132,17 @@ impl MeshState {
             }
         }
 
+        let mut cache = self.compiled.lock();
+        if cache.services_clean
+            && let Some((services, exports)) = &cache.services_compiled
+        {
+            // No Service or ServiceExport written since: the same lists, shared.
+            snapshot.services = services.clone();
+            snapshot.exports = exports.clone();
+            snapshot.routes = super::routes::compile(self, &mut cache);
+            return snapshot;
+        }
+        drop(cache);
         // Services, their exports and the cache are all in key order (namespace, cluster,
         // name): one walk over the three, with no lookup, hashing or allocation for a
         // service that did not change. This runs on every applied write.
@@ -183,6 +216,8 @@ impl MeshState {
         cache
             .exports
             .retain(|cluster, _| snapshot.services.contains_key(cluster));
+        cache.services_compiled = Some((snapshot.services.clone(), snapshot.exports.clone()));
+        cache.services_clean = true;
         snapshot.routes = super::routes::compile(self, &mut cache);
         snapshot
     }

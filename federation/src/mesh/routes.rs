@@ -64,6 +64,12 @@ impl Compiled {
 /// Routes and destination rules of every service, from the state's policy resources. A
 /// resource whose version `cache` has seen is not compiled again.
 pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTable> {
+    if cache.policy_clean
+        && let Some(table) = &cache.table
+    {
+        // No policy resource written since the table was built.
+        return table.clone();
+    }
     let mut routes: HashMap<ServiceKey, (Claim, Arc<Compiled>)> = HashMap::new();
     let mut rules: HashMap<ServiceKey, (Claim, Arc<DestinationPolicy>)> = HashMap::new();
     let mut live = std::collections::HashSet::new();
@@ -161,7 +167,9 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
     if !cache.fresh
         && let Some(table) = &cache.table
     {
-        return table.clone();
+        let table = table.clone();
+        cache.policy_clean = true;
+        return table;
     }
 
     let mut table = RouteTable::default();
@@ -183,6 +191,7 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
     let table = Arc::new(table);
     cache.table = Some(table.clone());
     cache.fresh = false;
+    cache.policy_clean = true;
     table
 }
 

@@ -421,6 +421,7 @@ impl MeshState {
         {
             WriteResult::Conflict { key, current }
         } else if let Some(resource) = self.resources.remove(&key) {
+            self.compiled.lock().touch(key.kind);
             self.record(index, at, actor, "delete", format!("{key} (deleted)"));
             self.events.push_back(WatchEvent {
                 index,
@@ -753,6 +754,7 @@ impl MeshState {
             kind: event.into(),
             resource: resource.clone(),
         });
+        self.compiled.lock().touch(key.kind);
         self.resources.insert(key, resource);
     }
 
