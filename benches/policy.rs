@@ -316,17 +316,6 @@ fn apply(admin: &Api, yaml: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_mb(gw: &Gateway) -> f64 {
-    std::fs::read_to_string(format!("/proc/{}/status", gw.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn probe_yaml(n: usize) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: probe, namespace: bench}}\nspec:\n  hosts: [probe.bench]\n  http:\n  - directResponse: {{status: 200, body: {{string: \"change-{n}\"}}}}\n"
@@ -446,7 +435,7 @@ fn propagation(settings: &Settings) -> anyhow::Result<()> {
         verdict(settings, p99 <= Duration::from_millis(100))
     );
     for ((name, gw), cpu) in gateways.iter().zip(&cpu_ms) {
-        let rss = rss_mb(gw);
+        let rss = common::rss_mb(gw.pid());
         println!(
             "   {name:<5} CPU per change {cpu:>7.1} ms (target ≤ 10: {})   RSS {rss:>6.1} MB (target ≤ 60: {})",
             verdict(settings, *cpu <= 10.0),

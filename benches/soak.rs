@@ -121,15 +121,9 @@ impl Member {
     }
 
     fn rss_mb(&self) -> f64 {
-        let Some(gw) = &self.gateway else { return 0.0 };
-        std::fs::read_to_string(format!("/proc/{}/status", gw.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
+        self.gateway
+            .as_ref()
+            .map_or(0.0, |gw| common::rss_mb(gw.pid()))
     }
 
     fn logs(&self) -> (usize, usize) {

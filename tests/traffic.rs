@@ -91,6 +91,17 @@ impl Mesh {
         self.apply(&yaml);
     }
 
+    /// `api.production` served by an echo named "west" in west and one named "edge" in edge,
+    /// both reachable from east.
+    fn api_in_west_and_edge(&self) {
+        let west = backend::http_echo(&self.net.ip(2), "west");
+        let edge = backend::http_echo(&self.net.ip(3), "edge");
+        self.service("west", "api", west, &[]);
+        self.service("edge", "api", edge, &[]);
+        self.until_served_by("west", "/", &[]);
+        self.until_served_by("edge", "/", &[]);
+    }
+
     fn apply(&self, yaml: &str) -> serde_json::Value {
         let reply = self.admin.apply_yaml(yaml, false);
         assert_eq!(reply.status, 200, "{}", reply.text);
@@ -452,12 +463,7 @@ fn silent_backend(ip: &str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
 #[test]
 fn consistent_hashing_sticks_and_locality_failover_prefers_the_closer_cluster() {
     let mesh = mesh(116);
-    let west = backend::http_echo(&mesh.net.ip(2), "west");
-    let edge = backend::http_echo(&mesh.net.ip(3), "edge");
-    mesh.service("west", "api", west, &[]);
-    mesh.service("edge", "api", edge, &[]);
-    mesh.until_served_by("west", "/", &[]);
-    mesh.until_served_by("edge", "/", &[]);
+    mesh.api_in_west_and_edge();
 
     mesh.apply(
         "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n",
@@ -509,12 +515,7 @@ fn consistent_hashing_sticks_and_locality_failover_prefers_the_closer_cluster() 
 #[test]
 fn per_try_timeouts_retry_elsewhere_and_profiles_and_splits_take_effect() {
     let mesh = mesh(117);
-    let west = backend::http_echo(&mesh.net.ip(2), "west");
-    let edge = backend::http_echo(&mesh.net.ip(3), "edge");
-    mesh.service("west", "api", west, &[]);
-    mesh.service("edge", "api", edge, &[]);
-    mesh.until_served_by("west", "/", &[]);
-    mesh.until_served_by("edge", "/", &[]);
+    mesh.api_in_west_and_edge();
 
     // A per-try timeout of 300 ms: a slow answer is abandoned and retried on the other
     // cluster, where it is just as slow; the overall timeout then answers 504.

@@ -357,9 +357,8 @@ pub(crate) async fn forward(
             };
         }
     };
-    state.with_budget(&call.budget_key(), call.budget, |b| {
-        b.deposit(Instant::now())
-    });
+    let budget_key = call.budget_key();
+    state.with_budget(&budget_key, call.budget, |b| b.deposit(Instant::now()));
 
     let retries = match &request {
         Pending::Replayable(_) => call.retries.as_ref(),
@@ -372,14 +371,18 @@ pub(crate) async fn forward(
     let mut last_cluster: Option<String> = None;
     let mut errors: Vec<String> = Vec::new();
     loop {
+        // A retry tries another cluster first, where the policy lets it.
+        let failed = last_cluster
+            .as_deref()
+            .filter(|_| retries.is_some_and(|r| r.retry_remote_localities));
         let order = order_targets(
             outbound,
             snapshot,
             call,
+            &key,
             &targets,
             start + attempt as usize - 1,
-            last_cluster.as_deref(),
-            retries,
+            failed,
         );
         let mut outcome = None;
         for target in order {
@@ -401,7 +404,14 @@ pub(crate) async fn forward(
                 Tried::NotStarted(e, failure) => {
                     // Unreachable or refusing (no endpoint up there): a gateway error to
                     // outlier detection either way, as Envoy counts connect failures.
-                    observe(outbound, call, &dest, targets.len(), Outcome::LocalFailure);
+                    observe(
+                        outbound,
+                        call,
+                        &key,
+                        &dest,
+                        targets.len(),
+                        Outcome::LocalFailure,
+                    );
                     if matches!(failure, Failure::ConnectFailure) {
                         flags.set(Flags::CONNECT_FAILURE);
                     }
@@ -436,6 +446,7 @@ pub(crate) async fn forward(
                 observe(
                     outbound,
                     call,
+                    &key,
                     &dest,
                     targets.len(),
                     Outcome::Status(status),
@@ -443,16 +454,22 @@ pub(crate) async fn forward(
                 (Failure::Status(status), Ok(resp))
             }
             Tried::Failed(e, failure) => {
-                observe(outbound, call, &dest, targets.len(), Outcome::LocalFailure);
+                observe(
+                    outbound,
+                    call,
+                    &key,
+                    &dest,
+                    targets.len(),
+                    Outcome::LocalFailure,
+                );
                 (failure, Err(e))
             }
             Tried::NotStarted(..) => unreachable!("handled in the loop above"),
         };
         let retriable = retries.is_some_and(|r| retry::is_retriable(r, &failure));
         if retriable && attempt < max_attempts {
-            let allowed = state.with_budget(&call.budget_key(), call.budget, |b| {
-                b.try_withdraw(Instant::now())
-            });
+            let allowed =
+                state.with_budget(&budget_key, call.budget, |b| b.try_withdraw(Instant::now()));
             let permit = if allowed {
                 limits.try_retry(&call.pool).ok()
             } else {
@@ -515,10 +532,10 @@ fn order_targets<'t>(
     outbound: &Outbound,
     snapshot: &Snapshot,
     call: &Call,
+    key: &str,
     targets: &'t [Target],
     start: usize,
     failed: Option<&str>,
-    retries: Option<&RetryPolicy>,
 ) -> Vec<&'t Target> {
     let n = targets.len();
     let mut order: Vec<&Target> = (0..n).map(|i| &targets[(start + i) % n]).collect();
@@ -527,7 +544,7 @@ fn order_targets<'t>(
             .iter()
             .map(|t| t.cluster(&outbound.cluster).to_string())
             .collect();
-        let healthy: Vec<bool> = outbound.policy.with_detector(&call.state_key(), |d| {
+        let healthy: Vec<bool> = outbound.policy.with_detector(key, |d| {
             let kept = d.healthy(cfg, &names, Instant::now());
             names.iter().map(|n| kept.contains(&n)).collect()
         });
@@ -571,10 +588,7 @@ fn order_targets<'t>(
                 let name = t.cluster(&outbound.cluster).as_str();
                 ClusterHost {
                     id: lb::fnv1a(name.as_bytes()),
-                    in_flight: outbound
-                        .policy
-                        .limits(&format!("{}@{name}", call.state_key()))
-                        .in_flight(),
+                    in_flight: outbound.policy.limits(&format!("{key}@{name}")).in_flight(),
                 }
             })
             .collect();
@@ -589,7 +603,6 @@ fn order_targets<'t>(
         }
     }
     if let Some(failed) = failed
-        && retries.is_some_and(|r| r.retry_remote_localities)
         && let Some(i) = order
             .iter()
             .position(|t| t.cluster(&outbound.cluster).as_str() == failed)
@@ -616,9 +629,16 @@ impl lb::Candidate for ClusterHost {
 }
 
 /// Tells outlier detection how `cluster` answered; counts an ejection.
-fn observe(outbound: &Outbound, call: &Call, cluster: &str, hosts: usize, outcome: Outcome) {
+fn observe(
+    outbound: &Outbound,
+    call: &Call,
+    key: &str,
+    cluster: &str,
+    hosts: usize,
+    outcome: Outcome,
+) {
     let Some(cfg) = &call.outlier else { return };
-    let ejected = outbound.policy.with_detector(&call.state_key(), |d| {
+    let ejected = outbound.policy.with_detector(key, |d| {
         d.record(cfg, &cluster.to_string(), outcome, hosts, Instant::now())
     });
     if ejected {

@@ -75,88 +75,72 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
     let mut live = std::collections::HashSet::new();
 
     let mut budgets: HashMap<ServiceKey, RetryBudget> = HashMap::new();
-    for kind in [
+    let route_kinds = [
         Kind::IstioVirtualService,
         Kind::Route,
         Kind::SmiTrafficSplit,
         Kind::LinkerdServiceProfile,
-    ] {
-        for resource in state.list(kind, None, None) {
-            let Some(ns) = resource.metadata.namespace.as_deref() else {
-                continue;
-            };
-            if let Ok(key) = super::resource_key(resource) {
-                live.insert(key);
+    ];
+    for (kind, ns, claim, resource) in claims(state, &route_kinds, &mut live) {
+        let spec = &resource.spec;
+        let hosts: Vec<&str> = match kind {
+            Kind::SmiTrafficSplit => spec
+                .get("service")
+                .and_then(Value::as_str)
+                .into_iter()
+                .collect(),
+            Kind::LinkerdServiceProfile => {
+                // A profile is named by the FQDN of its service.
+                let host = resource.metadata.name.as_str();
+                if let (Some(key), Some(budget)) = (
+                    resolve_host(host, ns),
+                    spec.get("retryBudget").and_then(retry_budget),
+                ) {
+                    budgets.insert(key, budget);
+                }
+                vec![host]
             }
-            let claim = Claim::of(resource);
-            let spec = &resource.spec;
-            let hosts: Vec<&str> = match kind {
-                Kind::SmiTrafficSplit => spec
-                    .get("service")
-                    .and_then(Value::as_str)
-                    .into_iter()
-                    .collect(),
+            Kind::IstioVirtualService if !binds_mesh(spec.get("gateways")) => {
+                tracing::debug!(from = %claim.from, "VirtualService bound to other gateways only; nothing to do here");
+                continue;
+            }
+            _ => strings(spec.get("hosts")).collect(),
+        };
+        let compiled = cache.route_entry(resource, || {
+            Compiled::new(match kind {
+                Kind::Route => native_routes(spec, ns),
+                Kind::SmiTrafficSplit => traffic_split(spec, ns).into_iter().collect(),
                 Kind::LinkerdServiceProfile => {
-                    // A profile is named by the FQDN of its service.
-                    let host = resource.metadata.name.as_str();
-                    if let (Some(key), Some(budget)) = (
-                        resolve_host(host, ns),
-                        spec.get("retryBudget").and_then(retry_budget),
-                    ) {
-                        budgets.insert(key, budget);
-                    }
-                    vec![host]
+                    profile_routes(spec, resource.metadata.name.as_str(), ns)
                 }
-                Kind::IstioVirtualService if !binds_mesh(spec.get("gateways")) => {
-                    tracing::debug!(from = %claim.from, "VirtualService bound to other gateways only; nothing to do here");
-                    continue;
-                }
-                _ => strings(spec.get("hosts")).collect(),
-            };
-            let compiled = cache.route_entry(resource, || {
-                Compiled::new(match kind {
-                    Kind::Route => native_routes(spec, ns),
-                    Kind::SmiTrafficSplit => traffic_split(spec, ns).into_iter().collect(),
-                    Kind::LinkerdServiceProfile => {
-                        profile_routes(spec, resource.metadata.name.as_str(), ns)
-                    }
-                    _ => istio_routes(spec, ns),
-                })
-            });
-            if compiled.routes.is_empty() && kind == Kind::LinkerdServiceProfile {
+                _ => istio_routes(spec, ns),
+            })
+        });
+        if compiled.routes.is_empty() && kind == Kind::LinkerdServiceProfile {
+            continue;
+        }
+        for host in hosts {
+            let Some(key) = resolve_host(host, ns) else {
+                tracing::debug!(host, from = %claim.from, "host names no mesh service; its routes are not compiled");
                 continue;
-            }
-            for host in hosts {
-                let Some(key) = resolve_host(host, ns) else {
-                    tracing::debug!(host, from = %claim.from, "host names no mesh service; its routes are not compiled");
-                    continue;
-                };
-                claim_host(&mut routes, key, &claim, || compiled.clone());
-            }
+            };
+            claim_host(&mut routes, key, &claim, || compiled.clone());
         }
     }
-    for kind in [Kind::IstioDestinationRule, Kind::DestinationPolicy] {
-        for resource in state.list(kind, None, None) {
-            let Some(ns) = resource.metadata.namespace.as_deref() else {
-                continue;
-            };
-            if let Ok(key) = super::resource_key(resource) {
-                live.insert(key);
-            }
-            let claim = Claim::of(resource);
-            let Some(key) = resource
-                .spec
-                .get("host")
-                .and_then(Value::as_str)
-                .and_then(|h| resolve_host(h, ns))
-            else {
-                continue;
-            };
-            let rule = cache.route_entry(resource, || {
-                destination_policy(&resource.spec, claim.from.clone())
-            });
-            claim_host(&mut rules, key, &claim, || rule.clone());
-        }
+    let rule_kinds = [Kind::IstioDestinationRule, Kind::DestinationPolicy];
+    for (_, ns, claim, resource) in claims(state, &rule_kinds, &mut live) {
+        let Some(key) = resource
+            .spec
+            .get("host")
+            .and_then(Value::as_str)
+            .and_then(|h| resolve_host(h, ns))
+        else {
+            continue;
+        };
+        let rule = cache.route_entry(resource, || {
+            destination_policy(&resource.spec, claim.from.clone())
+        });
+        claim_host(&mut rules, key, &claim, || rule.clone());
     }
     let before = cache.routes.len();
     cache.routes.retain(|key, _| live.contains(key));
@@ -193,6 +177,26 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
     cache.fresh = false;
     cache.policy_clean = true;
     table
+}
+
+/// The namespaced resources of `kinds`, each with its namespace and claim; their keys go
+/// into `live` (what the compile cache keeps).
+fn claims<'s>(
+    state: &'s MeshState,
+    kinds: &[Kind],
+    live: &mut std::collections::HashSet<crate::resource::ResourceKey>,
+) -> Vec<(Kind, &'s str, Claim, &'s Resource)> {
+    let mut out = Vec::new();
+    for &kind in kinds {
+        for (key, resource) in state.entries(kind) {
+            let Some(ns) = resource.metadata.namespace.as_deref() else {
+                continue;
+            };
+            live.insert(key.clone());
+            out.push((kind, ns, Claim::of(resource), resource));
+        }
+    }
+    out
 }
 
 /// Who claims a host, ordered so that the oldest claim wins.

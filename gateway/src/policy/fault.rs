@@ -67,34 +67,17 @@ mod tests {
         let f = fault(Some(50.0), Some(10.0));
         let mut rng = Scripted::new(&[0.49, 0.09, 0.5, 0.1, 0.2, 0.05, 0.9, 0.5]);
         let two = Some(Duration::from_secs(2));
-        assert_eq!(
-            decide(&f, &mut rng),
-            FaultDecision {
-                delay: two,
-                abort: Some(503)
-            }
-        );
-        assert_eq!(
-            decide(&f, &mut rng),
-            FaultDecision {
-                delay: None,
-                abort: None
-            }
-        );
-        assert_eq!(
-            decide(&f, &mut rng),
-            FaultDecision {
-                delay: two,
-                abort: Some(503)
-            }
-        );
-        assert_eq!(
-            decide(&f, &mut rng),
-            FaultDecision {
-                delay: None,
-                abort: None
-            }
-        );
+        let both = FaultDecision {
+            delay: two,
+            abort: Some(503),
+        };
+        let neither = FaultDecision {
+            delay: None,
+            abort: None,
+        };
+        for want in [&both, &neither, &both, &neither] {
+            assert_eq!(&decide(&f, &mut rng), want);
+        }
         assert_eq!(rng.remaining(), 0);
     }
 
