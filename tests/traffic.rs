@@ -497,9 +497,20 @@ fn consistent_hashing_sticks_and_locality_failover_prefers_the_closer_cluster() 
         let yaml = serde_yaml_ng::to_string(&doc).unwrap();
         mesh.apply(&yaml);
     }
-    mesh.apply(
-        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east, to: eu-west}]\n",
-    );
+    let rule = |locality: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: api\n  namespace: production\nspec:\n  host: api\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}}\n    loadBalancer:\n      localityLbSetting:\n        {locality}\n"
+        )
+    };
+    // failoverPriority ranks clusters by labels before localities: a region pinned by value
+    // comes first even though the caller's own region is healthy.
+    mesh.apply(&rule(
+        "failoverPriority: [topology.kubernetes.io/region=eu-west, topology.istio.io/cluster]",
+    ));
+    eventually("failoverPriority to prefer eu-west", UP, || {
+        (tally(&mesh, 20, "/", &[]).get("edge") == Some(&20)).then_some(())
+    });
+    mesh.apply(&rule("failover: [{from: us-east, to: eu-west}]"));
     eventually("calls to stay in us-east", UP, || {
         (tally(&mesh, 20, "/", &[]).get("west") == Some(&20)).then_some(())
     });

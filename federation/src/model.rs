@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,14 +46,16 @@ pub fn check_dns_label(what: &'static str, value: &str) -> Result<(), ModelError
 }
 
 /// A cluster's name: a DNS label, because it appears in `<svc>.<ns>.<cluster>.mesh`.
+///
+/// Shared, not copied, when cloned: every service, export and DNS entry of a cluster names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ClusterName(String);
+pub struct ClusterName(Arc<str>);
 
 impl ClusterName {
     pub fn new(value: &str) -> Result<Self, ModelError> {
         check_dns_label("cluster name", value)?;
-        Ok(Self(value.to_string()))
+        Ok(Self(value.into()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -68,7 +71,7 @@ impl TryFrom<String> for ClusterName {
 
 impl From<ClusterName> for String {
     fn from(value: ClusterName) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 
@@ -180,6 +183,59 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
+/// One endpoint's labels (`version: v2`), sorted by key.
+///
+/// A sorted vector rather than a map: an endpoint has a handful of labels, a gateway may
+/// hold tens of thousands of endpoints, and a map's nodes cost hundreds of bytes each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+pub struct Labels(Vec<(Box<str>, Box<str>)>);
+
+impl Labels {
+    pub const EMPTY: Labels = Labels(Vec::new());
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+}
+
+/// The last value of a key given twice wins, as in a map.
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect::<BTreeMap<String, String>>()
+            .into()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels(map.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl From<Labels> for BTreeMap<String, String> {
+    fn from(labels: Labels) -> Self {
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
 /// A service as one cluster runs it: its ports and its local endpoints.
 ///
 /// Endpoints never leave their cluster; other clusters see only the exported name and ports.
@@ -189,9 +245,9 @@ pub struct LocalService {
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<SocketAddr>,
     /// Labels of the endpoints that have any (`version: v2`), which DestinationRule subsets
-    /// select on.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub endpoint_labels: BTreeMap<SocketAddr, BTreeMap<String, String>>,
+    /// select on; sorted by address, one entry per address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_labels: Vec<(SocketAddr, Labels)>,
     /// Whether other clusters may reach it (exported) or only local clients.
     pub export: bool,
 }
@@ -202,13 +258,15 @@ impl LocalService {
     }
 
     /// The labels of endpoint `addr` (empty if it has none).
-    pub fn labels_of(&self, addr: &SocketAddr) -> &BTreeMap<String, String> {
-        static NONE: BTreeMap<String, String> = BTreeMap::new();
-        self.endpoint_labels.get(addr).unwrap_or(&NONE)
+    pub fn labels_of(&self, addr: &SocketAddr) -> &Labels {
+        static NONE: Labels = Labels::EMPTY;
+        self.endpoint_labels
+            .binary_search_by(|(a, _)| a.cmp(addr))
+            .map_or(&NONE, |i| &self.endpoint_labels[i].1)
     }
 
     /// The same service with only the endpoints whose labels `selects` accepts: a subset.
-    pub fn subset(&self, selects: impl Fn(&BTreeMap<String, String>) -> bool) -> LocalService {
+    pub fn subset(&self, selects: impl Fn(&Labels) -> bool) -> LocalService {
         let endpoints: Vec<SocketAddr> = self
             .endpoints
             .iter()
@@ -231,6 +289,23 @@ impl LocalService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_look_up_by_key_and_serialize_as_a_map() {
+        let labels: Labels = [("version", "v2"), ("app", "api"), ("version", "v3")]
+            .into_iter()
+            .collect();
+        assert_eq!(labels.get("version"), Some("v3"));
+        assert_eq!(labels.get("app"), Some("api"));
+        assert_eq!(labels.get("zone"), None);
+        assert_eq!(
+            labels.iter().collect::<Vec<_>>(),
+            [("app", "api"), ("version", "v3")]
+        );
+        let json = serde_json::to_value(&labels).unwrap();
+        assert_eq!(json, serde_json::json!({"app": "api", "version": "v3"}));
+        assert_eq!(serde_json::from_value::<Labels>(json).unwrap(), labels);
+    }
 
     #[test]
     fn service_keys_parse_strictly() {

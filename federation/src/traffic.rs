@@ -495,8 +495,10 @@ pub struct Subset {
 }
 
 impl Subset {
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn selects(&self, labels: &crate::model::Labels) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
     }
 }
 
@@ -585,6 +587,7 @@ pub struct LocalityLb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Labels;
 
     fn dest(name: &str, weight: u32) -> RouteDestination {
         RouteDestination::to(
@@ -689,10 +692,12 @@ mod tests {
             labels: [("version".to_string(), "v2".to_string())].into(),
             traffic: TrafficPolicy::default(),
         };
-        let mut labels = BTreeMap::from([("version".to_string(), "v2".to_string())]);
-        assert!(subset.selects(&labels));
-        labels.insert("version".into(), "v1".into());
-        assert!(!subset.selects(&labels));
-        assert!(!subset.selects(&BTreeMap::new()));
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().copied().collect::<Labels>();
+        assert!(subset.selects(&labels(&[("version", "v2")])));
+        assert!(subset.selects(&labels(&[("app", "reviews"), ("version", "v2")])));
+        assert!(!subset.selects(&labels(&[("version", "v1")])));
+        // The last value of a key given twice wins, as in a map.
+        assert!(subset.selects(&labels(&[("version", "v1"), ("version", "v2")])));
+        assert!(!subset.selects(&Labels::EMPTY));
     }
 }

@@ -488,7 +488,7 @@ impl Snapshot {
                 (
                     key,
                     DnsService {
-                        clusters,
+                        clusters: clusters.into_iter().collect(),
                         srv_ports,
                     },
                 )

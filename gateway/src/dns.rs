@@ -30,7 +30,7 @@
 //! Answers come from the [`DnsTable`] in a `tokio::sync::watch` channel, read afresh for every
 //! request, so a catalog change is visible to the next query.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -77,7 +77,9 @@ pub struct DnsTable {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsService {
     /// Clusters that export the service (or run it locally): names `<svc>.<ns>.<cluster>.mesh` exist for these.
-    pub clusters: BTreeSet<ClusterName>,
+    /// Sorted; a vector because a service lives in a few clusters and the table holds every
+    /// service of the mesh.
+    pub clusters: Vec<ClusterName>,
     /// Ports the client should connect to on the outbound address: one SRV record each.
     pub srv_ports: Vec<u16>,
 }

@@ -276,18 +276,20 @@ fn service_of(key: &str) -> &str {
 }
 
 fn forget(state: &crate::policy::state::PolicyState, snapshot: &Snapshot) {
-    let mut services: std::collections::HashSet<String> = snapshot
-        .policy
-        .routes
-        .services
-        .keys()
-        .map(ToString::to_string)
-        .collect();
-    services.extend(snapshot.local.keys().map(ToString::to_string));
-    for peer in snapshot.peers.values() {
-        services.extend(peer.exports().keys().map(ToString::to_string));
-    }
-    state.retain_where(|key| services.contains(service_of(key)));
+    // Each state key is looked up in the snapshot: the state holds a few keys, the snapshot
+    // may hold tens of thousands of services, and this runs on every change of the route
+    // table.
+    let service = |key: &str| service_of(key).parse::<ServiceKey>().ok();
+    state.retain_where(|key| {
+        service(key).is_some_and(|service| {
+            snapshot.policy.routes.services.contains_key(&service)
+                || snapshot.local.contains_key(&service)
+                || snapshot
+                    .peers
+                    .values()
+                    .any(|peer| peer.exports().contains_key(&service))
+        })
+    });
     // Hosts that left: clusters for the source's detectors, endpoints for the destination's.
     let mut clusters: std::collections::HashSet<String> =
         snapshot.peers.keys().map(|c| c.to_string()).collect();
@@ -296,10 +298,9 @@ fn forget(state: &crate::policy::state::PolicyState, snapshot: &Snapshot) {
     }
     state.each_detector(|key, detector| {
         if key.ends_with("!endpoints") {
-            let endpoints: std::collections::HashSet<String> = snapshot
-                .local
-                .values()
-                .filter(|svc| svc.key.to_string() == service_of(key))
+            let endpoints: std::collections::HashSet<String> = service(key)
+                .and_then(|service| snapshot.local.get(&service))
+                .into_iter()
                 .flat_map(|svc| svc.endpoints.iter().map(ToString::to_string))
                 .collect();
             detector.retain(|host| endpoints.contains(host));
@@ -565,15 +566,23 @@ fn order_targets<'t>(
             .map(String::as_str)
     };
     let mut closest = order.len();
-    if call.outlier.is_some()
-        && let Some(own) = own
-        && call.locality.as_ref().is_none_or(|l| l.enabled)
-    {
-        let cfg = call.locality.as_ref();
-        let drawn = cfg.and_then(|c| locality::distribute(c, own, &mut ThreadRandom));
+    let cfg = call.locality.as_ref();
+    let by_labels = cfg.is_some_and(|c| !c.failover_priority.is_empty());
+    if call.outlier.is_some() && (own.is_some() || by_labels) && cfg.is_none_or(|l| l.enabled) {
+        let drawn = own.and_then(|own| locality::distribute(cfg?, own, &mut ThreadRandom));
+        let here = locality::Place {
+            cluster: outbound.cluster.as_str(),
+            locality: own,
+        };
         let rank = |t: &Target| match drawn {
-            Some(pattern) => u8::from(!locality::in_pattern(pattern, locality_of(t))),
-            None => locality::priority(Some(own), locality_of(t), cfg),
+            Some(pattern) => u16::from(!locality::in_pattern(pattern, locality_of(t))),
+            None => {
+                let there = locality::Place {
+                    cluster: t.cluster(&outbound.cluster).as_str(),
+                    locality: locality_of(t),
+                };
+                locality::rank(&here, &there, cfg)
+            }
         };
         order.sort_by_key(|t| rank(t));
         let best = order.first().map(|t| rank(t));

@@ -103,11 +103,9 @@ pub fn check_one(
 pub fn against_stored(state: &AdminState, checked: &mut [Checked]) -> Result<(), Problem> {
     let applied: Vec<Resource> = checked.iter().map(|c| c.resource.clone()).collect();
     let findings = state.mesh.read(|s| {
-        let stored: Vec<&Resource> = resource::CROSS_CHECKED
-            .iter()
-            .flat_map(|kind| s.list(*kind, None, None))
-            .collect();
-        resource::cross_check(&applied, &stored)
+        let stored = s.stored_claims();
+        let stored: Vec<&resource::Claims> = stored.iter().map(AsRef::as_ref).collect();
+        resource::cross_check_claims(&applied, &stored)
     });
     if !findings.conflicts.is_empty() {
         let mut problem = Problem::new(

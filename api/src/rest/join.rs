@@ -120,6 +120,7 @@ fn clusters(state: &AdminState) -> Vec<JoinCluster> {
         s.list(Kind::Cluster, None, None)
             .into_iter()
             .map(|c| {
+                let c = c.resource();
                 let text = |field: &str| {
                     c.spec
                         .get(field)

@@ -9,12 +9,14 @@
 //! Cluster-local kinds (services, serviceexports) exist once per cluster: `?cluster=` picks
 //! one; without it the name must be unique across clusters.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use federation::mesh::{Command, CommandResult, WriteResult, token};
-use federation::resource::{Kind, NATIVE_API_VERSION, Namespacing, Resource, ResourceKey, Scope};
+use federation::mesh::{Command, CommandResult, StoredResource, WriteResult, token};
+use federation::resource::{Kind, NATIVE_API_VERSION, Namespacing, ObjectMeta, ResourceKey, Scope};
 use serde_json::Value;
 
 use super::apply::{Checked, against_stored, check_one, conflict_message, unexpected};
@@ -157,8 +159,8 @@ pub fn parse_selector(text: &str) -> Result<Vec<Requirement>, Problem> {
         .collect()
 }
 
-pub fn matches(selector: &[Requirement], resource: &Resource) -> bool {
-    let labels = &resource.metadata.labels;
+pub fn matches(selector: &[Requirement], metadata: &ObjectMeta) -> bool {
+    let labels = &metadata.labels;
     selector.iter().all(|r| match r {
         Requirement::Equals(k, v) => labels.get(k) == Some(v),
         Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
@@ -178,10 +180,11 @@ async fn list(
     let cluster = cluster_param(params, kind)?;
     state.fresh(params.flag("consistent")?).await?;
     let (applied, items) = state.mesh.read(|s| {
-        let items: Vec<Resource> = s
+        // Shared, not copied, under the state's lock; serialized after it is released.
+        let items: Vec<Arc<StoredResource>> = s
             .list(kind, namespace, cluster)
             .into_iter()
-            .filter(|r| matches(&selector, r))
+            .filter(|r| matches(&selector, r.metadata()))
             .cloned()
             .collect();
         (s.applied(), items)
@@ -277,8 +280,8 @@ fn locate(
     let clusters: Vec<String> = state.mesh.read(|s| {
         s.list(kind, Some(namespace), None)
             .into_iter()
-            .filter(|r| r.metadata.name == name)
-            .filter_map(|r| r.metadata.cluster.clone())
+            .filter(|r| r.metadata().name == name)
+            .filter_map(|r| r.metadata().cluster.clone())
             .collect()
     });
     match clusters.as_slice() {
@@ -321,7 +324,7 @@ async fn get_one(
     let key = locate(state, kind, namespace, name, cluster)?;
     let resource = state
         .mesh
-        .read(|s| s.get(&key).cloned())
+        .read(|s| s.stored(&key).cloned())
         .ok_or_else(|| absent(&key))?;
     Ok(Json(resource).into_response())
 }

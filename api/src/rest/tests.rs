@@ -1225,7 +1225,7 @@ fn schema_mirrors_match_what_is_serialized() {
     let event = federation::mesh::WatchEvent {
         index: 3,
         kind: "ADDED".into(),
-        resource,
+        resource: std::sync::Arc::new(resource.into()),
     };
     check("WatchEvent", serde_json::to_value(&event).unwrap());
     let entry = federation::mesh::AuditEntry {

@@ -173,7 +173,7 @@ impl Cursor {
 }
 
 fn kind_of_event(event: &WatchEvent) -> Option<Kind> {
-    Kind::from_api(&event.resource.api_version, &event.resource.kind)
+    Kind::from_api(event.resource.api_version(), event.resource.kind())
 }
 
 fn sse_event(event: &WatchEvent) -> Option<Event> {

@@ -6,9 +6,10 @@
 //! type and checks it against its mirror, so the two cannot drift apart silently.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use federation::mesh::{AuditEntry, Member, Role};
-use federation::resource::{FieldError, Resource};
+use federation::mesh::{AuditEntry, Member, Role, StoredResource};
+use federation::resource::FieldError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -80,7 +81,7 @@ pub struct ResourceList {
     pub metadata: ListMeta,
     /// Ordered by namespace, cluster and name.
     #[schema(value_type = Vec<ResourceDoc>)]
-    pub items: Vec<Resource>,
+    pub items: Vec<Arc<StoredResource>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
+use super::StoredResource;
 use super::{ClusterView, MeshSnapshot, MeshState};
-use crate::model::{ClusterName, LocalService, Protocol, ServiceKey, ServicePort};
-use crate::resource::{Kind, Resource, ResourceKey};
+use crate::model::{ClusterName, Labels, LocalService, Protocol, ServiceKey, ServicePort};
+use crate::resource::{CROSS_CHECKED, Claims, Kind, ObjectMeta, Resource, ResourceKey};
 
 /// More CA certificates than any sane trust bundle holds; bounds the PEM reader.
 const MAX_BUNDLE_CERTS: usize = 256;
@@ -30,9 +31,25 @@ fn place(k: &ResourceKey) -> (&str, &str, &str) {
     (k.namespace.as_str(), k.cluster.as_str(), k.name.as_str())
 }
 
-/// A Service compiled at a version, with whether it was exported then: the cluster that runs
-/// it and what it became (none if it does not compile).
-type CompiledService = (String, bool, Option<(ClusterName, Arc<LocalService>)>);
+/// Where a cluster-local resource's key points within its kind, from its metadata, as
+/// [`super::resource_key`] makes the key.
+fn place_of(meta: &ObjectMeta) -> (&str, &str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.cluster.as_deref().unwrap_or_default(),
+        meta.name.as_str(),
+    )
+}
+
+/// A Service as compiled: the stored resource it was compiled from (the state's own `Arc`, so
+/// an unchanged service is recognised by pointer, and the cache holds no copy of its key or
+/// version), whether it was exported then, and the cluster that runs it with what it became
+/// (none if it does not compile).
+struct CompiledService {
+    from: Arc<StoredResource>,
+    export: bool,
+    compiled: Option<(ClusterName, Arc<LocalService>)>,
+}
 
 type Exports = std::collections::BTreeMap<crate::model::ServiceKey, Vec<crate::model::ServicePort>>;
 type ServicesByCluster = std::collections::BTreeMap<ClusterName, Vec<Arc<LocalService>>>;
@@ -40,8 +57,8 @@ type ExportsByCluster = std::collections::BTreeMap<ClusterName, Arc<Exports>>;
 
 #[derive(Default)]
 pub(crate) struct CacheMaps {
-    /// By key, in key order: walked in step with the state's own services.
-    services: Vec<(ResourceKey, CompiledService)>,
+    /// In key order: walked in step with the state's own services.
+    services: Vec<CompiledService>,
     /// Each cluster's exports as last compiled, handed on while none of its services changed.
     exports: HashMap<ClusterName, Arc<Exports>>,
     /// The route table as last compiled, handed on while no policy resource changed.
@@ -54,7 +71,12 @@ pub(crate) struct CacheMaps {
     services_clean: bool,
     /// The services and exports of the last compile, by cluster.
     services_compiled: Option<(ServicesByCluster, ExportsByCluster)>,
-    pub(super) routes: HashMap<ResourceKey, (String, Arc<dyn std::any::Any + Send + Sync>)>,
+    /// What apply-time cross-checks need of each stored route table and rule, with the stored
+    /// resource it came from.
+    claims: HashMap<ResourceKey, (Arc<StoredResource>, Arc<Claims>)>,
+    /// What each policy resource compiled to, with the stored resource it came from.
+    pub(super) routes:
+        HashMap<ResourceKey, (Arc<StoredResource>, Arc<dyn std::any::Any + Send + Sync>)>,
 }
 
 impl Clone for Cache {
@@ -91,34 +113,51 @@ impl CacheMaps {
         }
     }
 
-    /// `compile(resource)`, or what it gave for the same key at the same version.
+    /// `compile(resource)`, or what it gave for the same stored resource: an unchanged
+    /// resource is neither parsed nor compiled again.
     pub(super) fn route_entry<T: Send + Sync + 'static>(
         &mut self,
-        resource: &Resource,
-        compile: impl FnOnce() -> T,
+        key: &ResourceKey,
+        stored: &Arc<StoredResource>,
+        compile: impl FnOnce(&Resource) -> T,
     ) -> Arc<T> {
-        let Ok(key) = super::resource_key(resource) else {
-            return Arc::new(compile());
-        };
-        let version = resource
-            .metadata
-            .resource_version
-            .clone()
-            .unwrap_or_default();
-        if let Some((cached, value)) = self.routes.get(&key)
-            && *cached == version
+        if let Some((from, value)) = self.routes.get(key)
+            && Arc::ptr_eq(from, stored)
             && let Ok(value) = Arc::clone(value).downcast::<T>()
         {
             return value;
         }
-        let value = Arc::new(compile());
-        self.routes.insert(key, (version, value.clone()));
+        let value = Arc::new(compile(&stored.resource()));
+        self.routes
+            .insert(key.clone(), (Arc::clone(stored), value.clone()));
         self.fresh = true;
         value
     }
 }
 
 impl MeshState {
+    /// What [`crate::resource::cross_check_claims`] needs of every stored resource of the
+    /// [`CROSS_CHECKED`] kinds, each derived once per stored version: an apply then reads no
+    /// stored route table again.
+    pub fn stored_claims(&self) -> Vec<Arc<Claims>> {
+        let mut cache = self.compiled.lock();
+        let mut old = std::mem::take(&mut cache.claims);
+        let mut out = Vec::new();
+        for &kind in CROSS_CHECKED {
+            for (key, stored) in self.entries(kind) {
+                let claims = match old.remove(key) {
+                    Some((from, claims)) if Arc::ptr_eq(&from, stored) => claims,
+                    _ => Arc::new(Claims::of(key.clone(), &stored.resource())),
+                };
+                cache
+                    .claims
+                    .insert(key.clone(), (Arc::clone(stored), Arc::clone(&claims)));
+                out.push(claims);
+            }
+        }
+        out
+    }
+
     /// The data plane's view of the state as of [`MeshState::applied`].
     pub fn compile(&self) -> MeshSnapshot {
         let mut snapshot = MeshSnapshot {
@@ -127,7 +166,7 @@ impl MeshState {
             ..MeshSnapshot::default()
         };
         for resource in self.list(Kind::Cluster, None, None) {
-            if let Some(view) = cluster_view(resource) {
+            if let Some(view) = cluster_view(&resource.resource()) {
                 snapshot.clusters.insert(view.name.clone(), view);
             }
         }
@@ -153,37 +192,42 @@ impl MeshState {
         // Clusters one of whose services was compiled anew, appeared or went away.
         let mut changed: BTreeSet<ClusterName> = BTreeSet::new();
         let gone = |entry: &CompiledService, changed: &mut BTreeSet<ClusterName>| {
-            if let Some((cluster, _)) = &entry.2 {
+            if let Some((cluster, _)) = &entry.compiled {
                 changed.insert(cluster.clone());
             }
         };
-        for (key, resource) in self.entries(Kind::Service) {
-            while let Some((k, entry)) = old.peek() {
-                if k >= key {
+        for (key, stored) in self.entries(Kind::Service) {
+            let here = place(key);
+            while let Some(entry) = old.peek() {
+                if place_of(entry.from.metadata()) >= here {
                     break;
                 }
                 gone(entry, &mut changed);
                 old.next();
             }
-            let cached = old.next_if(|(k, _)| k == key);
-            while exports.next_if(|e| place(e) < place(key)).is_some() {}
-            let export = exports.peek().is_some_and(|e| place(e) == place(key));
-            let version = resource.metadata.resource_version.as_deref().unwrap_or("");
+            let cached = old.next_if(|entry| place_of(entry.from.metadata()) == here);
+            while exports.next_if(|e| place(e) < here).is_some() {}
+            let export = exports.peek().is_some_and(|e| place(e) == here);
             let entry = match cached {
-                Some((k, entry)) if entry.0 == version && entry.1 == export => (k, entry),
+                Some(entry) if Arc::ptr_eq(&entry.from, stored) && entry.export == export => entry,
                 cached => {
-                    if let Some((_, entry)) = &cached {
+                    if let Some(entry) = &cached {
                         gone(entry, &mut changed);
                     }
-                    let compiled = local_service(resource, export)
+                    // Parsed only here, for the one service that changed.
+                    let compiled = local_service(&stored.resource(), export)
                         .map(|(cluster, service)| (cluster, Arc::new(service)));
                     if let Some((cluster, _)) = &compiled {
                         changed.insert(cluster.clone());
                     }
-                    (key.clone(), (version.to_string(), export, compiled))
+                    CompiledService {
+                        from: Arc::clone(stored),
+                        export,
+                        compiled,
+                    }
                 }
             };
-            if let Some((cluster, service)) = &entry.1.2 {
+            if let Some((cluster, service)) = &entry.compiled {
                 snapshot
                     .services
                     .entry(cluster.clone())
@@ -192,7 +236,7 @@ impl MeshState {
             }
             next.push(entry);
         }
-        for (_, entry) in old {
+        for entry in old {
             gone(&entry, &mut changed);
         }
         cache.services = next;
@@ -302,7 +346,7 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
         return None;
     };
     let spec = &resource.spec;
-    let ports: Vec<ServicePort> = spec
+    let mut ports: Vec<ServicePort> = spec
         .get("ports")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -328,7 +372,7 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
     }
     // `"ip:port"`, or `{address: "ip:port", labels: {...}}` for an endpoint with labels.
     let mut endpoints = Vec::new();
-    let mut endpoint_labels = std::collections::BTreeMap::new();
+    let mut endpoint_labels = Vec::new();
     for e in spec
         .get("endpoints")
         .and_then(Value::as_array)
@@ -340,17 +384,25 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
             continue;
         };
         endpoints.push(addr);
-        let labels: std::collections::BTreeMap<String, String> = e
+        let labels: Labels = e
             .get("labels")
             .and_then(Value::as_object)
             .into_iter()
             .flatten()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
             .collect();
         if !labels.is_empty() {
-            endpoint_labels.insert(addr, labels);
+            endpoint_labels.push((addr, labels));
         }
     }
+    // One entry per address, the last one listed winning (as a map would), sorted for lookup.
+    endpoint_labels.reverse();
+    endpoint_labels.sort_by_key(|(addr, _)| *addr);
+    endpoint_labels.dedup_by_key(|(addr, _)| *addr);
+    // Kept for as long as the service is unchanged, beside thousands of others: no slack.
+    endpoints.shrink_to_fit();
+    ports.shrink_to_fit();
+    endpoint_labels.shrink_to_fit();
     Some((
         cluster,
         LocalService {
@@ -586,6 +638,77 @@ mod tests {
         let fourth = state.compile();
         assert_eq!(fourth.services[&west].len(), 1);
         assert!(!fourth.exports.contains_key(&west));
+    }
+
+    #[test]
+    fn policy_is_parsed_and_derived_again_only_where_it_changed() {
+        let mut state = bootstrapped();
+        let vs = |name: &str, body: &str| {
+            res(
+                "networking.istio.io/v1",
+                "VirtualService",
+                Some("shop"),
+                None,
+                name,
+                json!({"hosts": [name], "http": [{"directResponse": {"status": 200, "body": {"string": body}}}]}),
+            )
+        };
+        let rule = res(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            Some("shop"),
+            None,
+            "a",
+            json!({"host": "a", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+        );
+        apply(
+            &mut state,
+            2,
+            vec![vs("a", "one"), vs("b", "one"), rule],
+            vec![],
+        );
+        let (first, first_claims) = (state.compile(), state.stored_claims());
+        apply(&mut state, 3, vec![vs("b", "two")], vec![]);
+        let (second, second_claims) = (state.compile(), state.stored_claims());
+
+        let routes =
+            |snap: &MeshSnapshot, name: &str| snap.routes.get(&key(name)).unwrap().routes.clone();
+        assert!(Arc::ptr_eq(
+            &routes(&first, "a.shop"),
+            &routes(&second, "a.shop")
+        ));
+        assert!(!Arc::ptr_eq(
+            &routes(&first, "b.shop"),
+            &routes(&second, "b.shop")
+        ));
+        let rule = |snap: &MeshSnapshot| {
+            snap.routes
+                .get(&key("a.shop"))
+                .unwrap()
+                .destination
+                .clone()
+                .unwrap()
+        };
+        assert!(Arc::ptr_eq(&rule(&first), &rule(&second)));
+        assert_eq!(rule(&second).subset("v1").unwrap().labels["version"], "v1");
+
+        // The apply-time claims: the same for what did not change, derived again for `b`.
+        let claims = |all: &[Arc<Claims>], name: &str| {
+            all.iter()
+                .find(|c| c.key.kind == Kind::IstioVirtualService && c.key.name == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(first_claims.len(), 3);
+        assert!(Arc::ptr_eq(
+            &claims(&first_claims, "a"),
+            &claims(&second_claims, "a")
+        ));
+        assert!(!Arc::ptr_eq(
+            &claims(&first_claims, "b"),
+            &claims(&second_claims, "b")
+        ));
+        assert_eq!(claims(&first_claims, "b"), claims(&second_claims, "b"));
     }
 
     #[test]

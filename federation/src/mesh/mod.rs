@@ -17,10 +17,12 @@ use crate::traffic::RouteTable;
 mod compile;
 mod routes;
 mod state;
+mod stored;
 pub mod token;
 
 pub use routes::{parse_retry_on, resolve_host};
 pub use state::{MeshState, RETAINED, apply_keys, cluster_resource, resource_key};
+pub use stored::StoredResource;
 
 /// Who may do what through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -235,7 +237,9 @@ pub struct WatchEvent {
     /// `ADDED`, `MODIFIED` or `DELETED`, as Kubernetes watches say.
     #[serde(rename = "type")]
     pub kind: String,
-    pub resource: Resource,
+    /// Shared with the state's copy of the same version (and with later events' until a write
+    /// replaces it), so retaining thousands of events costs pointers, not resources.
+    pub resource: Arc<StoredResource>,
 }
 
 /// One cluster as the data plane needs it.

@@ -15,9 +15,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::MeshState;
+use super::StoredResource;
 use super::compile::CacheMaps;
 use crate::model::ServiceKey;
-use crate::resource::{Kind, Resource};
+use crate::resource::{Kind, Resource, ResourceKey};
 use crate::resource::{parse_duration, parse_quantity};
 use crate::traffic::{
     ConnectionPool, DestinationPolicy, Fault, FaultAbort, FaultDelay, HashOn, HeaderOps, HttpRoute,
@@ -70,8 +71,8 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
         // No policy resource written since the table was built.
         return table.clone();
     }
-    let mut routes: HashMap<ServiceKey, (Claim, Arc<Compiled>)> = HashMap::new();
-    let mut rules: HashMap<ServiceKey, (Claim, Arc<DestinationPolicy>)> = HashMap::new();
+    let mut routes: HashMap<ServiceKey, (Arc<Claim>, Arc<Compiled>)> = HashMap::new();
+    let mut rules: HashMap<ServiceKey, (Arc<Claim>, Arc<DestinationPolicy>)> = HashMap::new();
     let mut live = std::collections::HashSet::new();
 
     let mut budgets: HashMap<ServiceKey, RetryBudget> = HashMap::new();
@@ -81,66 +82,34 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
         Kind::SmiTrafficSplit,
         Kind::LinkerdServiceProfile,
     ];
-    for (kind, ns, claim, resource) in claims(state, &route_kinds, &mut live) {
-        let spec = &resource.spec;
-        let hosts: Vec<&str> = match kind {
-            Kind::SmiTrafficSplit => spec
-                .get("service")
-                .and_then(Value::as_str)
-                .into_iter()
-                .collect(),
-            Kind::LinkerdServiceProfile => {
-                // A profile is named by the FQDN of its service.
-                let host = resource.metadata.name.as_str();
-                if let (Some(key), Some(budget)) = (
-                    resolve_host(host, ns),
-                    spec.get("retryBudget").and_then(retry_budget),
-                ) {
-                    budgets.insert(key, budget);
-                }
-                vec![host]
-            }
-            Kind::IstioVirtualService if !binds_mesh(spec.get("gateways")) => {
-                tracing::debug!(from = %claim.from, "VirtualService bound to other gateways only; nothing to do here");
-                continue;
-            }
-            _ => strings(spec.get("hosts")).collect(),
-        };
-        let compiled = cache.route_entry(resource, || {
-            Compiled::new(match kind {
-                Kind::Route => native_routes(spec, ns),
-                Kind::SmiTrafficSplit => traffic_split(spec, ns).into_iter().collect(),
-                Kind::LinkerdServiceProfile => {
-                    profile_routes(spec, resource.metadata.name.as_str(), ns)
-                }
-                _ => istio_routes(spec, ns),
-            })
-        });
-        if compiled.routes.is_empty() && kind == Kind::LinkerdServiceProfile {
+    for (kind, ns, key, stored) in claims(state, &route_kinds, &mut live) {
+        // Parsed and compiled only when the resource changed since the last compile.
+        let table = cache.route_entry(key, stored, |resource| route_table(kind, ns, resource));
+        if let Some((service, budget)) = &table.budget {
+            budgets.insert(service.clone(), *budget);
+        }
+        if table.compiled.routes.is_empty() && kind == Kind::LinkerdServiceProfile {
             continue;
         }
-        for host in hosts {
-            let Some(key) = resolve_host(host, ns) else {
-                tracing::debug!(host, from = %claim.from, "host names no mesh service; its routes are not compiled");
-                continue;
-            };
-            claim_host(&mut routes, key, &claim, || compiled.clone());
+        for service in &table.services {
+            let compiled = Arc::clone(&table.compiled);
+            claim_host(&mut routes, service.clone(), &table.claim, || compiled);
         }
     }
     let rule_kinds = [Kind::IstioDestinationRule, Kind::DestinationPolicy];
-    for (_, ns, claim, resource) in claims(state, &rule_kinds, &mut live) {
-        let Some(key) = resource
-            .spec
-            .get("host")
-            .and_then(Value::as_str)
-            .and_then(|h| resolve_host(h, ns))
-        else {
-            continue;
-        };
-        let rule = cache.route_entry(resource, || {
-            destination_policy(&resource.spec, claim.from.clone())
+    for (_, ns, key, stored) in claims(state, &rule_kinds, &mut live) {
+        let rule = cache.route_entry(key, stored, |resource| {
+            let claim = Arc::new(Claim::of(resource));
+            let host = resource.spec.get("host").and_then(Value::as_str);
+            (
+                host.and_then(|h| resolve_host(h, ns)),
+                Arc::new(destination_policy(&resource.spec, claim.from.clone())),
+                claim,
+            )
         });
-        claim_host(&mut rules, key, &claim, || rule.clone());
+        if let (Some(service), policy, claim) = rule.as_ref() {
+            claim_host(&mut rules, service.clone(), claim, || Arc::clone(policy));
+        }
     }
     let before = cache.routes.len();
     cache.routes.retain(|key, _| live.contains(key));
@@ -162,7 +131,7 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
         let policy = Arc::make_mut(entry);
         policy.index = compiled.index.clone();
         policy.routes = compiled.routes.clone();
-        policy.routes_from = Some(claim.from);
+        policy.routes_from = Some(claim.from.clone());
     }
     for (key, (_, rule)) in rules {
         let entry = table.services.entry(key).or_default();
@@ -179,24 +148,92 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
     table
 }
 
-/// The namespaced resources of `kinds`, each with its namespace and claim; their keys go
-/// into `live` (what the compile cache keeps).
+/// A stored policy resource with its kind and namespace.
+type Claimed<'s> = (Kind, &'s str, &'s ResourceKey, &'s Arc<StoredResource>);
+
+/// The namespaced resources of `kinds`, from their metadata alone; their keys go into `live`
+/// (what the compile cache keeps).
 fn claims<'s>(
     state: &'s MeshState,
     kinds: &[Kind],
-    live: &mut std::collections::HashSet<crate::resource::ResourceKey>,
-) -> Vec<(Kind, &'s str, Claim, &'s Resource)> {
+    live: &mut std::collections::HashSet<&'s ResourceKey>,
+) -> Vec<Claimed<'s>> {
     let mut out = Vec::new();
     for &kind in kinds {
-        for (key, resource) in state.entries(kind) {
-            let Some(ns) = resource.metadata.namespace.as_deref() else {
+        for (key, stored) in state.entries(kind) {
+            let Some(ns) = stored.metadata().namespace.as_deref() else {
                 continue;
             };
-            live.insert(key.clone());
-            out.push((kind, ns, Claim::of(resource), resource));
+            live.insert(key);
+            out.push((kind, ns, key, stored));
         }
     }
     out
+}
+
+/// What one route-table resource gives the services whose hosts it names; kept per stored
+/// resource, so that a compile does no work for the ones that did not change.
+struct RouteTableOf {
+    claim: Arc<Claim>,
+    /// The services its hosts name (none for a VirtualService bound to other gateways only).
+    services: Vec<ServiceKey>,
+    compiled: Arc<Compiled>,
+    /// A ServiceProfile's retry budget, for its one service.
+    budget: Option<(ServiceKey, RetryBudget)>,
+}
+
+fn route_table(kind: Kind, ns: &str, resource: &Resource) -> RouteTableOf {
+    let claim = Arc::new(Claim::of(resource));
+    let from = claim.from.as_str();
+    let spec = &resource.spec;
+    let mut budget = None;
+    let hosts: Vec<String> = match kind {
+        Kind::SmiTrafficSplit => spec
+            .get("service")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .into_iter()
+            .collect(),
+        Kind::LinkerdServiceProfile => {
+            // A profile is named by the FQDN of its service.
+            budget = spec.get("retryBudget").and_then(retry_budget);
+            vec![resource.metadata.name.clone()]
+        }
+        Kind::IstioVirtualService if !binds_mesh(spec.get("gateways")) => {
+            tracing::debug!(
+                from,
+                "VirtualService bound to other gateways only; nothing to do here"
+            );
+            Vec::new()
+        }
+        _ => strings(spec.get("hosts")).map(str::to_string).collect(),
+    };
+    let compiled = Compiled::new(match kind {
+        Kind::Route => native_routes(spec, ns),
+        Kind::SmiTrafficSplit => traffic_split(spec, ns).into_iter().collect(),
+        Kind::LinkerdServiceProfile => profile_routes(spec, resource.metadata.name.as_str(), ns),
+        _ => istio_routes(spec, ns),
+    });
+    let services: Vec<ServiceKey> = hosts
+        .iter()
+        .filter_map(|host| {
+            let service = resolve_host(host, ns);
+            if service.is_none() {
+                tracing::debug!(
+                    host,
+                    from,
+                    "host names no mesh service; its routes are not compiled"
+                );
+            }
+            service
+        })
+        .collect();
+    RouteTableOf {
+        budget: budget.and_then(|b| Some((services.first()?.clone(), b))),
+        services,
+        compiled: Arc::new(compiled),
+        claim,
+    }
 }
 
 /// Who claims a host, ordered so that the oldest claim wins.
@@ -222,9 +259,9 @@ impl Claim {
 }
 
 fn claim_host<T>(
-    table: &mut HashMap<ServiceKey, (Claim, T)>,
+    table: &mut HashMap<ServiceKey, (Arc<Claim>, T)>,
     key: ServiceKey,
-    claim: &Claim,
+    claim: &Arc<Claim>,
     value: impl FnOnce() -> T,
 ) {
     match table.get(&key) {
@@ -233,10 +270,10 @@ fn claim_host<T>(
         }
         Some((held, _)) => {
             tracing::warn!(service = %key, kept = %claim.from, ignored = %held.from, "two resources claim one host; the older one applies");
-            table.insert(key, (claim.clone(), value()));
+            table.insert(key, (Arc::clone(claim), value()));
         }
         None => {
-            table.insert(key, (claim.clone(), value()));
+            table.insert(key, (Arc::clone(claim), value()));
         }
     }
 }

@@ -8,11 +8,14 @@
 //! A command either applies whole or is refused whole: each handler checks everything it needs
 //! before its first mutation, so a refusal never leaves half a change behind.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::StoredResource;
 use super::{
     AuditEntry, Command, CommandResult, JoinRequest, Member, RefusalCode, Role, TokenRecord,
     WatchEvent, WriteResult, token,
@@ -29,7 +32,8 @@ const SNAPSHOT_FORMAT: u32 = 1;
 /// The mesh's replicated state. Applied in log order on every member.
 #[derive(Debug, Clone)]
 pub struct MeshState {
-    resources: BTreeMap<ResourceKey, Resource>,
+    /// `Arc`: the watch events of the current versions share them.
+    resources: BTreeMap<ResourceKey, Arc<StoredResource>>,
     tokens: BTreeMap<String, TokenRecord>,
     members: BTreeMap<u64, Member>,
     audit: VecDeque<AuditEntry>,
@@ -168,7 +172,7 @@ impl MeshState {
             bootstrapped: self.bootstrapped,
             last_node_id: self.last_node_id,
             events_trimmed_through: self.events_trimmed_through,
-            resources: self.resources.values().collect(),
+            resources: self.resources.values().map(Arc::as_ref).collect(),
             tokens: self.tokens.values().collect(),
             members: self.members.values().collect(),
             audit: &self.audit,
@@ -192,10 +196,12 @@ impl MeshState {
         for resource in image.resources {
             let key = resource_key(&resource)
                 .map_err(|e| format!("mesh snapshot resource {:?}: {e}", resource.metadata.name))?;
-            if let Some(dup) = resources.insert(key.clone(), resource) {
+            if let Some(dup) =
+                resources.insert(key.clone(), Arc::new(StoredResource::new(resource)))
+            {
                 return Err(format!(
                     "mesh snapshot holds {key} twice (name {:?})",
-                    dup.metadata.name
+                    dup.metadata().name
                 ));
             }
         }
@@ -211,12 +217,14 @@ impl MeshState {
                 return Err(format!("mesh snapshot holds member {} twice", dup.node_id));
             }
         }
+        let mut events = image.events;
+        share_current_versions(&mut events, &resources);
         *self = Self {
             resources,
             tokens,
             members,
             audit: image.audit,
-            events: image.events,
+            events,
             applied: image.applied,
             bootstrapped: image.bootstrapped,
             last_node_id: image.last_node_id,
@@ -238,13 +246,23 @@ impl MeshState {
         self.bootstrapped
     }
 
-    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+    /// The resource at `key`, parsed (see [`StoredResource`]).
+    pub fn get(&self, key: &ResourceKey) -> Option<Cow<'_, Resource>> {
+        self.resources.get(key).map(|stored| stored.resource())
+    }
+
+    /// The resource at `key` as stored: cheap to clone out of a read of the state, and
+    /// serialized to JSON without parsing.
+    pub fn stored(&self, key: &ResourceKey) -> Option<&Arc<StoredResource>> {
         self.resources.get(key)
     }
 
     /// Resources of `kind`, optionally limited to a namespace and/or cluster, ordered by key.
     /// Every resource of `kind` with its key, in key order (namespace, cluster, name).
-    pub(crate) fn entries(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &Resource)> {
+    pub(crate) fn entries(
+        &self,
+        kind: Kind,
+    ) -> impl Iterator<Item = (&ResourceKey, &Arc<StoredResource>)> {
         let first = ResourceKey {
             kind,
             namespace: String::new(),
@@ -261,7 +279,7 @@ impl MeshState {
         kind: Kind,
         namespace: Option<&str>,
         cluster: Option<&str>,
-    ) -> Vec<&Resource> {
+    ) -> Vec<&Arc<StoredResource>> {
         let first = ResourceKey {
             kind,
             namespace: String::new(),
@@ -415,7 +433,7 @@ impl MeshState {
         actor: &str,
         at: &str,
     ) -> CommandResult {
-        let current = self.resources.get(&key).map_or(0, version);
+        let current = self.stored(&key).map_or(0, |s| version_of(s.metadata()));
         let result = if let Some(want) = expect
             && want != current
         {
@@ -426,9 +444,11 @@ impl MeshState {
             self.events.push_back(WatchEvent {
                 index,
                 kind: "DELETED".into(),
-                resource: resource.clone(),
+                resource: Arc::clone(&resource),
             });
-            WriteResult::Deleted { resource }
+            WriteResult::Deleted {
+                resource: resource.resource().into_owned(),
+            }
         } else {
             WriteResult::NotFound { key }
         };
@@ -586,7 +606,7 @@ impl MeshState {
             ));
         }
         let key = cluster_key(request.cluster.as_str());
-        let mut cluster = match self.resources.get(&key) {
+        let mut cluster = match self.get(&key) {
             Some(existing) => {
                 let stored = existing.spec.get("trustDomain").and_then(Value::as_str);
                 if stored != Some(request.trust_domain.as_str()) {
@@ -615,7 +635,7 @@ impl MeshState {
                         ),
                     ));
                 }
-                existing.clone()
+                existing.into_owned()
             }
             None => cluster_resource(
                 &request.cluster,
@@ -654,8 +674,8 @@ impl MeshState {
             ));
         };
         let key = cluster_key(member.cluster.as_str());
-        if let Some(existing) = self.resources.get(&key) {
-            let mut cluster = existing.clone();
+        if let Some(existing) = self.get(&key) {
+            let mut cluster = existing.into_owned();
             if remove_gateway(&mut cluster.spec, &member.name) {
                 self.write(index, at, actor, "member.remove", key, cluster);
             }
@@ -675,8 +695,8 @@ impl MeshState {
         expect: Option<u64>,
         stamp: Option<(u64, &str)>,
     ) -> Planned {
-        let existing = self.resources.get(&key);
-        let current = existing.map_or(0, version);
+        let existing = self.get(&key);
+        let current = existing.as_ref().map_or(0, |e| version_of(&e.metadata));
         if let Some(want) = expect
             && want != current
         {
@@ -690,15 +710,15 @@ impl MeshState {
             };
         }
         match existing {
-            Some(stored) if same_content(stored, given) => Planned {
+            Some(stored) if same_content(&stored, given) => Planned {
                 result: WriteResult::Unchanged {
-                    resource: stored.clone(),
+                    resource: stored.into_owned(),
                 },
                 key,
                 write: None,
             },
             _ => {
-                let resource = stored_form(&key, given, existing, stamp);
+                let resource = stored_form(&key, given, existing.as_deref(), stamp);
                 let result = if existing.is_some() {
                     WriteResult::Updated {
                         resource: resource.clone(),
@@ -749,10 +769,11 @@ impl MeshState {
             ("ADDED", "created")
         };
         self.record(index, at, actor, action, format!("{key} ({verb})"));
+        let resource = Arc::new(StoredResource::new(resource));
         self.events.push_back(WatchEvent {
             index,
             kind: event.into(),
-            resource: resource.clone(),
+            resource: Arc::clone(&resource),
         });
         self.compiled.lock().touch(key.kind);
         self.resources.insert(key, resource);
@@ -792,6 +813,24 @@ impl MeshState {
     }
 }
 
+/// Points each restored event that carries a resource's current version at the state's copy,
+/// as [`MeshState::commit`] would have: a snapshot holds them apart.
+fn share_current_versions(
+    events: &mut VecDeque<WatchEvent>,
+    resources: &BTreeMap<ResourceKey, Arc<StoredResource>>,
+) {
+    for event in events {
+        let current = resource_key(&event.resource.resource())
+            .ok()
+            .and_then(|key| resources.get(&key));
+        if let Some(current) = current
+            && **current == *event.resource
+        {
+            event.resource = Arc::clone(current);
+        }
+    }
+}
+
 /// One resource's planned fate in a write.
 struct Planned {
     key: ResourceKey,
@@ -809,7 +848,7 @@ struct ImageRef<'a> {
     bootstrapped: bool,
     last_node_id: u64,
     events_trimmed_through: Option<u64>,
-    resources: Vec<&'a Resource>,
+    resources: Vec<&'a StoredResource>,
     tokens: Vec<&'a TokenRecord>,
     members: Vec<&'a Member>,
     audit: &'a VecDeque<AuditEntry>,
@@ -911,9 +950,8 @@ fn same_content(stored: &Resource, given: &Resource) -> bool {
 }
 
 /// A stored resource's version (its `resourceVersion`; 0 if unreadable, which we never write).
-fn version(resource: &Resource) -> u64 {
-    resource
-        .metadata
+fn version_of(metadata: &ObjectMeta) -> u64 {
+    metadata
         .resource_version
         .as_deref()
         .and_then(|v| v.parse().ok())
@@ -1452,7 +1490,7 @@ pub(super) mod tests {
         let c = state.get(&cluster_key("west")).unwrap();
         assert_eq!(c.metadata.namespace, None);
         let r = &state.list(Kind::Route, Some("prod"), None)[0];
-        assert_eq!(r.metadata.cluster, None);
+        assert_eq!(r.metadata().cluster, None);
         assert_eq!(
             state.list(Kind::Service, Some("prod"), Some("east")).len(),
             1
@@ -1493,8 +1531,8 @@ pub(super) mod tests {
             .map(|r| {
                 format!(
                     "{}/{}",
-                    r.metadata.namespace.as_deref().unwrap(),
-                    r.metadata.name
+                    r.metadata().namespace.as_deref().unwrap(),
+                    r.metadata().name
                 )
             })
             .collect();
@@ -1569,7 +1607,7 @@ pub(super) mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!((events[0].index, events[0].kind.as_str()), (3, "DELETED"));
         assert_eq!(
-            events[0].resource.metadata.resource_version.as_deref(),
+            events[0].resource.metadata().resource_version.as_deref(),
             Some("1")
         );
         let audit: Vec<_> = state
@@ -2044,6 +2082,11 @@ pub(super) mod tests {
         let mut restored = MeshState::with_retention(4);
         restored.restore(&image).unwrap();
         assert_eq!(restored.snapshot(), image);
+        // The newest event carries the current version: one copy, as before the snapshot.
+        let newest = &restored.events.back().unwrap().resource;
+        assert!(Arc::ptr_eq(newest, restored.stored(&vs_key("a")).unwrap()));
+        let older = &restored.events.front().unwrap().resource;
+        assert!(!Arc::ptr_eq(older, restored.stored(&vs_key("a")).unwrap()));
         assert_eq!(restored.applied(), 9);
         assert!(restored.is_bootstrapped());
         assert_eq!(restored.events_since(0), state.events_since(0));

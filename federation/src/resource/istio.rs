@@ -399,7 +399,7 @@ const LOCALITY_LB: Shape = obj(&[
         "failover",
         list(&obj(&[field("from", STR), field("to", STR)])),
     ),
-    field("failoverPriority", STRINGS).not_enforced(),
+    field("failoverPriority", STRINGS),
 ]);
 
 const LOAD_BALANCER: Shape = obj_with(

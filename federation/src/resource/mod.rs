@@ -29,7 +29,9 @@ mod traffic;
 
 pub use check::{Checked, DEFAULT_NAMESPACE, Namespacing, key_of, validate, validate_in};
 pub use parse::parse_documents;
-pub use references::{CROSS_CHECKED, Findings, cross_check, service_host};
+pub use references::{
+    CROSS_CHECKED, Claims, Findings, cross_check, cross_check_claims, service_host,
+};
 pub use schema::{NOT_ENFORCED, parse_duration};
 pub use smi::parse_quantity;
 pub use traffic::build_regex;

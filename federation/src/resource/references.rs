@@ -49,63 +49,98 @@ pub fn service_host(host: &str, namespace: &str) -> String {
     }
 }
 
+/// What [`cross_check`] needs of one stored resource: the hosts it routes and the subsets it
+/// defines. Derived once per stored version (see `MeshState::stored_claims`), so that an apply
+/// does not read every stored route table again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claims {
+    pub key: ResourceKey,
+    /// The hosts a route table claims, as services, each with its field path.
+    hosts: Vec<(String, String)>,
+    /// The host (as a service) whose subsets a rule defines, and their names.
+    subsets: Option<(String, Vec<String>)>,
+}
+
+impl Claims {
+    pub fn of(key: ResourceKey, resource: &Resource) -> Self {
+        let subsets = matches!(
+            key.kind,
+            Kind::IstioDestinationRule | Kind::DestinationPolicy
+        )
+        .then(|| resource.spec.get("host").and_then(Value::as_str))
+        .flatten()
+        .map(|host| {
+            let names = items(&resource.spec, "subsets")
+                .iter()
+                .filter_map(|s| s.get("name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect();
+            (service_host(host, &key.namespace), names)
+        });
+        Claims {
+            hosts: route_hosts(&key, resource),
+            subsets,
+            key,
+        }
+    }
+}
+
 /// Checks `applied` (validated documents, in request order) against `stored` (the stored
 /// resources of the [`CROSS_CHECKED`] kinds). A stored resource that an applied one replaces
 /// is left out.
 pub fn cross_check(applied: &[Resource], stored: &[&Resource]) -> Findings {
+    let stored: Vec<Claims> = stored
+        .iter()
+        .filter_map(|r| Some(Claims::of(key_of(r).ok()?, r)))
+        .collect();
+    cross_check_claims(applied, &stored.iter().collect::<Vec<_>>())
+}
+
+/// [`cross_check`], with the stored resources as their [`Claims`].
+pub fn cross_check_claims(applied: &[Resource], stored: &[&Claims]) -> Findings {
     let applied_keys: Vec<Option<ResourceKey>> = applied.iter().map(|r| key_of(r).ok()).collect();
     let replaced: BTreeSet<&ResourceKey> = applied_keys.iter().flatten().collect();
-    let kept: Vec<(ResourceKey, &Resource)> = stored
+    let kept: Vec<&Claims> = stored
         .iter()
-        .filter_map(|r| key_of(r).ok().map(|k| (k, *r)))
-        .filter(|(k, _)| !replaced.contains(k))
+        .copied()
+        .filter(|c| !replaced.contains(&c.key))
         .collect();
-    let fresh: Vec<(usize, ResourceKey, &Resource)> = applied_keys
-        .into_iter()
+    let fresh: Vec<(usize, Claims, &Resource)> = applied_keys
+        .iter()
         .zip(applied)
         .enumerate()
-        .filter_map(|(i, (k, r))| k.map(|k| (i, k, r)))
+        .filter_map(|(i, (k, r))| Some((i, Claims::of(k.clone()?, r), r)))
         .collect();
 
-    let mut subsets: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    let all = kept
-        .iter()
-        .map(|(k, r)| (k, *r))
-        .chain(fresh.iter().map(|(_, k, r)| (k, *r)));
-    for (key, resource) in all {
-        if matches!(
-            key.kind,
-            Kind::IstioDestinationRule | Kind::DestinationPolicy
-        ) && let Some(host) = resource.spec.get("host").and_then(Value::as_str)
-        {
-            let names = items(&resource.spec, "subsets")
-                .iter()
-                .filter_map(|s| s.get("name").and_then(Value::as_str));
+    let mut subsets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for claims in kept.iter().copied().chain(fresh.iter().map(|(_, c, _)| c)) {
+        if let Some((host, names)) = &claims.subsets {
             subsets
-                .entry(service_host(host, &key.namespace))
+                .entry(host.as_str())
                 .or_default()
-                .extend(names);
+                .extend(names.iter().map(String::as_str));
         }
     }
 
     let mut findings = Findings::default();
     // First claim wins: stored ones, then the request's in order.
     let mut claims: BTreeMap<(String, String), ResourceKey> = BTreeMap::new();
-    for (key, resource) in &kept {
-        for (_, host) in route_hosts(key, resource) {
+    for stored in &kept {
+        for (_, host) in &stored.hosts {
             claims
-                .entry((key.namespace.clone(), host))
-                .or_insert_with(|| key.clone());
+                .entry((stored.key.namespace.clone(), host.clone()))
+                .or_insert_with(|| stored.key.clone());
         }
     }
-    for (i, key, resource) in &fresh {
-        for (field, host) in route_hosts(key, resource) {
+    for (i, fresh, resource) in &fresh {
+        let key = &fresh.key;
+        for (field, host) in &fresh.hosts {
             let claim = (key.namespace.clone(), host.clone());
             match claims.get(&claim) {
                 Some(other) if other != key => findings.conflicts.push((
                     *i,
                     FieldError {
-                        field,
+                        field: field.clone(),
                         message: format!(
                             "host {host} is already routed by {other}; one route table per host \
                              (Istio would silently use the older one): merge the two, or delete \
@@ -121,7 +156,10 @@ pub fn cross_check(applied: &[Resource], stored: &[&Resource]) -> Findings {
         }
         for (field, host, subset) in subset_references(key.kind, &resource.spec) {
             let host = service_host(host, &key.namespace);
-            if !subsets.get(&host).is_some_and(|s| s.contains(subset)) {
+            if !subsets
+                .get(host.as_str())
+                .is_some_and(|s| s.contains(subset))
+            {
                 findings.warnings.push((
                     *i,
                     FieldError {
