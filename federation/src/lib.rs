@@ -4,6 +4,7 @@
 //! services, trust domains, SPIFFE IDs) and is the only crate that issues certificates.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod identity;
 pub mod mesh;
 pub mod model;

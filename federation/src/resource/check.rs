@@ -548,12 +548,18 @@ fn check_spec(kind: Option<Kind>, spec: &Value, report: &mut Report) {
     }
 }
 
-/// Istio: `action: CUSTOM` delegates to the named `provider`, and only it takes one.
+/// Istio: `action: CUSTOM` delegates to the named `provider`, and only it takes one. Causeway
+/// calls no external authorizer, so it refuses CUSTOM outright rather than store a policy that
+/// could never be enforced as written (`authz::Policy::compile` refuses it too).
 fn check_custom_action(spec: &Value, report: &mut Report) {
     let custom = spec.get("action").and_then(Value::as_str) == Some("CUSTOM");
-    match (custom, spec.get("provider").is_some()) {
-        (true, false) => report.error("spec.provider", "required when action is CUSTOM"),
-        (false, true) => report.error("spec.provider", "only allowed when action is CUSTOM"),
-        _ => {}
+    if custom {
+        report.error(
+            "spec.action",
+            "CUSTOM delegates to an external authorizer (spec.provider), which Causeway does not \
+             call; write the rules as ALLOW, DENY or AUDIT policies",
+        );
+    } else if spec.get("provider").is_some() {
+        report.error("spec.provider", "only allowed when action is CUSTOM");
     }
 }

@@ -580,11 +580,10 @@ spec:
         r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: ext-authz, namespace: prod}
+metadata: {name: audit-all, namespace: prod}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
-  action: CUSTOM
-  provider: {name: my-ext-authz}
+  action: AUDIT
   rules:
   - from:
     - source: {requestPrincipals: ["*"], notNamespaces: [dev], ipBlocks: [10.0.0.0/8], remoteIpBlocks: [1.2.3.4], notPrincipals: [x], serviceAccounts: [ns/sa]}
@@ -598,6 +597,14 @@ spec:
     );
     refused_at(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: CUSTOM}\n",
+        "spec.action",
+    );
+    refused_at(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}\n",
+        "spec.action",
+    );
+    refused_at(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: DENY, provider: {name: opa}}\n",
         "spec.provider",
     );
     refused_at(
