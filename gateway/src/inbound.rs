@@ -31,6 +31,12 @@ use crate::preamble::{
     self, Catalog, CatalogPort, CatalogService, Preamble, StreamRequest, Verdict, VerdictCode,
 };
 
+/// How long past the caller's deadline the destination still waits for its endpoint. The
+/// caller's own timer started first and answers with its route's message and flag (`UT`); that
+/// is the answer a client should see, not a race between two clocks that run out together.
+/// The destination's deadline is there to bound the work left behind.
+const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// Header naming the verified caller, set (never passed through) by the destination gateway.
 pub const SOURCE_PRINCIPAL_HEADER: &str = "x-causeway-source-principal";
 /// Header naming the caller's cluster, set by the destination gateway.
@@ -509,11 +515,13 @@ async fn serve_http(
             headers.insert(SOURCE_CLUSTER_HEADER, v.clone());
         }
         async move {
-            // The caller stops waiting at its deadline; so does the upstream call.
+            // The caller stops waiting at its deadline; so does the upstream call, a moment
+            // later (see DEADLINE_GRACE).
             let budget = deadline
                 .map(|d| {
                     d.duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
+                        + DEADLINE_GRACE
                 })
                 .unwrap_or(Duration::MAX);
             let response = match upstream {
