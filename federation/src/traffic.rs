@@ -18,7 +18,8 @@ pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// The route table of the mesh: for each service, how calls to it are routed and treated.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    pub services: HashMap<ServiceKey, Arc<ServicePolicy>>,
+    /// Rebuilt on every policy change and read on every request: foldhash, not SipHash.
+    pub services: foldhash::HashMap<ServiceKey, Arc<ServicePolicy>>,
 }
 
 impl RouteTable {

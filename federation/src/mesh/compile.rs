@@ -73,10 +73,10 @@ pub(crate) struct CacheMaps {
     services_compiled: Option<(ServicesByCluster, ExportsByCluster)>,
     /// What apply-time cross-checks need of each stored route table and rule, with the stored
     /// resource it came from.
-    claims: HashMap<ResourceKey, (Arc<StoredResource>, Arc<Claims>)>,
+    claims: foldhash::HashMap<ResourceKey, (Arc<StoredResource>, Arc<Claims>)>,
     /// What each policy resource compiled to, with the stored resource it came from.
     pub(super) routes:
-        HashMap<ResourceKey, (Arc<StoredResource>, Arc<dyn std::any::Any + Send + Sync>)>,
+        foldhash::HashMap<ResourceKey, (Arc<StoredResource>, Arc<dyn std::any::Any + Send + Sync>)>,
 }
 
 impl Clone for Cache {

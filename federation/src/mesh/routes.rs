@@ -8,7 +8,7 @@
 //! down. Where two resources claim one host, the older one (by creation time, then namespace
 //! and name) wins, as Istio's sidecars do; the apply path refuses the second in one namespace.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,11 +71,13 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<RouteTabl
         // No policy resource written since the table was built.
         return table.clone();
     }
-    let mut routes: HashMap<ServiceKey, (Arc<Claim>, Arc<Compiled>)> = HashMap::new();
-    let mut rules: HashMap<ServiceKey, (Arc<Claim>, Arc<DestinationPolicy>)> = HashMap::new();
-    let mut live = std::collections::HashSet::new();
+    let mut routes: foldhash::HashMap<ServiceKey, (Arc<Claim>, Arc<Compiled>)> =
+        foldhash::HashMap::default();
+    let mut rules: foldhash::HashMap<ServiceKey, (Arc<Claim>, Arc<DestinationPolicy>)> =
+        foldhash::HashMap::default();
+    let mut live = foldhash::HashSet::default();
 
-    let mut budgets: HashMap<ServiceKey, RetryBudget> = HashMap::new();
+    let mut budgets: foldhash::HashMap<ServiceKey, RetryBudget> = foldhash::HashMap::default();
     let route_kinds = [
         Kind::IstioVirtualService,
         Kind::Route,
@@ -156,7 +158,7 @@ type Claimed<'s> = (Kind, &'s str, &'s ResourceKey, &'s Arc<StoredResource>);
 fn claims<'s>(
     state: &'s MeshState,
     kinds: &[Kind],
-    live: &mut std::collections::HashSet<&'s ResourceKey>,
+    live: &mut foldhash::HashSet<&'s ResourceKey>,
 ) -> Vec<Claimed<'s>> {
     let mut out = Vec::new();
     for &kind in kinds {
@@ -259,7 +261,7 @@ impl Claim {
 }
 
 fn claim_host<T>(
-    table: &mut HashMap<ServiceKey, (Arc<Claim>, T)>,
+    table: &mut foldhash::HashMap<ServiceKey, (Arc<Claim>, T)>,
     key: ServiceKey,
     claim: &Arc<Claim>,
     value: impl FnOnce() -> T,
