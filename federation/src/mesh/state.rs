@@ -257,7 +257,6 @@ impl MeshState {
         self.resources.get(key)
     }
 
-    /// Resources of `kind`, optionally limited to a namespace and/or cluster, ordered by key.
     /// Every resource of `kind` with its key, in key order (namespace, cluster, name).
     pub(crate) fn entries(
         &self,
@@ -274,21 +273,14 @@ impl MeshState {
             .take_while(move |(key, _)| key.kind == kind)
     }
 
+    /// Resources of `kind`, optionally limited to a namespace and/or cluster, ordered by key.
     pub fn list(
         &self,
         kind: Kind,
         namespace: Option<&str>,
         cluster: Option<&str>,
     ) -> Vec<&Arc<StoredResource>> {
-        let first = ResourceKey {
-            kind,
-            namespace: String::new(),
-            cluster: String::new(),
-            name: String::new(),
-        };
-        self.resources
-            .range(first..)
-            .take_while(|(key, _)| key.kind == kind)
+        self.entries(kind)
             .filter(|(key, _)| {
                 namespace.is_none_or(|ns| key.namespace == ns)
                     && cluster.is_none_or(|c| key.cluster == c)
