@@ -149,6 +149,9 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         cluster: config.cluster.clone(),
         tunnel_addr: config.listen.tunnel,
         outbound_addr: config.listen.outbound,
+        workload_addr: Some(config.listen.workload),
+        attribute_by_address: config.security.trust_source_address,
+        root_namespace: config.security.root_namespace.clone(),
         dns_addr: config.listen.dns,
         tunnel: gateway::TunnelSettings {
             keep_alive: config.tunnel.keep_alive,
@@ -337,7 +340,8 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         .with_store(mesh, parts.node.clone(), Some(forward))
         .with_tunnels(tunnel_views_rx)
         .with_data_dir(config.data_dir.clone())
-        .with_admin_metrics(admin_metrics);
+        .with_admin_metrics(admin_metrics)
+        .with_svid_signer(owner.ca().clone());
     let store = Some(parts);
     let admin_stop = stopped();
     control_tasks.spawn(async move {
@@ -353,6 +357,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         node_id,
         tunnel = %gateway_addrs.tunnel,
         outbound = %gateway_addrs.outbound,
+        workload = %gateway_addrs.workload.map_or("off".into(), |a| a.to_string()),
         dns = %gateway_addrs.dns_udp,
         admin = %admin,
         raft = %raft,

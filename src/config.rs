@@ -31,6 +31,7 @@ const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 // Istio's port habits (DESIGN.md "Defaults"), so operators feel at home.
 const TUNNEL_PORT: u16 = 15443;
 const OUTBOUND_PORT: u16 = 15001;
+const WORKLOAD_PORT: u16 = 15008;
 const DNS_PORT: u16 = 15053;
 const ADMIN_PORT: u16 = 15000;
 const RAFT_PORT: u16 = 15012;
@@ -53,6 +54,7 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub shutdown: ShutdownSettings,
     pub dataplane: DataplaneSettings,
+    pub security: SecuritySettings,
     /// A fixed Raft group from the file; `None` starts a one-member group (or joins one, with
     /// `join`). Either way the Raft listener is bound.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +76,8 @@ pub struct Listen {
     pub tunnel: SocketAddr,
     /// TCP: local clients' outbound traffic.
     pub outbound: SocketAddr,
+    /// TCP: workloads of this cluster calling over mutual TLS with their SVID.
+    pub workload: SocketAddr,
     /// UDP and TCP: the mesh DNS zone.
     pub dns: SocketAddr,
     /// TCP: admin API and metrics.
@@ -217,6 +221,28 @@ pub struct DataplaneSettings {
     pub idle_timeout: Duration,
 }
 
+/// How the boundary treats callers (`[security]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecuritySettings {
+    /// The mesh's root namespace: its PeerAuthentication and AuthorizationPolicy without a
+    /// selector hold for every workload of the mesh (Istio's `istio-system`).
+    pub root_namespace: String,
+    /// Attribute a plaintext client of the outbound listener to the workload registered at its
+    /// source address (an endpoint's `serviceAccount`), as ztunnel trusts the node network.
+    /// Only for clusters whose network makes source addresses unforgeable; off by default,
+    /// where such a client is anonymous.
+    pub trust_source_address: bool,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            root_namespace: "istio-system".into(),
+            trust_source_address: false,
+        }
+    }
+}
+
 /// Longest `busy_poll` accepted: beyond it a slow upstream would keep a core spinning.
 const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
@@ -300,6 +326,10 @@ pub struct Overrides {
     /// Outbound listener for local clients (TCP) [default: <bind>:15001]
     #[arg(long, env = "CAUSEWAY_OUTBOUND_ADDR", value_name = "ADDR")]
     pub outbound_addr: Option<SocketAddr>,
+    /// Workload listener: this cluster's workloads call over mutual TLS with their SVID
+    /// (TCP) [default: <bind>:15008]
+    #[arg(long, env = "CAUSEWAY_WORKLOAD_ADDR", value_name = "ADDR")]
+    pub workload_addr: Option<SocketAddr>,
     /// Mesh DNS listener (UDP and TCP) [default: <bind>:15053]
     #[arg(long, env = "CAUSEWAY_DNS_ADDR", value_name = "ADDR")]
     pub dns_addr: Option<SocketAddr>,
@@ -468,8 +498,9 @@ impl Config {
         let file_data_dir = r.take(&mut root, "", "data_dir", path);
         let file_bind = r.take(&mut root, "", "bind", ip_addr);
         let mut t = r.section(&mut root, "listen");
-        let [tunnel, outbound, dns, admin, raft] = ["tunnel", "outbound", "dns", "admin", "raft"]
-            .map(|key| r.take(&mut t, "listen", key, socket_addr));
+        let [tunnel, outbound, workload, dns, admin, raft] =
+            ["tunnel", "outbound", "workload", "dns", "admin", "raft"]
+                .map(|key| r.take(&mut t, "listen", key, socket_addr));
         r.finish(t, "listen");
         let admin_settings = read_admin(&mut r, &mut root);
         let tunnel_settings = read_tunnel(&mut r, &mut root);
@@ -522,6 +553,7 @@ impl Config {
                 .unwrap_or(DataplaneSettings::default().idle_timeout),
         };
         r.finish(t, "dataplane");
+        let security = read_security(&mut r, &mut root);
         let has_store = root.contains_key("store");
         let store = read_store(&mut r, &mut root);
         let peers = read_peers(&mut r, &mut root, base_dir);
@@ -574,6 +606,7 @@ impl Config {
         let listen = Listen {
             tunnel: at(ov.tunnel_addr, tunnel, TUNNEL_PORT),
             outbound: at(ov.outbound_addr, outbound, OUTBOUND_PORT),
+            workload: at(ov.workload_addr, workload, WORKLOAD_PORT),
             dns: at(ov.dns_addr, dns, DNS_PORT),
             admin: at(ov.admin_addr, admin, ADMIN_PORT),
             raft: at(ov.raft_addr, raft, RAFT_PORT),
@@ -603,6 +636,7 @@ impl Config {
                 identity,
                 shutdown,
                 dataplane,
+                security,
                 store,
                 join,
                 // Entries are `None` only when something in them was reported.
@@ -628,6 +662,29 @@ fn read_admin(r: &mut Reader, root: &mut Table) -> AdminSettings {
         tls,
         // Bad entries are reported, so the config is refused anyway.
         names: names.unwrap_or_default().into_iter().flatten().collect(),
+    }
+}
+
+fn read_security(r: &mut Reader, root: &mut Table) -> SecuritySettings {
+    let (mut t, p, d) = (
+        r.section(root, "security"),
+        "security",
+        SecuritySettings::default(),
+    );
+    let root_namespace = r
+        .take(&mut t, p, "root_namespace", |v| {
+            let name = string(v, "a namespace name")?;
+            check_dns_label("root namespace", &name).map_err(|e| e.to_string())?;
+            Ok(name)
+        })
+        .unwrap_or(d.root_namespace);
+    let trust_source_address = r
+        .take(&mut t, p, "trust_source_address", boolean)
+        .unwrap_or(d.trust_source_address);
+    r.finish(t, p);
+    SecuritySettings {
+        root_namespace,
+        trust_source_address,
     }
 }
 
@@ -873,6 +930,7 @@ fn read_services(r: &mut Reader, root: &mut Table) -> Vec<Option<LocalService>> 
             .ok()?;
         Some(LocalService {
             endpoint_labels: Default::default(),
+            endpoint_accounts: Default::default(),
             key,
             ports: ports?.into_iter().collect::<Option<_>>()?,
             endpoints: endpoints?.into_iter().collect::<Option<_>>()?,
@@ -1018,6 +1076,7 @@ fn check_listen(r: &mut Reader, listen: &Listen) {
     let all = [
         ("listen.tunnel", listen.tunnel),
         ("listen.outbound", listen.outbound),
+        ("listen.workload", listen.workload),
         ("listen.dns", listen.dns),
         ("listen.admin", listen.admin),
         ("listen.raft", listen.raft),
@@ -1464,6 +1523,7 @@ mod tests {
             Listen {
                 tunnel: addr("127.0.0.1:15443"),
                 outbound: addr("127.0.0.1:15001"),
+                workload: addr("127.0.0.1:15008"),
                 dns: addr("127.0.0.1:15053"),
                 admin: addr("127.0.0.1:15000"),
                 raft: addr("127.0.0.1:15012"),

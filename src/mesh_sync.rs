@@ -20,7 +20,7 @@ use crate::seed::MeshFeed;
 
 /// `compiled` laid over `seed`: the store's clusters replace the seed's of the same name; this
 /// cluster's services are the seed's plus the store's (the store's win by name); exports per
-/// cluster likewise; the route table is the store's.
+/// cluster likewise; the route table and the security policy are the store's.
 pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
     let mut out = seed.clone();
     out.version = compiled.version;
@@ -57,8 +57,9 @@ pub fn merge(seed: &MeshSnapshot, compiled: &MeshSnapshot) -> MeshSnapshot {
         }
     }
     out.members = compiled.members.clone();
-    // Traffic policy lives only in the store.
+    // Traffic and security policy live only in the store.
     out.routes = compiled.routes.clone();
+    out.security = compiled.security.clone();
     out
 }
 
@@ -141,6 +142,7 @@ mod tests {
     fn service(key: &str, port: u16) -> LocalService {
         LocalService {
             endpoint_labels: Default::default(),
+            endpoint_accounts: Default::default(),
             key: key.parse().unwrap(),
             ports: vec![ServicePort {
                 port,
@@ -191,6 +193,9 @@ mod tests {
             .find(|s| s.key.to_string() == "b.demo")
             .unwrap();
         assert_eq!(b.ports[0].port, 8080);
+        // Policy comes from the store alone, shared as compiled.
+        assert!(Arc::ptr_eq(&merged.routes, &compiled.routes));
+        assert!(Arc::ptr_eq(&merged.security, &compiled.security));
     }
 
     #[test]

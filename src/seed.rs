@@ -215,6 +215,7 @@ mod tests {
     fn service(key: &str, export: bool) -> LocalService {
         LocalService {
             endpoint_labels: Default::default(),
+            endpoint_accounts: Default::default(),
             key: key.parse().unwrap(),
             ports: vec![ServicePort {
                 port: 8080,

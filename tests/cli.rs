@@ -146,3 +146,147 @@ fn help_names_the_commands() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CAUSEWAY_CLUSTER"), "{text}");
 }
+
+/// `causeway svid issue` against a real gateway: the key is made and kept here (0600 from
+/// creation), the certificate names the workload and chains to the bundle written beside it,
+/// an existing key is replaced only with --force, and only admins get SVIDs.
+#[test]
+fn svid_issue_writes_a_key_and_an_svid_of_the_gateways_cluster() {
+    use federation::identity::{TrustBundles, TrustDomain, TrustStore, fuzzing, peer_spiffe_id};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_in(&["gateway", "--bind", "127.41.0.3"], &[], Some(dir.path()));
+    let data = dir.path().join("causeway-data");
+    let token = support::admin_token(&data);
+    let ca = data.join("ca/ca.pem");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let config_home = tempfile::tempdir().unwrap();
+    let server = format!("https://{}", gw.admin);
+    let cli = |token: &str, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--server", &server, "--token", token, "--ca-file"])
+            .arg(&ca)
+            .current_dir(&work)
+            .env("XDG_CONFIG_HOME", config_home.path())
+            .env_remove("CAUSEWAY_SERVER")
+            .env_remove("CAUSEWAY_TOKEN")
+            .env_remove("CAUSEWAY_CA_FILE")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let issue = [
+        "svid",
+        "issue",
+        "--namespace",
+        "shop",
+        "--service-account",
+        "web",
+    ];
+
+    let (code, stdout, stderr) = cli(&token, &issue);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let out_dir = work.join("svid-shop-web");
+    let (key, cert, bundle) = (
+        out_dir.join("key.pem"),
+        out_dir.join("cert.pem"),
+        out_dir.join("bundle.pem"),
+    );
+    let id = "spiffe://local.mesh/ns/shop/sa/web";
+    for expected in [
+        id,
+        "Not after:",
+        "svid-shop-web/key.pem",
+        "svid-shop-web/cert.pem",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected} missing from:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("svid-shop-web/bundle.pem"), "{stdout}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&out_dir), 0o700);
+
+    // The certificate names the workload, chains to bundle.pem (the cluster's CA), is accepted
+    // by the gateways' own SPIFFE verifier, and certifies the key written beside it.
+    let bundle_pem = std::fs::read_to_string(&bundle).unwrap();
+    assert_eq!(bundle_pem, std::fs::read_to_string(&ca).unwrap());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(peer_spiffe_id(&chain).unwrap().as_str(), id);
+    let mut bundles = TrustBundles::new();
+    bundles
+        .insert_pem(TrustDomain::parse("local.mesh").unwrap(), &bundle_pem)
+        .unwrap();
+    fuzzing::verify_client_chain(&TrustStore::new(bundles), &chain, UnixTime::now()).unwrap();
+    let key_matches = |key: &std::path::Path| {
+        let der = PrivateKeyDer::from_pem_file(key).unwrap();
+        let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rustls::sign::CertifiedKey::new(chain, signer).keys_match()
+    };
+    key_matches(&key).unwrap();
+
+    // The gateway logged who issued what, naming the token by its id only.
+    let token_id = token
+        .strip_prefix("cw_")
+        .unwrap()
+        .split('_')
+        .next()
+        .unwrap();
+    eventually("the issuance in the log", Duration::from_secs(10), || {
+        gw.logs()
+            .lines()
+            .find(|l| l.contains("issued a workload SVID") && l.contains(id))
+            .map(str::to_string)
+    });
+    let logs = gw.logs();
+    assert!(logs.contains(token_id), "{logs}");
+    assert!(!logs.contains(&token), "the token was logged");
+    assert!(!logs.contains("BEGIN PRIVATE KEY"), "a key was logged");
+
+    // An existing key stays unless --force.
+    let before = std::fs::read(&key).unwrap();
+    let (code, stdout, stderr) = cli(&token, &issue);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("key.pem exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    let forced = [&issue[..], &["--force", "--ttl", "1h"]].concat();
+    let (code, stdout, stderr) = cli(&token, &forced);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_ne!(std::fs::read(&key).unwrap(), before, "a new key");
+    assert_eq!(mode(&key), 0o600);
+    key_matches(&key).unwrap();
+
+    // Usage errors are caught here; refusals come from the server; either way nothing is
+    // written.
+    let elsewhere = ["--out-dir", "other"];
+    let (code, _, stderr) = cli(
+        &token,
+        &[&issue[..], &["--ttl", "48h"], &elsewhere].concat(),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, stdout, _) = cli(&token, &["token", "create", "--role", "operator"]);
+    assert_eq!(code, Some(0));
+    let operator = stdout.trim().to_string();
+    let (code, _, stderr) = cli(&operator, &[&issue[..], &elsewhere].concat());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("403 forbidden"), "{stderr}");
+    assert!(!work.join("other").exists());
+}

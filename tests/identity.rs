@@ -121,13 +121,21 @@ async fn read_all(recv: &mut quinn::RecvStream) -> std::io::Result<String> {
 
 const STREAM_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A preamble for `source`: a workload authenticated by its gateway (`/ns/../sa/..`), or the
+/// gateway itself.
 fn http_preamble(source: &str) -> Preamble {
+    let authn = if source.contains("/ns/") {
+        preamble::SourceAuthn::Mtls
+    } else {
+        preamble::SourceAuthn::Gateway
+    };
     Preamble {
         version: preamble::VERSION,
         service: "echo.demo".into(),
         port: 80,
         protocol: StreamProtocol::Http as i32,
         source_principal: source.into(),
+        source_authn: authn as i32,
         ..Default::default()
     }
 }

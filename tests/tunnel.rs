@@ -32,11 +32,14 @@ fn http_crosses_the_tunnel_by_every_host_form() {
         body_of(&east, "echo.demo", "/hello")
     });
     assert!(body.starts_with("west-v1\nGET /hello HTTP/1.1"), "{body}");
-    // The destination gateway vouches for the caller; the backend sees it.
+    // The destination gateway vouches for the caller; the backend sees it. A plaintext
+    // client is no workload: no principal, and the gateway that speaks for it beside.
     assert!(
-        body.contains("x-causeway-source-principal: spiffe://east.mesh/gateway/east-1"),
+        body.contains("x-causeway-source-gateway: spiffe://east.mesh/gateway/east-1"),
         "{body}"
     );
+    assert!(body.contains("x-causeway-source-authn: none"), "{body}");
+    assert!(!body.contains("x-causeway-source-principal"), "{body}");
     assert!(body.contains("x-causeway-source-cluster: east"), "{body}");
 
     for host in [
@@ -63,10 +66,14 @@ fn http_crosses_the_tunnel_by_every_host_form() {
         "GET",
         "echo.demo",
         "/",
-        &[("x-causeway-source-principal", "spiffe://west.mesh/admin")],
+        &[
+            ("x-causeway-source-principal", "spiffe://west.mesh/admin"),
+            ("x-causeway-source-authn", "mtls"),
+        ],
         b"",
     );
     assert!(!body.contains("spiffe://west.mesh/admin"), "{body}");
+    assert!(!body.contains("x-causeway-source-authn: mtls"), "{body}");
 
     // A caller's timeout (Envoy's header) travels as the stream's deadline and bounds the call.
     let (status, _, body) = support::http_request(

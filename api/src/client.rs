@@ -259,6 +259,30 @@ pub struct TokenInfo {
     pub used: bool,
 }
 
+/// `POST /v1/svids` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SvidRequest {
+    pub namespace: String,
+    pub service_account: String,
+    /// PEM `CERTIFICATE REQUEST`.
+    pub csr: String,
+    /// E.g. `24h`; at most 24 h, 24 h if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// `POST /v1/svids` → 201: the workload's certificate and its cluster's trust bundle (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SvidIssued {
+    pub spiffe_id: String,
+    pub certificate: String,
+    pub bundle: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
 /// `POST /v1/join` → 200: the new member's id and what it needs to talk to the mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -516,6 +540,19 @@ impl Client {
         self.call(
             Method::POST,
             "/v1/tokens",
+            Some((body, "application/json")),
+            self.authorization.as_ref(),
+        )
+        .await
+    }
+
+    /// `POST /v1/svids` (admin): an X.509-SVID for the key of `request.csr`, signed by the
+    /// answering gateway's cluster CA.
+    pub async fn issue_svid(&self, request: &SvidRequest) -> Result<SvidIssued, ClientError> {
+        let body = json_body(request)?;
+        self.call(
+            Method::POST,
+            "/v1/svids",
             Some((body, "application/json")),
             self.authorization.as_ref(),
         )

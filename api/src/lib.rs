@@ -24,12 +24,13 @@ use tokio::sync::watch;
 
 pub use mesh::SharedMesh;
 pub use readiness::{Blocker, Readiness};
-pub use rest::{NodeInfo, TunnelView, Writer};
+pub use rest::{NodeInfo, SvidSigner, TunnelView, Writer};
 pub use tls::server_config as tls_server_config;
 
 /// What the admin API's handlers share. Build it with [`AdminState::new`], then
 /// [`AdminState::with_store`] on a gateway that runs the replicated store, and
-/// [`AdminState::with_tunnels`] to show the data plane's tunnels:
+/// [`AdminState::with_tunnels`] to show the data plane's tunnels, and
+/// [`AdminState::with_svid_signer`] to issue workload SVIDs with the cluster's CA:
 ///
 /// ```text
 /// let (compiled_tx, compiled_rx) = watch::channel(Arc::new(MeshSnapshot::default()));
@@ -37,7 +38,8 @@ pub use tls::server_config as tls_server_config;
 /// let (node, inbox) = store::start(config, storage, mesh.clone(), transport.clone())?;
 /// let state = api::AdminState::new(registry, readiness, info)
 ///     .with_store(mesh, node, Some(transport)) // transport: Arc<GrpcTransport>, forwards writes
-///     .with_tunnels(tunnels_rx);
+///     .with_tunnels(tunnels_rx)
+///     .with_svid_signer(ca); // Arc<CertificateAuthority>
 /// ```
 #[derive(Clone)]
 pub struct AdminState {
@@ -59,6 +61,9 @@ pub struct AdminState {
     pub data_dir: Option<std::path::PathBuf>,
     /// Counts connections the admin port turns away.
     pub admin_metrics: AdminMetrics,
+    /// Signs workload SVIDs (`POST /v1/svids`) with this gateway's cluster CA; `None` answers
+    /// that route with 503.
+    pub svid_signer: Option<Arc<dyn rest::SvidSigner>>,
     /// Turns true when [`serve`] begins to shut down, so endless responses (watches) end and
     /// the graceful shutdown does not wait for them forever.
     stopping: watch::Receiver<bool>,
@@ -79,6 +84,7 @@ impl AdminState {
             tunnels,
             data_dir: None,
             admin_metrics: AdminMetrics::default(),
+            svid_signer: None,
             stopping: watch::channel(false).1,
         }
     }
@@ -86,6 +92,13 @@ impl AdminState {
     /// Counts the admin port's refusals in `metrics` (see [`AdminMetrics::register`]).
     pub fn with_admin_metrics(mut self, metrics: AdminMetrics) -> Self {
         self.admin_metrics = metrics;
+        self
+    }
+
+    /// Issues workload SVIDs (`POST /v1/svids`) with `signer`: this gateway's own cluster CA
+    /// (`Arc<CertificateAuthority>`), whose key stays local.
+    pub fn with_svid_signer(mut self, signer: Arc<dyn rest::SvidSigner>) -> Self {
+        self.svid_signer = Some(signer);
         self
     }
 

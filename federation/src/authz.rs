@@ -66,7 +66,14 @@ pub struct Field {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Source {
     pub principals: Field,
+    /// `requestPrincipals`: JWT issuers/subjects. Causeway verifies no JWT, so a request never
+    /// has one: Istio's reading of a request without a token.
+    pub request_principals: Field,
     pub namespaces: Field,
+    /// `serviceAccounts` (`ns/sa`), Istio's newer spelling of a principal in this mesh.
+    pub service_accounts: Field,
+    /// The calling cluster (native `AuthorizationPolicy` only: `from.clusters`).
+    pub clusters: Field,
     pub ip_blocks: Field,
     pub remote_ip_blocks: Field,
 }
@@ -94,6 +101,8 @@ pub struct Request<'a> {
     /// The original client (`X-Forwarded-For`'s first address), if different.
     pub remote_ip: Option<IpAddr>,
     pub destination_ip: Option<IpAddr>,
+    /// The calling cluster.
+    pub source_cluster: Option<&'a str>,
     pub port: u16,
     pub http: Option<Http<'a>>,
 }
@@ -144,6 +153,8 @@ impl Policy {
                 ));
             }
         };
+        // The native kind holds the source and the operation directly in `from` and `to`.
+        let native = !resource.api_version.starts_with("security.istio.io/");
         let selector = spec
             .pointer("/selector/matchLabels")
             .and_then(Value::as_object)
@@ -156,17 +167,20 @@ impl Policy {
             .map(|rule| Rule {
                 from: items(rule.get("from"))
                     .iter()
-                    .filter_map(|f| f.get("source"))
+                    .filter_map(|f| if native { Some(f) } else { f.get("source") })
                     .map(|s| Source {
                         principals: principals(s, "principals", "notPrincipals"),
+                        request_principals: field(s, "requestPrincipals", "notRequestPrincipals"),
                         namespaces: field(s, "namespaces", "notNamespaces"),
+                        service_accounts: field(s, "serviceAccounts", "notServiceAccounts"),
+                        clusters: field(s, "clusters", "notClusters"),
                         ip_blocks: field(s, "ipBlocks", "notIpBlocks"),
                         remote_ip_blocks: field(s, "remoteIpBlocks", "notRemoteIpBlocks"),
                     })
                     .collect(),
                 to: items(rule.get("to"))
                     .iter()
-                    .filter_map(|t| t.get("operation"))
+                    .filter_map(|t| if native { Some(t) } else { t.get("operation") })
                     .map(|o| Operation {
                         hosts: field(o, "hosts", "notHosts"),
                         ports: field(o, "ports", "notPorts"),
@@ -203,6 +217,13 @@ impl Policy {
         self.selector
             .iter()
             .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
+
+    /// Whether the policy applies to an endpoint with these labels.
+    pub fn applies_to(&self, labels: &crate::model::Labels) -> bool {
+        self.selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
     }
 
     fn matches(&self, req: &Request<'_>, local_domains: &[&str]) -> bool {
@@ -246,9 +267,19 @@ impl Source {
             .principal
             .map(|p| p.strip_prefix("spiffe://").unwrap_or(p));
         let namespace = principal.and_then(namespace_of);
+        // `ns/sa` of `td/ns/<ns>/sa/<sa>`.
+        let account = principal
+            .and_then(|p| p.split_once('/'))
+            .and_then(|(_, path)| path.strip_prefix("ns/"))
+            .map(|rest| rest.replacen("/sa/", "/", 1));
         self.principals
             .holds(principal, |p, v| principal_matches(p, v, local_domains))
+            && self.request_principals.holds(None, string_matches)
             && self.namespaces.holds(namespace, string_matches)
+            && self
+                .service_accounts
+                .holds(account.as_deref(), |p, v| p == v)
+            && self.clusters.holds(req.source_cluster, string_matches)
             && ip_holds(&self.ip_blocks, req.source_ip)
             && ip_holds(&self.remote_ip_blocks, req.remote_ip.or(req.source_ip))
     }
@@ -302,6 +333,10 @@ impl Condition {
                 .field
                 .holds(principal.and_then(namespace_of), string_matches),
             "source.ip" => ip_holds(&self.field, req.source_ip),
+            // No JWT is ever verified: a request has no claims and no request principal.
+            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
+                self.field.holds(None, string_matches)
+            }
             "remote.ip" => ip_holds(&self.field, req.remote_ip.or(req.source_ip)),
             "destination.ip" => ip_holds(&self.field, req.destination_ip),
             "destination.port" => self.field.holds(Some(&req.port.to_string()), |p, v| p == v),
@@ -434,11 +469,15 @@ fn items(value: Option<&Value>) -> &[Value] {
     value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
+/// A list of strings; numbers (the native kind's ports) read as their decimal text.
 fn strings(value: Option<&Value>) -> Option<Vec<String>> {
     value.and_then(Value::as_array).map(|a| {
         a.iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
             .collect()
     })
 }

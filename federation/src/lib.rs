@@ -8,6 +8,7 @@ pub mod authz;
 pub mod identity;
 pub mod mesh;
 pub mod model;
+pub mod peer_authn;
 pub mod ratelog;
 pub mod resource;
 pub mod traffic;

@@ -248,6 +248,11 @@ pub struct LocalService {
     /// select on; sorted by address, one entry per address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint_labels: Vec<(SocketAddr, Labels)>,
+    /// The Kubernetes service account each endpoint that names one runs as (`serviceAccount`),
+    /// sorted by address: what a cluster that trusts its node network attributes a plaintext
+    /// caller from that address to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_accounts: Vec<(SocketAddr, Box<str>)>,
     /// Whether other clusters may reach it (exported) or only local clients.
     pub export: bool,
 }

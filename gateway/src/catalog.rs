@@ -31,6 +31,8 @@ pub(crate) struct Snapshot {
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
     /// Compiled traffic policy and where each subset lives.
     pub policy: Arc<Policy>,
+    /// Security policy and who runs where (source-address attribution).
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 /// The traffic policy of one mesh snapshot, as the data plane reads it.
@@ -505,6 +507,7 @@ mod tests {
     fn svc(key: &str, ports: &[(u16, Protocol)]) -> LocalService {
         LocalService {
             endpoint_labels: Default::default(),
+            endpoint_accounts: Default::default(),
             key: key.parse().unwrap(),
             ports: ports
                 .iter()
@@ -547,6 +550,7 @@ mod tests {
                 })
                 .collect(),
             policy: Arc::default(),
+            guard: Arc::default(),
             clusters_by_domain: BTreeMap::new(),
         }
     }

@@ -31,6 +31,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use crate::Peer;
 use crate::catalog::{Exports, GatewaySlot, PeerView, Policy, Snapshot};
 use crate::drain;
+use crate::guard::Guard;
 use crate::metrics::PeerLabels;
 use crate::tunnel::{self, Dialer};
 
@@ -41,6 +42,7 @@ pub(crate) struct Plan {
     pub peers: BTreeMap<ClusterName, PlannedPeer>,
     pub clusters_by_domain: BTreeMap<TrustDomain, ClusterName>,
     pub policy: Arc<Policy>,
+    pub guard: Arc<Guard>,
 }
 
 #[derive(Debug)]
@@ -96,9 +98,17 @@ pub(crate) fn plan(mesh: &MeshSnapshot, own: &ClusterName, previous: Option<&Sna
             Policy::new(mesh.routes.clone(), &mesh.services, own).with_localities(localities),
         ),
     };
+    // Rebuilt only when security policy, this cluster's services or the clusters changed.
+    let guard = match previous {
+        Some(prev) if Arc::ptr_eq(&prev.local, &local) && prev.guard.same_mesh(mesh) => {
+            prev.guard.clone()
+        }
+        _ => Arc::new(Guard::new(mesh, own, &local)),
+    };
     let mut plan = Plan {
         local,
         policy,
+        guard,
         ..Plan::default()
     };
     for (name, cluster) in &mesh.clusters {
@@ -255,6 +265,7 @@ pub(crate) fn apply(
         peers,
         clusters_by_domain: plan.clusters_by_domain.clone(),
         policy: plan.policy.clone(),
+        guard: plan.guard.clone(),
     };
     (next, changes)
 }
@@ -376,6 +387,7 @@ mod tests {
     fn service(key: &str, port: u16, export: bool) -> LocalService {
         LocalService {
             endpoint_labels: Default::default(),
+            endpoint_accounts: Default::default(),
             key: key.parse().unwrap(),
             ports: vec![ServicePort {
                 port,

@@ -29,7 +29,7 @@ use crate::outbound::{Early, Outbound, Upstream, open, send_early};
 use crate::policy::outlier::Outcome;
 use crate::policy::retry::{self, Failure};
 use crate::policy::{Random, ThreadRandom, lb, locality};
-use crate::preamble::RouteChoice;
+use crate::preamble::{Caller, RouteChoice};
 
 /// Envoy's response flags that the source gateway sets, as Istio's `response_flags` label.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,12 +103,15 @@ pub(crate) struct Call {
     /// When the caller stops waiting (route timeout or the client's header); travels in the
     /// preamble.
     pub deadline: Option<SystemTime>,
+    /// Who is calling, as this gateway vouches in the preamble.
+    pub caller: Caller,
 }
 
 impl Call {
     /// A TCP connection to `service` on `port`: no route, no L7 policy.
-    pub fn tcp(service: &ServiceKey, port: u16) -> Self {
+    pub fn tcp(service: &ServiceKey, port: u16, caller: Caller) -> Self {
         Call {
+            caller,
             service: service.clone(),
             subset: None,
             port: Some(port),
@@ -128,12 +131,12 @@ impl Call {
 
     /// A mirrored copy: no retries, bounded by its own short deadline so a slow shadow
     /// releases its slot.
-    pub fn mirror(mirror: &Mirror) -> Self {
+    pub fn mirror(mirror: &Mirror, caller: Caller) -> Self {
         Call {
             subset: mirror.subset.clone(),
             port: mirror.port,
             deadline: Some(SystemTime::now() + MIRROR_TIMEOUT),
-            ..Call::tcp(&mirror.service, 0)
+            ..Call::tcp(&mirror.service, 0, caller)
         }
     }
 

@@ -22,13 +22,15 @@ use tokio::sync::watch;
 use crate::catalog::Snapshot;
 use crate::drain;
 use crate::endpoints;
+use crate::guard;
 use crate::http;
 use crate::listen::Throttled;
 use crate::metrics::{HandshakeLabels, Metrics, RefusalLabels, Reporter, RequestLabels, TcpLabels};
 use crate::policy::outlier::Outcome;
 use crate::pool;
 use crate::preamble::{
-    self, Catalog, CatalogPort, CatalogService, Preamble, StreamRequest, Verdict, VerdictCode,
+    self, Caller, Catalog, CatalogPort, CatalogService, Preamble, StreamRequest, Verdict,
+    VerdictCode,
 };
 
 /// How long past the caller's deadline the destination still waits for its endpoint. The
@@ -41,6 +43,11 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(100);
 pub const SOURCE_PRINCIPAL_HEADER: &str = "x-causeway-source-principal";
 /// Header naming the caller's cluster, set by the destination gateway.
 pub const SOURCE_CLUSTER_HEADER: &str = "x-causeway-source-cluster";
+/// Header naming the sending gateway (the tunnel peer), set by the destination gateway.
+pub const SOURCE_GATEWAY_HEADER: &str = "x-causeway-source-gateway";
+/// How the caller's principal was established (`mtls`, `source-address`, `none`), set by the
+/// destination gateway.
+pub const SOURCE_AUTHN_HEADER: &str = "x-causeway-source-authn";
 
 pub(crate) struct Inbound {
     pub cluster: ClusterName,
@@ -55,6 +62,11 @@ pub(crate) struct Inbound {
     pub next_endpoint: AtomicUsize,
     /// Endpoint ejections and requests in flight, kept across snapshots.
     pub policy: Arc<crate::policy::state::PolicyState>,
+    /// The mesh's root namespace: its PeerAuthentication and AuthorizationPolicy without a
+    /// selector hold for every workload.
+    pub root_namespace: String,
+    /// Aggregates denial logs: a denied client that retries in a loop is one line a second.
+    pub denials: Arc<Throttled>,
 }
 
 /// Tunnel handshakes in progress at once. Anyone can send QUIC Initials; beyond this many, new
@@ -194,11 +206,12 @@ async fn serve_connection(
         let inbound = inbound.clone();
         let peer = peer.clone();
         let peer_cluster = peer_cluster.clone();
+        let remote = conn.remote_address().ip();
         match &serving {
             Some(watch) => {
                 let watch = watch.clone();
                 tokio::spawn(async move {
-                    serve_stream(send, recv, &inbound, &peer, &peer_cluster).await;
+                    serve_stream(send, recv, &inbound, &peer, &peer_cluster, remote).await;
                     drop(watch);
                 });
             }
@@ -246,6 +259,7 @@ async fn serve_stream(
     inbound: &Inbound,
     peer: &SpiffeId,
     peer_cluster: &str,
+    remote: std::net::IpAddr,
 ) {
     let refuse = |code: VerdictCode| count_refusal(inbound, peer_cluster, code);
     // A peer that opens a stream and never speaks must not hold it forever.
@@ -308,6 +322,7 @@ async fn serve_stream(
                 service,
                 port,
                 source,
+                authn,
                 deadline,
                 choice,
                 ..
@@ -347,13 +362,56 @@ async fn serve_stream(
                 finish(&mut send, inbound.preamble_timeout).await;
                 return;
             };
+            let caller = Caller {
+                principal: source,
+                authn,
+            };
+            let stream = guard::Stream {
+                service: &service,
+                svc: &svc,
+                endpoint: upstream.addr(),
+                port: port.port,
+                caller: &caller,
+                peer_cluster,
+                remote,
+                http: port.protocol == Protocol::Http,
+            };
+            let admitted = match snapshot.guard.admit(
+                &stream,
+                &inbound.root_namespace,
+                &inbound.metrics,
+                &inbound.denials,
+            ) {
+                Ok(admitted) => {
+                    if let Some(reason) = &admitted.refused {
+                        refuse(VerdictCode::Unauthenticated);
+                        if inbound.denials.event(|| format!("{service}: {reason}")) {
+                            tracing::info!(%service, caller = %caller.principal, authn = caller.authn.as_label(), cluster = peer_cluster, %reason, "requests refused");
+                        }
+                    }
+                    admitted
+                }
+                Err(refusal) => {
+                    let (code, reason) = match refusal {
+                        guard::Refusal::Unauthenticated(why) => (VerdictCode::Unauthenticated, why),
+                        guard::Refusal::Forbidden(why) => (VerdictCode::Forbidden, why),
+                    };
+                    refuse(code);
+                    if inbound.denials.event(|| format!("{service}: {reason}")) {
+                        tracing::info!(%service, caller = %caller.principal, authn = caller.authn.as_label(), cluster = peer_cluster, %reason, "stream refused");
+                    }
+                    let _ = preamble::write_frame(&mut send, &Verdict::refused(code, reason)).await;
+                    finish(&mut send, inbound.preamble_timeout).await;
+                    return;
+                }
+            };
             if preamble::write_frame(&mut send, &Verdict::accepted())
                 .await
                 .is_err()
             {
                 return;
             }
-            let mut stream = tokio::io::join(recv, send);
+            let mut stream_io = tokio::io::join(recv, send);
             match upstream {
                 Local::Tcp(mut upstream) => {
                     let _open = inbound.metrics.open_tcp(TcpLabels {
@@ -362,19 +420,22 @@ async fn serve_stream(
                         destination_cluster: inbound.cluster.to_string(),
                         service: service.to_string(),
                     });
-                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-                    let (_, mut send) = stream.into_inner();
+                    let _ = tokio::io::copy_bidirectional(&mut stream_io, &mut upstream).await;
+                    let (_, mut send) = stream_io.into_inner();
                     finish(&mut send, inbound.preamble_timeout).await;
                 }
                 Local::Http(upstream) => {
                     let call = Call {
                         service: &service,
                         endpoints: &endpoints,
-                        source: &source,
+                        caller: &caller,
+                        gateway: peer,
                         peer_cluster,
                         deadline,
+                        stream: &stream,
+                        admitted: &admitted,
                     };
-                    serve_http(stream, upstream, inbound, call).await;
+                    serve_http(stream_io, upstream, inbound, call).await;
                 }
             }
         }
@@ -473,9 +534,14 @@ struct Call<'a> {
     service: &'a ServiceKey,
     /// The endpoint choice, for outlier detection to hear how it went.
     endpoints: &'a endpoints::Choice,
-    source: &'a SpiffeId,
+    caller: &'a Caller,
+    /// The sending gateway.
+    gateway: &'a SpiffeId,
     peer_cluster: &'a str,
     deadline: Option<SystemTime>,
+    /// The stream as the security checks saw it, and what its requests are judged by.
+    stream: &'a guard::Stream<'a>,
+    admitted: &'a guard::Admitted,
 }
 
 /// The local side of an accepted stream, ready before the verdict is sent.
@@ -484,8 +550,20 @@ enum Local {
     Http(pool::Conn),
 }
 
+impl Local {
+    /// The endpoint it reaches.
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Local::Tcp(s) => s
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            Local::Http(c) => c.addr(),
+        }
+    }
+}
+
 async fn serve_http(
-    stream: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
+    io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
     upstream: pool::Conn,
     inbound: &Inbound,
     call: Call<'_>,
@@ -493,23 +571,57 @@ async fn serve_http(
     let Call {
         service,
         endpoints,
-        source,
+        caller,
+        gateway,
         peer_cluster,
         deadline,
+        stream,
+        admitted,
     } = call;
     // One request per stream; the upstream connection made before the verdict serves it.
     let upstream = std::sync::Mutex::new(Some(upstream));
-    let principal = HeaderValue::from_str(source.to_string().as_str()).ok();
+    // The workload's principal as PeerAuthentication left it (none under DISABLE).
+    let principal = admitted
+        .principal
+        .as_ref()
+        .and_then(|p| HeaderValue::from_str(p.as_str()).ok());
+    let authn = HeaderValue::from_static(if admitted.principal.is_some() {
+        caller.authn.as_label()
+    } else {
+        "none"
+    });
+    let source_gateway = HeaderValue::from_str(gateway.as_str()).ok();
     let source_cluster = HeaderValue::from_str(peer_cluster).ok();
     let service_fn = hyper::service::service_fn(|mut req: http::Request<Incoming>| {
-        let upstream = upstream.lock().ok().and_then(|mut u| u.take());
+        // AuthorizationPolicy, per request, on the request as the caller sent it.
+        let denied = admitted.refused.is_some()
+            || admitted.judged().then(|| {
+                let decision = judge(admitted, stream, &req);
+                admitted.record(stream, &decision, &inbound.metrics, &inbound.denials);
+                !decision.allowed
+            }) == Some(true);
+        let upstream = if denied {
+            None
+        } else {
+            upstream.lock().ok().and_then(|mut u| u.take())
+        };
         let started = Instant::now();
         let headers = req.headers_mut();
         // Overwrite, never trust: only this gateway may vouch for the caller.
-        headers.remove(SOURCE_PRINCIPAL_HEADER);
-        headers.remove(SOURCE_CLUSTER_HEADER);
+        for name in [
+            SOURCE_PRINCIPAL_HEADER,
+            SOURCE_CLUSTER_HEADER,
+            SOURCE_GATEWAY_HEADER,
+            SOURCE_AUTHN_HEADER,
+        ] {
+            headers.remove(name);
+        }
         if let Some(v) = &principal {
             headers.insert(SOURCE_PRINCIPAL_HEADER, v.clone());
+        }
+        headers.insert(SOURCE_AUTHN_HEADER, authn.clone());
+        if let Some(v) = &source_gateway {
+            headers.insert(SOURCE_GATEWAY_HEADER, v.clone());
         }
         if let Some(v) = &source_cluster {
             headers.insert(SOURCE_CLUSTER_HEADER, v.clone());
@@ -525,6 +637,10 @@ async fn serve_http(
                 })
                 .unwrap_or(Duration::MAX);
             let response = match upstream {
+                _ if denied => match &admitted.refused {
+                    Some(why) => http::error_response(http::StatusCode::FORBIDDEN, why),
+                    None => rbac_denied(),
+                },
                 Some(conn) => {
                     let addr = conn.addr();
                     let _in_flight = endpoints.in_flight(&inbound.policy, addr);
@@ -586,7 +702,7 @@ async fn serve_http(
         .header_read_timeout(inbound.preamble_timeout)
         .keep_alive(false)
         .half_close(true)
-        .serve_connection(TokioIo::new(stream), service_fn)
+        .serve_connection(TokioIo::new(io), service_fn)
         .without_shutdown();
     match conn.await {
         Ok(parts) => {
@@ -595,6 +711,48 @@ async fn serve_http(
         }
         Err(e) => tracing::debug!(error = %e, "tunnel HTTP stream ended with an error"),
     }
+}
+
+/// The AuthorizationPolicy decision on one HTTP request.
+fn judge<B>(
+    admitted: &guard::Admitted,
+    stream: &guard::Stream<'_>,
+    req: &http::Request<B>,
+) -> federation::authz::Decision {
+    let headers: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let host = req
+        .headers()
+        .get(::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    admitted.decide(
+        stream,
+        Some(federation::authz::Http {
+            host,
+            method: req.method().as_str(),
+            path,
+            headers,
+        }),
+    )
+}
+
+/// Envoy's answer to a request RBAC denies: 403 with this very body.
+fn rbac_denied() -> http::Response<http::Body> {
+    let mut resp = http::Response::new(http::boxed(http_body_util::Full::new(
+        bytes::Bytes::from_static(guard::RBAC_DENIED.as_bytes()),
+    )));
+    *resp.status_mut() = http::StatusCode::FORBIDDEN;
+    resp.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
 }
 
 /// Ends our side of a stream and waits (bounded) until the peer has received all of it.

@@ -23,6 +23,7 @@ mod early;
 mod endpoints;
 mod follow;
 mod forward;
+mod guard;
 mod http;
 mod inbound;
 mod listen;
@@ -37,6 +38,7 @@ pub mod preamble;
 pub mod routing; // public for benches/policy.rs only
 mod spin;
 mod tunnel;
+mod workload;
 
 /// The QUIC application close code of a gateway that shuts down. It closes its endpoint only
 /// after every accepted stream finished, so a peer may replay a request that got no verdict.
@@ -99,6 +101,14 @@ pub struct Settings {
     pub busy_poll: Duration,
     /// Limits on local clients' connections (outbound listener, TCP service ports).
     pub clients: ClientLimits,
+    /// Where workloads of this cluster call over mutual TLS with their SVID (15008); none:
+    /// not served.
+    pub workload_addr: Option<SocketAddr>,
+    /// Attribute a plaintext client to the workload registered at its source address (the
+    /// cluster trusts its node network, as ztunnel does).
+    pub attribute_by_address: bool,
+    /// The mesh's root namespace (mesh-wide PeerAuthentication and AuthorizationPolicy).
+    pub root_namespace: String,
 }
 
 /// The tunnel to one gateway of a peer cluster, for status reports (a cluster with several
@@ -119,6 +129,8 @@ pub struct BoundAddrs {
     pub outbound: SocketAddr,
     pub dns_udp: SocketAddr,
     pub dns_tcp: SocketAddr,
+    /// The workload mTLS listener, where one is configured.
+    pub workload: Option<SocketAddr>,
 }
 
 /// Why the data plane could not start or a tunnel operation failed.
@@ -283,6 +295,8 @@ impl Gateway {
             metrics: metrics.clone(),
             next_endpoint: AtomicUsize::new(0),
             policy: policy_state.clone(),
+            root_namespace: settings.root_namespace.clone(),
+            denials: listen::Throttled::new(|s| tracing::info!("streams and requests denied: {s}")),
         });
         tasks.spawn(inbound::accept_loop(
             endpoint.clone(),
@@ -298,6 +312,10 @@ impl Gateway {
             drain.clone(),
         ));
 
+        let workload_tls = match settings.workload_addr {
+            Some(_) => Some(Arc::new(workload::Tls::new(svid.clone(), trust.clone())?)),
+            None => None,
+        };
         let dialer = Arc::new(tunnel::Dialer {
             endpoint: endpoint.clone(),
             svid: svid.clone(),
@@ -312,6 +330,7 @@ impl Gateway {
         follower.follow(&first, &drain);
         tasks.spawn(follower.run(mesh, drain.clone()));
 
+        let own_domain = svid.borrow().id().trust_domain().clone();
         let outbound = Arc::new(outbound::Outbound {
             cluster: settings.cluster.clone(),
             pool: endpoints,
@@ -327,6 +346,7 @@ impl Gateway {
             slots,
             policy: policy_state,
             mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_MIRRORS_IN_FLIGHT)),
+            attribute_by_address: settings.attribute_by_address,
         });
         tasks.spawn(forward::forget_departed(
             outbound.policy.clone(),
@@ -338,6 +358,28 @@ impl Gateway {
             outbound.clone(),
             drain.clone(),
         ));
+        let workload_addr = match (settings.workload_addr, workload_tls) {
+            (Some(addr), Some(tls)) => {
+                let listener = bind_tcp("workload (mTLS)", addr).await?;
+                let bound = local_addr("workload (mTLS)", &listener, addr)?;
+                let listener = listen::Listener::new(
+                    listener,
+                    listen::Kind::Workload,
+                    outbound.slots.clone(),
+                    outbound.metrics.clone(),
+                );
+                tasks.spawn(workload::serve(
+                    listener,
+                    tls,
+                    own_domain,
+                    outbound.clone(),
+                    settings.tunnel.connect_timeout,
+                    drain.clone(),
+                ));
+                Some(bound)
+            }
+            _ => None,
+        };
         tasks.spawn(outbound::run_tcp_listeners(
             outbound,
             outbound_addr.ip(),
@@ -377,6 +419,7 @@ impl Gateway {
             outbound: outbound_addr,
             dns_udp: dns_udp_addr,
             dns_tcp: dns_tcp_addr,
+            workload: workload_addr,
         };
         Ok(Self {
             addrs,

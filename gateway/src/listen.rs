@@ -106,6 +106,7 @@ pub(crate) enum Kind {
     OutboundHttp,
     OutboundTcp,
     DnsTcp,
+    Workload,
 }
 
 impl Kind {
@@ -114,6 +115,7 @@ impl Kind {
             Kind::OutboundHttp => "outbound_http",
             Kind::OutboundTcp => "outbound_tcp",
             Kind::DnsTcp => "dns_tcp",
+            Kind::Workload => "workload_mtls",
         }
     }
 
@@ -122,6 +124,7 @@ impl Kind {
             Kind::OutboundHttp => "outbound HTTP listener",
             Kind::OutboundTcp => "outbound TCP service listener",
             Kind::DnsTcp => "DNS TCP listener",
+            Kind::Workload => "workload mTLS listener",
         }
     }
 }

@@ -54,6 +54,19 @@ pub struct PolicyLabels {
     pub reason: &'static str,
 }
 
+/// One authorization decision at the destination gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub service: String,
+    /// `namespace/name` of the policy that decided (or, for `audit`, that matched); `-` when
+    /// none did (no ALLOW or DENY applies, or no ALLOW matched).
+    pub policy: String,
+    /// That policy's action: `allow`, `deny`, `audit`, or `none` with policy `-`.
+    pub action: &'static str,
+    /// `allowed` or `denied` (`audit`: the decision the other policies made).
+    pub decision: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: Reporter,
@@ -120,6 +133,7 @@ pub struct Metrics {
     pub ejections: Family<PolicyLabels, Counter>,
     pub overflows: Family<PolicyLabels, Counter>,
     pub mirrored: Family<PolicyLabels, Counter>,
+    pub authz_decisions: Family<AuthzLabels, Counter>,
 }
 
 impl Metrics {
@@ -140,6 +154,7 @@ impl Metrics {
             ejections: Family::default(),
             overflows: Family::default(),
             mirrored: Family::default(),
+            authz_decisions: Family::default(),
         };
         registry.register(
             "retries",
@@ -195,6 +210,11 @@ impl Metrics {
             "tunnel_handshake_failures",
             "QUIC/TLS handshakes that failed, incl. refused identities",
             m.tunnel_handshake_failures.clone(),
+        );
+        registry.register(
+            "authorization_decisions",
+            "AuthorizationPolicy decisions at the destination gateway, by service, policy and action (one per TCP stream or HTTP request a policy applies to)",
+            m.authz_decisions.clone(),
         );
         registry.register(
             "stream_refusals",

@@ -14,6 +14,7 @@ use crate::forward::{self, Call, Flags, Pending};
 use crate::metrics::{PolicyLabels, Reporter};
 use crate::outbound::Outbound;
 use crate::policy::Random;
+use crate::preamble::Caller;
 
 /// Mirrored requests in flight at once, per gateway.
 pub(crate) const MAX_MIRRORS_IN_FLIGHT: usize = 256;
@@ -23,6 +24,7 @@ pub(crate) fn send(
     snapshot: &Arc<Snapshot>,
     mirrors: &[Mirror],
     request: &Replayable,
+    caller: &Caller,
     rng: &mut impl Random,
 ) {
     for mirror in mirrors {
@@ -48,7 +50,7 @@ pub(crate) fn send(
             .mirrored
             .get_or_create(&labels("sent"))
             .inc();
-        let call = Call::mirror(mirror);
+        let call = Call::mirror(mirror, caller.clone());
         let copy = request.shadow();
         let (outbound, snapshot) = (outbound.clone(), snapshot.clone());
         tokio::spawn(async move {

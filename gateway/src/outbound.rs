@@ -38,7 +38,7 @@ use crate::metrics::{Metrics, Reporter, RequestLabels, TcpLabels};
 use crate::mirror;
 use crate::policy::{self, Random, ThreadRandom};
 use crate::pool;
-use crate::preamble::{self, RouteChoice, StreamRequest, VerdictCode};
+use crate::preamble::{self, Caller, RouteChoice, SourceAuthn, StreamRequest, VerdictCode};
 use crate::routing::{self, RequestView};
 use crate::spin::Spinner;
 
@@ -65,6 +65,9 @@ pub(crate) struct Outbound {
     pub policy: Arc<policy::state::PolicyState>,
     /// Mirrored requests in flight (see `mirror`).
     pub mirrors: Arc<tokio::sync::Semaphore>,
+    /// Plaintext clients are attributed to the workload registered at their address
+    /// (`[workloads] trust_source_address`).
+    pub attribute_by_address: bool,
 }
 
 /// Where a `Host` header points.
@@ -157,7 +160,8 @@ pub(crate) async fn serve_http(
                 let busy = timer.request();
                 let outbound = outbound.clone();
                 async move {
-                    let resp = route_http(&outbound, req, remote).await;
+                    let caller = outbound.caller_at(remote.ip());
+                    let resp = route_http(&outbound, req, remote, caller).await;
                     Ok::<_, std::convert::Infallible>(
                         resp.map(|inner| Tracked { inner, _busy: busy }),
                     )
@@ -184,10 +188,11 @@ pub(crate) async fn serve_http(
     }
 }
 
-async fn route_http(
+pub(crate) async fn route_http(
     outbound: &Arc<Outbound>,
     mut req: http::Request<Incoming>,
     client: SocketAddr,
+    caller: Caller,
 ) -> http::Response<Body> {
     let started = Instant::now();
     let host = match request_host(&req) {
@@ -380,6 +385,7 @@ async fn route_http(
         hash,
         traceparent,
         deadline: timeout.map(|t| SystemTime::now() + t),
+        caller,
     };
 
     // A small request is buffered so that it can ride right behind its preamble, be retried,
@@ -401,7 +407,14 @@ async fn route_http(
         }
     };
     if let (Some(route), Pending::Replayable(replayable)) = (route, &pending) {
-        mirror::send(outbound, &snapshot, &route.mirrors, replayable, &mut rng);
+        mirror::send(
+            outbound,
+            &snapshot,
+            &route.mirrors,
+            replayable,
+            &call.caller,
+            &mut rng,
+        );
     }
 
     let forwarding = forward::forward(outbound, &snapshot, &call, pending, flags);
@@ -470,22 +483,33 @@ pub(crate) enum Early {
     Failed(String),
 }
 
-/// The preamble for proxying to `target`, on behalf of this gateway's callers.
-fn proxy_request(
-    outbound: &Outbound,
-    target: &Target,
-    service: &ServiceKey,
-    traceparent: Option<String>,
-    deadline: Option<SystemTime>,
-    choice: RouteChoice,
-) -> StreamRequest {
+/// The preamble for proxying `call` to `target`, on behalf of its caller.
+fn proxy_request(target: &Target, call: &Call, choice: RouteChoice) -> StreamRequest {
     StreamRequest::Proxy {
-        service: service.clone(),
+        service: call.service.clone(),
         port: target.port,
-        source: outbound.svid.borrow().id().clone(),
-        deadline,
-        traceparent,
+        source: call.caller.principal.clone(),
+        authn: call.caller.authn,
+        deadline: call.deadline,
+        traceparent: call.traceparent.clone(),
         choice,
+    }
+}
+
+impl Outbound {
+    /// The caller of a plaintext client connection from `ip`: the workload registered at
+    /// that address where this cluster trusts its node network, otherwise anonymous (this
+    /// gateway speaks for it as itself).
+    pub(crate) fn caller_at(&self, ip: std::net::IpAddr) -> Caller {
+        if self.attribute_by_address
+            && let Some(id) = self.snapshot.borrow().guard.attribute(ip)
+        {
+            return Caller {
+                principal: id.clone(),
+                authn: SourceAuthn::SourceAddress,
+            };
+        }
+        Caller::anonymous(self.svid.borrow().id().clone())
     }
 }
 
@@ -546,14 +570,7 @@ async fn send_early_on(
     replayable: &Replayable,
     choice: RouteChoice,
 ) -> Early {
-    let request = proxy_request(
-        outbound,
-        target,
-        &call.service,
-        call.traceparent.clone(),
-        call.deadline,
-        choice,
-    );
+    let request = proxy_request(target, call, choice);
     let conn = &tunnel.conn;
     let opened = tokio::time::timeout(outbound.verdict_timeout, open_stream(conn, &request)).await;
     let (send, recv) = match opened {
@@ -792,14 +809,7 @@ async fn open_remote(
     call: &Call,
     choice: RouteChoice,
 ) -> Result<Upstream, OpenError> {
-    let request = proxy_request(
-        outbound,
-        target,
-        &call.service,
-        call.traceparent.clone(),
-        call.deadline,
-        choice,
-    );
+    let request = proxy_request(target, call, choice);
     let order = gateways.in_turn(tokio::time::Instant::now());
     let several = order.len() > 1;
     let mut errors = Vec::new();
@@ -947,12 +957,14 @@ async fn serve_tcp(
         let Accepted::Conn(client, peer, slot) = accepted else {
             continue;
         };
+        let _ = client.set_nodelay(true);
         let outbound = outbound.clone();
         let service = service.clone();
         let watch = drain.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = proxy_tcp(client, &outbound, &service, port).await {
+            let caller = outbound.caller_at(peer.ip());
+            if let Err(e) = proxy_tcp(client, &outbound, &service, port, caller).await {
                 tracing::info!(%service, client = %peer, error = %e, "TCP connection not proxied");
             }
             drop(watch);
@@ -960,13 +972,13 @@ async fn serve_tcp(
     }
 }
 
-async fn proxy_tcp(
-    mut client: TcpStream,
+pub(crate) async fn proxy_tcp(
+    mut client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     outbound: &Outbound,
     service: &ServiceKey,
     port: u16,
+    caller: Caller,
 ) -> Result<(), String> {
-    let _ = client.set_nodelay(true);
     let snapshot = outbound.snapshot.borrow().clone();
     let targets = snapshot
         .targets(service, Protocol::Tcp, Some(port), None)
@@ -976,7 +988,7 @@ async fn proxy_tcp(
     for i in 0..targets.len() {
         let target = &targets[(start + i) % targets.len()];
         let dest = target.cluster(&outbound.cluster).to_string();
-        let call = Call::tcp(service, port);
+        let call = Call::tcp(service, port, caller.clone());
         let choice = RouteChoice {
             attempt: 1,
             ..RouteChoice::default()

@@ -328,6 +328,7 @@ mod tests {
     fn service(addr: SocketAddr) -> LocalService {
         LocalService {
             endpoint_labels: Default::default(),
+            endpoint_accounts: Default::default(),
             key: "web.demo".parse().unwrap(),
             ports: vec![],
             endpoints: vec![addr],

@@ -61,6 +61,57 @@ pub struct Preamble {
     /// it has read the request.
     #[prost(uint64, tag = "11")]
     pub hash: u64,
+    /// How the sending gateway established `source_principal`. Absent (an older gateway):
+    /// the principal is the sending gateway's own and no workload was authenticated.
+    #[prost(enumeration = "SourceAuthn", tag = "12")]
+    pub source_authn: i32,
+}
+
+/// How a caller's identity was established at the sending gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SourceAuthn {
+    /// No workload identity: the principal is the sending gateway's own (a plaintext client).
+    Gateway = 0,
+    /// The workload presented an SVID of its cluster to its gateway over mutual TLS.
+    Mtls = 1,
+    /// The workload was recognised by its source address, in a cluster that trusts its node
+    /// network (as ztunnel does); not cryptographic.
+    SourceAddress = 2,
+}
+
+impl SourceAuthn {
+    /// A stable name for headers, logs and metric labels.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            SourceAuthn::Gateway => "none",
+            SourceAuthn::Mtls => "mtls",
+            SourceAuthn::SourceAddress => "source-address",
+        }
+    }
+}
+
+/// Who is calling, as the sending gateway vouches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The workload's SPIFFE ID, or the sending gateway's own when `authn` is `Gateway`.
+    pub principal: SpiffeId,
+    pub authn: SourceAuthn,
+}
+
+impl Caller {
+    /// A client this gateway could not identify: it speaks for it as itself.
+    pub fn anonymous(gateway: SpiffeId) -> Self {
+        Caller {
+            principal: gateway,
+            authn: SourceAuthn::Gateway,
+        }
+    }
+
+    /// The authenticated workload principal, if any.
+    pub fn workload(&self) -> Option<&SpiffeId> {
+        (self.authn != SourceAuthn::Gateway).then_some(&self.principal)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -94,6 +145,11 @@ pub enum VerdictCode {
     DeadlineExceeded = 5,
     EndpointUnavailable = 6,
     Draining = 7,
+    /// PeerAuthentication STRICT holds for the endpoint and the caller has no workload
+    /// identity.
+    Unauthenticated = 8,
+    /// An AuthorizationPolicy denies the (TCP) stream.
+    Forbidden = 9,
 }
 
 impl VerdictCode {
@@ -108,6 +164,8 @@ impl VerdictCode {
             VerdictCode::DeadlineExceeded => "deadline_exceeded",
             VerdictCode::EndpointUnavailable => "endpoint_unavailable",
             VerdictCode::Draining => "draining",
+            VerdictCode::Unauthenticated => "unauthenticated",
+            VerdictCode::Forbidden => "forbidden",
         }
     }
 }
@@ -215,6 +273,21 @@ pub struct RouteChoice {
     pub hash: Option<u64>,
 }
 
+/// `(namespace, service account)` of a workload SVID's path `/ns/<ns>/sa/<sa>`.
+pub fn workload_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/ns/")?;
+    let (ns, sa) = rest.split_once("/sa/")?;
+    // Kubernetes: a namespace is a DNS label, a service account a DNS subdomain.
+    let name = |s: &str, max: usize, dots: bool| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
+            })
+    };
+    (name(ns, 63, false) && name(sa, 253, true)).then_some((ns, sa))
+}
+
 /// Longest subset or route name the wire accepts (Kubernetes names are at most 253 bytes).
 const MAX_NAME_BYTES: usize = 253;
 
@@ -225,6 +298,8 @@ pub enum StreamRequest {
         service: ServiceKey,
         port: ServicePort,
         source: SpiffeId,
+        /// How `source` was established.
+        authn: SourceAuthn,
         deadline: Option<SystemTime>,
         traceparent: Option<String>,
         /// What the source's route chose.
@@ -258,6 +333,15 @@ impl StreamRequest {
             .map_err(|e| malformed(format!("source_principal: {e}")))?;
         let protocol = StreamProtocol::try_from(p.protocol)
             .map_err(|_| malformed(format!("protocol: unknown value {}", p.protocol)))?;
+        let authn = SourceAuthn::try_from(p.source_authn)
+            .map_err(|_| malformed(format!("source_authn: unknown value {}", p.source_authn)))?;
+        // A workload's identity has the shape every workload SVID has; anything else (a
+        // gateway's, an admin's) is no workload's.
+        if authn != SourceAuthn::Gateway && workload_path(source.path()).is_none() {
+            return Err(malformed(format!(
+                "source_principal: {source} is not a workload identity (spiffe://<td>/ns/<ns>/sa/<sa>)"
+            )));
+        }
         let protocol = match protocol {
             StreamProtocol::Catalog => return Ok(StreamRequest::Catalog { source }),
             StreamProtocol::Tcp => federation::model::Protocol::Tcp,
@@ -303,6 +387,7 @@ impl StreamRequest {
             service,
             port: ServicePort { port, protocol },
             source,
+            authn,
             deadline,
             traceparent,
             choice,
@@ -321,6 +406,7 @@ impl StreamRequest {
                 service,
                 port,
                 source,
+                authn,
                 deadline,
                 traceparent,
                 choice,
@@ -338,6 +424,7 @@ impl StreamRequest {
                 route: choice.route.clone().unwrap_or_default(),
                 attempt: choice.attempt,
                 hash: choice.hash.unwrap_or(0),
+                source_authn: *authn as i32,
             },
         }
     }
@@ -365,7 +452,8 @@ mod tests {
                 port: 80,
                 protocol: Protocol::Http,
             },
-            source: SpiffeId::parse("spiffe://east.mesh/gateway/east-1").unwrap(),
+            source: SpiffeId::parse("spiffe://east.mesh/ns/shop/sa/web").unwrap(),
+            authn: SourceAuthn::Mtls,
             deadline: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             choice: RouteChoice {
@@ -432,6 +520,33 @@ mod tests {
                 },
                 VerdictCode::Malformed,
                 "subset",
+            ),
+            // A workload identity must look like one; an unknown way of establishing it is
+            // no way.
+            (
+                Preamble {
+                    source_principal: "spiffe://east.mesh/gateway/east-1".into(),
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "is not a workload identity",
+            ),
+            (
+                Preamble {
+                    source_principal: "spiffe://east.mesh/ns/shop/sa/web/extra".into(),
+                    source_authn: SourceAuthn::SourceAddress as i32,
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "is not a workload identity",
+            ),
+            (
+                Preamble {
+                    source_authn: 7,
+                    ..good.clone()
+                },
+                VerdictCode::Malformed,
+                "source_authn: unknown value 7",
             ),
             (
                 Preamble {

@@ -75,6 +75,9 @@ impl Cluster {
             drain_timeout: Duration::from_secs(1),
             busy_poll: Duration::from_micros(500),
             clients: gateway::ClientLimits::default(),
+            workload_addr: None,
+            attribute_by_address: false,
+            root_namespace: "istio-system".into(),
         };
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = gateway::metrics::Metrics::register(&mut registry);
@@ -95,6 +98,7 @@ fn trust(clusters: &[&Cluster]) -> TrustBundles {
 fn service(key: &str, endpoint: SocketAddr) -> LocalService {
     LocalService {
         endpoint_labels: Default::default(),
+        endpoint_accounts: Default::default(),
         key: key.parse().unwrap(),
         ports: vec![PORT],
         endpoints: vec![endpoint],

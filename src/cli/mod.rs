@@ -1,5 +1,5 @@
-//! The admin CLI: `apply`, `get`, `delete`, `status`, `token`, all thin clients of a gateway's
-//! REST API ([`api::client::Client`]); nothing here touches the store.
+//! The admin CLI: `apply`, `get`, `delete`, `status`, `token`, `svid`, all thin clients of a
+//! gateway's REST API ([`api::client::Client`]); nothing here touches the store.
 //!
 //! ```text
 //!  flags ─▶ context::resolve (server, token, CA) ─▶ Client ─HTTPS─▶ admin port
@@ -18,16 +18,18 @@ mod delete;
 mod files;
 mod get;
 mod status;
+mod svid;
 mod table;
 mod token;
 
 /// The top-level `--help` appendix: what scripts may rely on.
 pub const EXIT_CODES: &str = "\
-Exit status of apply, get, delete, status and token:
+Exit status of apply, get, delete, status, token and svid:
   0  success
   1  the server refused the request (4xx/5xx; its reason is printed on stderr),
      or refused part of an apply or delete
-  2  usage error: bad flags or arguments, unknown kind, unreadable -f file or config
+  2  usage error: bad flags or arguments, unknown kind, unreadable -f file or config,
+     svid files that exist (without --force) or cannot be written
   3  cannot reach the server (connection refused, timeout)";
 
 /// The admin commands, flattened into the top-level command.
@@ -43,6 +45,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Create, list and revoke API tokens (needs an admin token).
     Token(token::TokenArgs),
+    /// Issue X.509-SVIDs for workloads, signed by the gateway's cluster CA (needs an admin
+    /// token).
+    Svid(svid::SvidArgs),
 }
 
 /// The exit status of an admin command, already reported on stderr. `main` turns it into the
@@ -108,6 +113,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Delete(args) => delete::run(args, &env).await,
         Command::Status(args) => status::run(args, &env).await,
         Command::Token(args) => token::run(args, &env).await,
+        Command::Svid(args) => svid::run(args, &env).await,
     };
     match outcome {
         Ok(()) => Ok(()),

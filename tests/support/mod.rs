@@ -348,6 +348,8 @@ pub struct Gateway {
     pub outbound: SocketAddr,
     pub dns: SocketAddr,
     pub admin: SocketAddr,
+    /// The workload mTLS listener (15008).
+    pub workload: SocketAddr,
     /// The Raft listener, when the gateway runs a store.
     pub raft: Option<SocketAddr>,
     /// Where to look for an admin token (`*/admin-token` below it) for `/metrics`: any founded
@@ -401,6 +403,7 @@ impl Gateway {
             outbound: unspecified(),
             dns: unspecified(),
             admin: unspecified(),
+            workload: unspecified(),
             raft: None,
             token_dir: cwd.map(Path::to_path_buf),
             ca: None,
@@ -430,6 +433,7 @@ impl Gateway {
         gw.outbound = field(&line, "outbound");
         gw.dns = field(&line, "dns");
         gw.admin = field(&line, "admin");
+        gw.workload = field(&line, "workload");
         gw.raft = line.contains(" raft=").then(|| field(&line, "raft"));
         gw
     }
@@ -677,7 +681,7 @@ pub fn try_https(
     )
 }
 
-fn exchange(
+pub fn exchange(
     mut s: impl Read + Write,
     method: &str,
     host: &str,

@@ -20,6 +20,7 @@ mod problem;
 pub mod recover;
 mod resources;
 mod status;
+mod svids;
 mod tokens;
 pub use tokens::ttl_duration;
 mod watch;
@@ -41,6 +42,7 @@ use utoipa_axum::routes;
 pub use auth::Principal;
 pub use input::MAX_BODY;
 pub use problem::{PROBLEM_JSON, Problem, ProblemBody, ProblemError, Slug};
+pub use svids::{SVID_TTL_MAX, SvidSigner};
 pub use wire::*;
 pub use writer::{Forward, WRITE_TIMEOUT, Writer};
 
@@ -91,6 +93,7 @@ fn parts() -> (
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(tokens::audit))
+        .routes(routes!(svids::issue_svid))
         .routes(routes!(join::join))
         .routes(routes!(resources::list_all))
         .routes(routes!(

@@ -27,6 +27,7 @@ use super::*;
 use crate::{AdminState, Readiness, SharedMesh};
 
 mod schema_limits;
+mod svids;
 mod traffic_checks;
 
 async fn eventually<T, F: Future<Output = Option<T>>>(
@@ -113,6 +114,15 @@ impl Api {
     }
 
     async fn start_with(state: MeshState) -> Self {
+        Self::start_full(state, None).await
+    }
+
+    /// [`Api::start`] whose `POST /v1/svids` signs with `signer`.
+    async fn start_signing(signer: Arc<dyn SvidSigner>) -> Self {
+        Self::start_full(MeshState::new(), Some(signer)).await
+    }
+
+    async fn start_full(state: MeshState, signer: Option<Arc<dyn SvidSigner>>) -> Self {
         let (compiled, _) = watch::channel(Arc::default());
         let mesh = SharedMesh::with_state(state, compiled);
         let transport = store::LocalTransport::new();
@@ -180,9 +190,12 @@ impl Api {
             address: "10.0.1.1:4433".into(),
             up: true,
         }]);
-        let state = AdminState::new(Arc::new(Registry::default()), Readiness::new(), info)
+        let mut state = AdminState::new(Arc::new(Registry::default()), Readiness::new(), info)
             .with_store(mesh, node.clone(), None)
             .with_tunnels(tunnels);
+        if let Some(signer) = signer {
+            state = state.with_svid_signer(signer);
+        }
         tokio::spawn(async move {
             axum::serve(listener, crate::router(state)).await.unwrap();
         });
@@ -1061,6 +1074,7 @@ async fn openapi_document_lists_exactly_what_is_served() {
         "/v1/tokens/{id}",
         "/v1/tokens/recover",
         "/v1/audit",
+        "/v1/svids",
         "/v1/join",
         "/v1/join/discovery",
         "/v1/{plural}",

@@ -294,6 +294,83 @@ pub struct TokenList {
     pub items: Vec<TokenInfo>,
 }
 
+/// `POST /v1/svids` body. Its schema is written out below, from the patterns the server's own
+/// checks match (a test holds them together).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SvidRequest {
+    /// A Kubernetes namespace ([`DNS_LABEL_PATTERN`]).
+    pub namespace: String,
+    /// A Kubernetes service account ([`DNS_LABEL_PATTERN`]).
+    pub service_account: String,
+    /// PEM `CERTIFICATE REQUEST` (PKCS#10): only its public key is used.
+    pub csr: String,
+    /// [`SVID_TTL_PATTERN`]; 24 h if absent.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// An RFC 1123 label, as `federation::model::check_dns_label` checks it: what Kubernetes
+/// namespaces and service accounts are.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// A workload SVID's `ttl`: [`TTL_PATTERN`], at most 24 h (`svids::SVID_TTL_MAX`), the same
+/// bound as a join token's.
+pub const SVID_TTL_PATTERN: &str = JOIN_TTL_PATTERN;
+
+impl utoipa::PartialSchema for SvidRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let label = |what: &str| {
+            serde_json::json!({
+                "type": "string",
+                "pattern": DNS_LABEL_PATTERN,
+                "description": format!("The workload's Kubernetes {what} (an RFC 1123 label)"),
+                "example": if what == "namespace" { "shop" } else { "web" },
+            })
+        };
+        let schema = serde_json::json!({
+            "description": "`POST /v1/svids` body: the workload's namespace and service account, and a CSR for its key.",
+            "type": "object",
+            "required": ["namespace", "serviceAccount", "csr"],
+            "additionalProperties": false,
+            "properties": {
+                "namespace": label("namespace"),
+                "serviceAccount": label("service account"),
+                "csr": {
+                    "type": "string",
+                    "description": "PEM `CERTIFICATE REQUEST` (PKCS#10) for the workload's key: ECDSA P-256 or P-384, Ed25519, or RSA of 2048 to 8192 bits. Only its public key is used; its subject, SANs and extensions are ignored",
+                },
+                "ttl": {
+                    "type": ["string", "null"],
+                    "pattern": SVID_TTL_PATTERN,
+                    "description": "How long the SVID is valid: 1 to 999999 s, m, h or d, at most 24 h (`86400s`, `1440m`, `24h`, `1d`); 24 h if absent",
+                    "example": "24h",
+                },
+            },
+        });
+        serde_json::from_value(schema).expect("a well-formed schema")
+    }
+}
+
+impl ToSchema for SvidRequest {}
+
+/// `POST /v1/svids` → 201: the workload's X.509-SVID and what it chains to. No private key:
+/// that stayed with the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SvidIssued {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<serviceAccount>`.
+    #[schema(example = "spiffe://east.mesh/ns/shop/sa/web")]
+    pub spiffe_id: String,
+    /// PEM of the leaf certificate (its only URI SAN is `spiffeId`).
+    pub certificate: String,
+    /// PEM of the cluster's CA certificate(s): the trust bundle `certificate` chains to.
+    pub bundle: String,
+    /// When the certificate expires, RFC 3339.
+    #[schema(example = "2025-03-02T12:00:00Z")]
+    pub not_after: String,
+}
+
 /// `POST /v1/join` → 200: the new member's node id and what it needs to talk to the mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

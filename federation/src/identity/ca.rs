@@ -9,6 +9,7 @@
 //!  │    keyUsage (critical) keyCertSign cRLSign digitalSignature, 10 years, no name constraints
 //!  ├─ leaf  no subject, one URI SAN spiffe://<td>/<path>, CA:false,
 //!  │        keyUsage (critical) digitalSignature, EKU serverAuth clientAuth
+//!  │        (`issue`: a key made here; `sign_csr`: the key of a workload's CSR, nothing else of it)
 //!  └─ server leaf (the admin API's HTTPS)  no subject, DNS/IP SANs only (no URI SAN, so it
 //!           never passes for an SVID), CA:false, keyUsage digitalSignature, EKU serverAuth
 //! ```
@@ -31,7 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use time::OffsetDateTime;
 
 use super::svid::{parse_certificate, uri_sans};
-use super::{IdentityError, SpiffeId, Svid, TrustDomain};
+use super::{IdentityError, SignedSvid, SpiffeId, Svid, TrustDomain};
 
 const CERT_FILE: &str = "ca.pem";
 const KEY_FILE: &str = "ca-key.pem";
@@ -93,6 +94,67 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<Svid, IdentityError> {
+        let (params, not_before, not_after) = self.svid_params(id, not_before, not_after)?;
+        let generate = |source| IdentityError::Generate {
+            what: format!("an SVID for {id}"),
+            source,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
+
+        Ok(Svid {
+            id: id.clone(),
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            not_before,
+            not_after,
+            // Within the window even for certificates issued for the past or the future.
+            issued_at: SystemTime::now().clamp(not_before, not_after),
+        })
+    }
+
+    /// Certifies the public key of the DER PKCS#10 request `csr_der` as the X.509-SVID `id`
+    /// (in this CA's trust domain), valid from a minute ago (clock skew) until `ttl` from now,
+    /// cut to the root's expiry: the same certificate [`Self::issue`] makes, for a key that
+    /// stays with its holder.
+    ///
+    /// Only the request's public key is used, and only once the request's signature verifies
+    /// with it. Its subject, SANs, extensions and attributes are ignored: `id` is the whole
+    /// identity. Refused ([`IdentityError::InvalidCsr`]): a request that does not parse or
+    /// verify, and keys other than ECDSA P-256/P-384, Ed25519 and RSA of 2048 to 8192 bits.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedSvid, IdentityError> {
+        let key = super::csr::requested_key(csr_der)?;
+        let (not_before, not_after) = fresh_window(id, ttl)?;
+        let (params, not_before, not_after) = self.svid_params(id, not_before, not_after)?;
+        let cert =
+            params
+                .signed_by(&key, &self.issuer)
+                .map_err(|source| IdentityError::Generate {
+                    what: format!("an SVID for {id}"),
+                    source,
+                })?;
+        Ok(SignedSvid {
+            id: id.clone(),
+            chain: vec![cert.der().clone()],
+            not_before,
+            not_after,
+        })
+    }
+
+    /// What every X.509-SVID this CA signs carries (see the module doc), for `id` from
+    /// `not_before` to `not_after`, and that window as encoded (whole seconds, `not_after` cut
+    /// to the root's expiry).
+    fn svid_params(
+        &self,
+        id: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(CertificateParams, SystemTime, SystemTime), IdentityError> {
         if id.trust_domain() != &self.trust_domain {
             return Err(IdentityError::ForeignId {
                 id: id.clone(),
@@ -119,18 +181,16 @@ impl CertificateAuthority {
             return Err(invalid("not_after is not after not_before"));
         }
 
-        let generate = |source| IdentityError::Generate {
-            what: format!("an SVID for {id}"),
-            source,
-        };
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
         let mut params = CertificateParams::default();
         // X.509-SVIDs identify by URI SAN only; an empty subject leaves nothing for legacy
         // name matching to latch onto (rcgen then marks the SAN critical, as RFC 5280 requires).
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(
-            Ia5String::try_from(id.as_str()).map_err(generate)?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(id.as_str()).map_err(
+            |source| IdentityError::Generate {
+                what: format!("an SVID for {id}"),
+                source,
+            },
+        )?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -141,17 +201,7 @@ impl CertificateAuthority {
         params.serial_number = Some(random_serial(&format!("an SVID for {id}"))?);
         params.not_before = not_before_x509;
         params.not_after = not_after_x509;
-        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
-
-        Ok(Svid {
-            id: id.clone(),
-            chain: vec![cert.der().clone()],
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-            not_before,
-            not_after,
-            // Within the window even for certificates issued for the past or the future.
-            issued_at: SystemTime::now().clamp(not_before, not_after),
-        })
+        Ok((params, not_before, not_after))
     }
 
     /// A TLS server certificate for `names` (DNS names and IP addresses, checked by clients the
@@ -231,14 +281,7 @@ impl CertificateAuthority {
 
     /// [`Self::issue`] from a minute ago (clock skew) until `ttl` from now.
     pub fn issue_for(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, IdentityError> {
-        let now = SystemTime::now();
-        let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
-        let not_after = now
-            .checked_add(ttl)
-            .ok_or_else(|| IdentityError::InvalidValidity {
-                subject: id.to_string(),
-                reason: "ttl is too large",
-            })?;
+        let (not_before, not_after) = fresh_window(id, ttl)?;
         self.issue(id, not_before, not_after)
     }
 
@@ -417,6 +460,19 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
+/// From a minute ago (clock skew) until `ttl` from now: a freshly issued SVID's window.
+fn fresh_window(id: &SpiffeId, ttl: Duration) -> Result<(SystemTime, SystemTime), IdentityError> {
+    let now = SystemTime::now();
+    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+    let not_after = now
+        .checked_add(ttl)
+        .ok_or_else(|| IdentityError::InvalidValidity {
+            subject: id.to_string(),
+            reason: "ttl is too large",
+        })?;
+    Ok((not_before, not_after))
+}
+
 /// `t` in whole seconds (what X.509 can encode), as rcgen and as std time, if X.509 can hold it.
 fn cert_time(t: SystemTime) -> Option<(OffsetDateTime, SystemTime)> {
     let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -444,7 +500,7 @@ fn random_serial(what: &str) -> Result<SerialNumber, IdentityError> {
 
 /// A certificate as PEM. Re-encoded from DER rather than echoed from `ca.pem`, so text that
 /// happens to sit in that file (say, a pasted key) can never leak into a published bundle.
-fn encode_pem(der: &[u8]) -> String {
+pub(super) fn encode_pem(der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
@@ -936,6 +992,158 @@ mod tests {
         assert!(cert.not_after() > SystemTime::now() + Duration::from_secs(3500));
         assert!(!format!("{cert:?}").to_lowercase().contains("key"));
         assert!(ca.issue_server_cert(&[], Duration::from_secs(60)).is_err());
+    }
+
+    /// A CSR for a fresh P-256 key, asking for everything a CA must not grant on request.
+    fn greedy_csr() -> (KeyPair, Vec<u8>) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "spiffe://east/gateway/east-1");
+        params.subject_alt_names = vec![
+            SanType::URI(Ia5String::try_from("spiffe://east/gateway/east-1").unwrap()),
+            SanType::URI(Ia5String::try_from("spiffe://west/ns/prod/sa/admin").unwrap()),
+            SanType::DnsName(Ia5String::try_from("east.example.com").unwrap()),
+            SanType::IpAddress([10, 0, 0, 1].into()),
+        ];
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let csr = params.serialize_request(&key).unwrap();
+        (key, csr.der().to_vec())
+    }
+
+    #[test]
+    fn signed_csr_is_an_x509_svid_for_the_given_id_that_chains_to_the_root() {
+        use super::super::{TrustBundles, TrustStore, fuzzing};
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(tmp.path(), &td("east")).unwrap();
+        let workload = id("spiffe://east/ns/shop/sa/web");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params.serialize_request(&key).unwrap();
+        let before = SystemTime::now();
+        let signed = ca
+            .sign_csr(csr.der(), &workload, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(signed.id(), &workload);
+        assert_eq!(signed.chain().len(), 1);
+        assert!(signed.not_before() <= before - CLOCK_SKEW);
+        assert!(signed.not_after() > before + Duration::from_secs(3598));
+        assert!(signed.not_after() <= SystemTime::now() + Duration::from_secs(3600));
+
+        let leaf = parse_certificate(&signed.chain()[0]).unwrap();
+        assert_eq!(uri_sans(&leaf).unwrap(), [workload.as_str()]);
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(san.value.general_names.len(), 1, "no SANs besides the URI");
+        assert!(leaf.subject().as_raw().len() <= 2, "no subject");
+        assert_eq!(
+            leaf.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw(),
+            "the requested key, not one made here"
+        );
+        assert!(!leaf.is_ca());
+        let ku = leaf.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.flags == 1, "digitalSignature only");
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth && !eku.code_signing);
+        assert!(leaf.extensions().iter().any(|e| matches!(
+            e.parsed_extension(),
+            ParsedExtension::AuthorityKeyIdentifier(_)
+        )));
+
+        // The gateways' own verifiers accept it as east's workload, for both directions.
+        let mut bundles = TrustBundles::new();
+        bundles.insert_pem(td("east"), &ca.bundle_pem()).unwrap();
+        let trust = TrustStore::new(bundles);
+        let now = rustls::pki_types::UnixTime::now();
+        fuzzing::verify_client_chain(&trust, signed.chain(), now).unwrap();
+        fuzzing::verify_server_chain(&trust, &td("east"), signed.chain(), now).unwrap();
+        assert_eq!(peer_spiffe_id_of(&signed), workload);
+        let pem: Vec<_> = rustls_pemfile::certs(&mut signed.chain_pem().as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(pem, signed.chain());
+
+        // Another CA of the same name does not vouch for it.
+        let other = tempfile::tempdir().unwrap();
+        let impostor = CertificateAuthority::load_or_create(other.path(), &td("east")).unwrap();
+        let mut bundles = TrustBundles::new();
+        bundles
+            .insert_pem(td("east"), &impostor.bundle_pem())
+            .unwrap();
+        fuzzing::verify_client_chain(&TrustStore::new(bundles), signed.chain(), now).unwrap_err();
+
+        // A long ttl is cut to the root's expiry, as for issue().
+        let long = ca
+            .sign_csr(csr.der(), &workload, Duration::from_secs(1 << 40))
+            .unwrap();
+        assert!(long.not_after() <= ca.root_not_after);
+    }
+
+    fn peer_spiffe_id_of(signed: &SignedSvid) -> SpiffeId {
+        super::super::peer_spiffe_id(signed.chain()).unwrap()
+    }
+
+    #[test]
+    fn a_csr_gets_its_key_certified_and_nothing_else_it_asks_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(tmp.path(), &td("east")).unwrap();
+        let (key, csr) = greedy_csr();
+        let workload = id("spiffe://east/ns/shop/sa/web");
+        let signed = ca
+            .sign_csr(&csr, &workload, Duration::from_secs(600))
+            .unwrap();
+        let leaf = parse_certificate(&signed.chain()[0]).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(san.value.general_names.len(), 1, "{:?}", san.value);
+        assert_eq!(uri_sans(&leaf).unwrap(), [workload.as_str()]);
+        assert!(
+            leaf.subject().as_raw().len() <= 2,
+            "the requested CN was copied"
+        );
+        assert!(!leaf.is_ca());
+        assert!(!leaf.basic_constraints().unwrap().unwrap().value.ca);
+        let ku = leaf.key_usage().unwrap().unwrap().value;
+        assert!(!ku.key_cert_sign() && !ku.crl_sign() && ku.digital_signature());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(!eku.code_signing && eku.server_auth && eku.client_auth);
+        assert_eq!(
+            leaf.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[test]
+    fn unusable_csrs_and_foreign_ids_are_refused_with_a_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(tmp.path(), &td("east")).unwrap();
+        let workload = id("spiffe://east/ns/shop/sa/web");
+        let ttl = Duration::from_secs(600);
+        let err = ca.sign_csr(b"garbage", &workload, ttl).unwrap_err();
+        assert!(matches!(err, IdentityError::InvalidCsr { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("certificate signing request refused: not a DER PKCS#10 request"),
+            "{msg}"
+        );
+
+        let (_, mut csr) = greedy_csr();
+        let last = csr.len() - 1;
+        csr[last] ^= 0x55;
+        let err = ca.sign_csr(&csr, &workload, ttl).unwrap_err();
+        assert!(
+            err.to_string().contains("signature does not verify"),
+            "{err}"
+        );
+
+        let (_, csr) = greedy_csr();
+        let err = ca
+            .sign_csr(&csr, &id("spiffe://west/ns/shop/sa/web"), ttl)
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::ForeignId { .. }), "{err}");
     }
 
     #[test]

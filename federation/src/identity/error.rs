@@ -55,6 +55,10 @@ pub enum IdentityError {
         #[source]
         source: rcgen::Error,
     },
+    /// A certificate signing request cannot be certified: it does not parse, its signature
+    /// does not verify with its own key, or its key is of a kind or size we do not certify.
+    #[error("certificate signing request refused: {reason}")]
+    InvalidCsr { reason: String },
     /// The operating system's random number generator failed.
     #[error("random number generator failed while generating {what}")]
     Random { what: String },

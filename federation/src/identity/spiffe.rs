@@ -183,6 +183,32 @@ impl SpiffeId {
         Self::new(trust_domain.clone(), &format!("/gateway/{name}"))
     }
 
+    /// The ID of a workload running as Kubernetes service account `service_account` in
+    /// `namespace`, as Istio names it: `spiffe://<td>/ns/<namespace>/sa/<service_account>`.
+    /// Each must be a single path segment; callers that take them from users check them as
+    /// DNS labels first.
+    pub fn workload(
+        trust_domain: &TrustDomain,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, IdentityError> {
+        for (what, segment) in [
+            ("namespace", namespace),
+            ("service account", service_account),
+        ] {
+            if segment.contains('/') {
+                return Err(IdentityError::InvalidSpiffeId {
+                    value: format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"),
+                    reason: format!("{what} {segment:?} must be a single path segment"),
+                });
+            }
+        }
+        Self::new(
+            trust_domain.clone(),
+            &format!("/ns/{namespace}/sa/{service_account}"),
+        )
+    }
+
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
@@ -324,6 +350,13 @@ mod tests {
         assert_eq!(gw.as_str(), "spiffe://east.mesh/gateway/east-1");
         assert_eq!(gw, SpiffeId::parse(gw.as_str()).unwrap());
         assert_eq!(SpiffeId::new(td.clone(), "/a/b").unwrap().path(), "/a/b");
+
+        let web = SpiffeId::workload(&td, "shop", "web").unwrap();
+        assert_eq!(web.as_str(), "spiffe://east.mesh/ns/shop/sa/web");
+        assert_eq!(web, SpiffeId::parse(web.as_str()).unwrap());
+        assert!(SpiffeId::workload(&td, "a/b", "web").is_err());
+        assert!(SpiffeId::workload(&td, "shop", "").is_err());
+        assert!(SpiffeId::workload(&td, "..", "web").is_err());
 
         assert!(SpiffeId::gateway(&td, "a/b").is_err());
         assert!(SpiffeId::gateway(&td, "").is_err());

@@ -84,6 +84,44 @@ impl fmt::Debug for Svid {
     }
 }
 
+/// An X.509-SVID signed for a key held elsewhere ([`super::CertificateAuthority::sign_csr`]):
+/// the certificate, without a private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedSvid {
+    pub(super) id: SpiffeId,
+    /// Leaf first; as for [`Svid::chain`], just the leaf today.
+    pub(super) chain: Vec<CertificateDer<'static>>,
+    /// As encoded in the certificate (whole seconds).
+    pub(super) not_before: SystemTime,
+    pub(super) not_after: SystemTime,
+}
+
+impl SignedSvid {
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The chain as PEM, leaf first.
+    pub fn chain_pem(&self) -> String {
+        self.chain
+            .iter()
+            .map(|c| super::ca::encode_pem(c))
+            .collect()
+    }
+
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
 /// The SPIFFE ID of a peer from its presented chain (leaf first): the leaf's single URI SAN.
 ///
 /// This only reads the certificate. Call it on chains the verifiers in this module accepted

@@ -74,6 +74,12 @@ pub(crate) struct CacheMaps {
     /// What apply-time cross-checks need of each stored route table and rule, with the stored
     /// resource it came from.
     claims: foldhash::HashMap<ResourceKey, (Arc<StoredResource>, Arc<Claims>)>,
+    /// What each security resource compiled to, with the stored resource it came from.
+    pub(super) security:
+        foldhash::HashMap<ResourceKey, (Arc<StoredResource>, Arc<dyn std::any::Any + Send + Sync>)>,
+    /// No security resource was written since `security_table` was built.
+    pub(super) security_clean: bool,
+    pub(super) security_table: Option<Arc<super::Security>>,
     /// What each policy resource compiled to, with the stored resource it came from.
     pub(super) routes:
         foldhash::HashMap<ResourceKey, (Arc<StoredResource>, Arc<dyn std::any::Any + Send + Sync>)>,
@@ -109,6 +115,10 @@ impl CacheMaps {
             | Kind::DestinationPolicy
             | Kind::LinkerdServiceProfile
             | Kind::SmiTrafficSplit => self.policy_clean = false,
+            Kind::IstioAuthorizationPolicy
+            | Kind::AuthorizationPolicy
+            | Kind::IstioPeerAuthentication
+            | Kind::PeerAuthentication => self.security_clean = false,
             _ => {}
         }
     }
@@ -179,6 +189,7 @@ impl MeshState {
             snapshot.services = services.clone();
             snapshot.exports = exports.clone();
             snapshot.routes = super::routes::compile(self, &mut cache);
+            snapshot.security = super::security::compile(self, &mut cache);
             return snapshot;
         }
         drop(cache);
@@ -263,6 +274,7 @@ impl MeshState {
         cache.services_compiled = Some((snapshot.services.clone(), snapshot.exports.clone()));
         cache.services_clean = true;
         snapshot.routes = super::routes::compile(self, &mut cache);
+        snapshot.security = super::security::compile(self, &mut cache);
         snapshot
     }
 }
@@ -373,6 +385,7 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
     // `"ip:port"`, or `{address: "ip:port", labels: {...}}` for an endpoint with labels.
     let mut endpoints = Vec::new();
     let mut endpoint_labels = Vec::new();
+    let mut endpoint_accounts = Vec::new();
     for e in spec
         .get("endpoints")
         .and_then(Value::as_array)
@@ -384,6 +397,9 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
             continue;
         };
         endpoints.push(addr);
+        if let Some(account) = e.get("serviceAccount").and_then(Value::as_str) {
+            endpoint_accounts.push((addr, Box::from(account)));
+        }
         let labels: Labels = e
             .get("labels")
             .and_then(Value::as_object)
@@ -399,6 +415,10 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
     endpoint_labels.reverse();
     endpoint_labels.sort_by_key(|(addr, _)| *addr);
     endpoint_labels.dedup_by_key(|(addr, _)| *addr);
+    endpoint_accounts.reverse();
+    endpoint_accounts.sort_by_key(|(addr, _)| *addr);
+    endpoint_accounts.dedup_by_key(|(addr, _)| *addr);
+    endpoint_accounts.shrink_to_fit();
     // Kept for as long as the service is unchanged, beside thousands of others: no slack.
     endpoints.shrink_to_fit();
     ports.shrink_to_fit();
@@ -410,6 +430,7 @@ fn local_service(resource: &Resource, export: bool) -> Option<(ClusterName, Loca
             ports,
             endpoints,
             endpoint_labels,
+            endpoint_accounts,
             export,
         },
     ))

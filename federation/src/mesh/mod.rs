@@ -16,11 +16,13 @@ use crate::traffic::RouteTable;
 
 mod compile;
 mod routes;
+mod security;
 mod state;
 mod stored;
 pub mod token;
 
 pub use routes::{parse_retry_on, resolve_host};
+pub use security::Security;
 pub use state::{MeshState, RETAINED, apply_keys, cluster_resource, resource_key};
 pub use stored::StoredResource;
 
@@ -270,4 +272,6 @@ pub struct MeshSnapshot {
     pub members: Vec<Member>,
     /// Compiled traffic policy, by service.
     pub routes: Arc<RouteTable>,
+    /// Compiled AuthorizationPolicy and PeerAuthentication, by namespace.
+    pub security: Arc<Security>,
 }

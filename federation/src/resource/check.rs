@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::schema::{NOT_ENFORCED, Report, Shape, StrRule, child, found, unknown_field, walk};
+use super::security;
 use super::{
     FieldError, Kind, KindInfo, NATIVE_GROUP, ObjectMeta, Resource, ResourceKey, Scope, istio,
     linkerd, names, native, smi, traffic,
@@ -508,13 +509,13 @@ fn schema(kind: Kind) -> (&'static Shape, bool) {
         Kind::ServiceExport => (&native::SERVICE_EXPORT, true),
         Kind::Route => (&native::ROUTE, true),
         Kind::DestinationPolicy => (&native::DESTINATION_POLICY, true),
-        Kind::AuthorizationPolicy => (&native::AUTHORIZATION_POLICY, false),
-        Kind::PeerAuthentication => (&native::PEER_AUTHENTICATION, false),
+        Kind::AuthorizationPolicy => (&native::AUTHORIZATION_POLICY, true),
+        Kind::PeerAuthentication => (&native::PEER_AUTHENTICATION, true),
         Kind::RateLimitPolicy => (&native::RATE_LIMIT_POLICY, false),
         Kind::IstioVirtualService => (&istio::VIRTUAL_SERVICE, true),
         Kind::IstioDestinationRule => (&istio::DESTINATION_RULE, true),
-        Kind::IstioAuthorizationPolicy => (&istio::AUTHORIZATION_POLICY, false),
-        Kind::IstioPeerAuthentication => (&istio::PEER_AUTHENTICATION, false),
+        Kind::IstioAuthorizationPolicy => (&istio::AUTHORIZATION_POLICY, true),
+        Kind::IstioPeerAuthentication => (&istio::PEER_AUTHENTICATION, true),
         Kind::LinkerdServiceProfile => (&linkerd::SERVICE_PROFILE, true),
         Kind::SmiTrafficSplit => (&smi::TRAFFIC_SPLIT, true),
     }
@@ -538,7 +539,14 @@ fn check_spec(kind: Option<Kind>, spec: &Value, report: &mut Report) {
         Kind::DestinationPolicy => traffic::destination_policy(spec, report),
         Kind::LinkerdServiceProfile => linkerd::service_profile(spec, report),
         Kind::SmiTrafficSplit => smi::traffic_split(spec, report),
-        Kind::IstioAuthorizationPolicy => check_custom_action(spec, report),
+        Kind::IstioAuthorizationPolicy => {
+            check_custom_action(spec, report);
+            security::authorization_policy(spec, report);
+        }
+        Kind::AuthorizationPolicy => security::authorization_policy(spec, report),
+        Kind::IstioPeerAuthentication | Kind::PeerAuthentication => {
+            security::peer_authentication(spec, report)
+        }
         _ => {}
     }
     // A kind nothing enforces must not look enforced just because its spec is empty: an

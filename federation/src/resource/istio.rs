@@ -636,12 +636,13 @@ const TARGET_REF: Shape = obj(&[
 
 pub(crate) const AUTHORIZATION_POLICY: Shape = obj_with(
     &[
-        field("selector", SELECTOR).not_enforced(),
-        field("targetRef", TARGET_REF).not_enforced(),
-        field("targetRefs", list(&TARGET_REF)).not_enforced(),
-        field("action", Shape::Enum(&["ALLOW", "DENY", "AUDIT", "CUSTOM"])).not_enforced(),
-        field("provider", obj(&[field("name", STR)])).not_enforced(),
-        field("rules", list(&RULE)).not_enforced(),
+        field("selector", SELECTOR),
+        // Refused by `security::authorization_policy` with a pointer to `selector`.
+        field("targetRef", TARGET_REF),
+        field("targetRefs", list(&TARGET_REF)),
+        field("action", Shape::Enum(&["ALLOW", "DENY", "AUDIT", "CUSTOM"])),
+        field("provider", obj(&[field("name", STR)])),
+        field("rules", list(&RULE)),
     ],
     &[at_most_one(&["selector", "targetRef", "targetRefs"])],
 );
@@ -654,14 +655,13 @@ const MTLS: Shape = obj(&[field(
 )]);
 
 pub(crate) const PEER_AUTHENTICATION: Shape = obj(&[
-    field("selector", SELECTOR).not_enforced(),
-    field("mtls", MTLS).not_enforced(),
+    field("selector", SELECTOR),
+    field("mtls", MTLS),
     field(
         "portLevelMtls",
         Shape::Map {
             key: Key::Port,
             value: &MTLS,
         },
-    )
-    .not_enforced(),
+    ),
 ]);

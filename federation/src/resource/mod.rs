@@ -22,6 +22,7 @@ mod parse;
 mod proptests;
 mod references;
 mod schema;
+mod security;
 mod smi;
 #[cfg(test)]
 mod tests;

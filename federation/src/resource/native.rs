@@ -10,7 +10,7 @@ use super::istio::{
     DURATION, HOST, LABELS, MILLIS, NON_NEGATIVE, PORT, SELECTOR, STR, STRING_MATCH, STRINGS,
     SUBSET_NAME, WEIGHT, non_empty,
 };
-use super::schema::{Shape, field, list, map, non_empty_list, obj, required};
+use super::schema::{Key, Shape, field, list, map, non_empty_list, obj, required};
 use crate::identity::{IdentityError, TrustBundles, TrustDomain};
 
 const SOCKET_ADDR: Shape = Shape::Text {
@@ -31,6 +31,11 @@ fn check_socket_addr(s: &str) -> Result<(), String> {
 const DNS_LABEL: Shape = Shape::Text {
     what: "a DNS label",
     check: super::names::check_label,
+};
+
+const DNS_SUBDOMAIN: Shape = Shape::Text {
+    what: "a Kubernetes service account name (a DNS subdomain)",
+    check: super::names::check_subdomain,
 };
 
 const TRUST_DOMAIN: Shape = Shape::Text {
@@ -83,11 +88,17 @@ const SERVICE_PORT: Shape = obj(&[
     field("targetPort", PORT),
 ]);
 
-/// An endpoint: `"ip:port"`, or `{address: "ip:port", labels: {version: v2}}` so that
-/// subsets (DestinationRule, DestinationPolicy) can select it by label.
+/// An endpoint: `"ip:port"`, or `{address: "ip:port", labels: {version: v2}, serviceAccount:
+/// web}` so that subsets (DestinationRule, DestinationPolicy) and PeerAuthentication and
+/// AuthorizationPolicy selectors can select it by label, and a cluster that trusts its node
+/// network can tell who calls from its address.
 const ENDPOINT: Shape = Shape::Either(&[
     SOCKET_ADDR,
-    obj(&[required("address", SOCKET_ADDR), field("labels", LABELS)]),
+    obj(&[
+        required("address", SOCKET_ADDR),
+        field("labels", LABELS),
+        field("serviceAccount", DNS_SUBDOMAIN),
+    ]),
 ]);
 
 pub(crate) const SERVICE: Shape = obj(&[
@@ -170,31 +181,56 @@ const AUTHZ_RULE: Shape = obj(&[
         "from",
         list(&obj(&[
             field("principals", STRINGS),
+            field("notPrincipals", STRINGS),
             field("namespaces", STRINGS),
+            field("notNamespaces", STRINGS),
             field("clusters", STRINGS),
+            field("notClusters", STRINGS),
+            field("ipBlocks", STRINGS),
+            field("notIpBlocks", STRINGS),
         ])),
     ),
     field(
         "to",
         list(&obj(&[
+            field("hosts", STRINGS),
+            field("notHosts", STRINGS),
             field("methods", STRINGS),
+            field("notMethods", STRINGS),
             field("paths", STRINGS),
+            field("notPaths", STRINGS),
             field("ports", list(&PORT)),
+            field("notPorts", list(&PORT)),
         ])),
     ),
 ]);
 
+/// The native twin of Istio's AuthorizationPolicy: the same evaluation, with `from` and `to`
+/// holding the source and operation directly, ports as numbers, and `from.clusters` naming
+/// calling clusters.
 pub(crate) const AUTHORIZATION_POLICY: Shape = obj(&[
-    field("selector", SELECTOR).not_enforced(),
-    field("action", Shape::Enum(&["ALLOW", "DENY"])).not_enforced(),
-    field("rules", list(&AUTHZ_RULE)).not_enforced(),
+    field("selector", SELECTOR),
+    field("action", Shape::Enum(&["ALLOW", "DENY", "AUDIT"])),
+    field("rules", list(&AUTHZ_RULE)),
 ]);
 
-pub(crate) const PEER_AUTHENTICATION: Shape = obj(&[required(
-    "mtls",
-    obj(&[required("mode", Shape::Enum(&["STRICT", "PERMISSIVE"]))]),
-)
-.not_enforced()]);
+const MTLS_MODE: Shape = obj(&[required(
+    "mode",
+    Shape::Enum(&["STRICT", "PERMISSIVE", "DISABLE"]),
+)]);
+
+/// The native twin of Istio's PeerAuthentication; ports are keys of `portLevelMtls`.
+pub(crate) const PEER_AUTHENTICATION: Shape = obj(&[
+    field("selector", SELECTOR),
+    required("mtls", MTLS_MODE),
+    field(
+        "portLevelMtls",
+        Shape::Map {
+            key: Key::Port,
+            value: &MTLS_MODE,
+        },
+    ),
+]);
 
 // ---- RateLimitPolicy ------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ fn stream_request() -> impl Strategy<Value = StreamRequest> {
                     service: ServiceKey::new(&name, &ns).expect("labels"),
                     port: ServicePort { port, protocol },
                     source,
+                    // Any principal stands for itself as a gateway's; workload principals are
+                    // checked by shape (see `workload_principals_have_a_workload_shape`).
+                    authn: SourceAuthn::Gateway,
                     deadline: deadline.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
                     traceparent: trace,
                     choice: RouteChoice {
@@ -266,6 +269,7 @@ fn a_deadline_at_the_end_of_time_does_not_overflow() {
         route: String::new(),
         attempt: 1,
         hash: 0,
+        source_authn: SourceAuthn::Gateway as i32,
     };
     let req = StreamRequest::from_preamble(p.clone(), SystemTime::now()).unwrap();
     assert_eq!(req.to_preamble(), p);
