@@ -1694,7 +1694,26 @@ mod tests {
         let message = message(parse("[listen]\ndsn = \"x\""), "listen.dsn");
         assert_eq!(
             message,
-            "unknown field (expected one of: tunnel, outbound, dns, admin, raft)"
+            "unknown field (expected one of: tunnel, outbound, workload, dns, admin, raft)"
+        );
+    }
+
+    #[test]
+    fn security_settings_default_to_istio_system_and_no_trust_in_addresses() {
+        let config = parse("").unwrap();
+        assert_eq!(config.security, SecuritySettings::default());
+        assert_eq!(config.security.root_namespace, "istio-system");
+        assert!(!config.security.trust_source_address);
+        let config =
+            parse("[security]\nroot_namespace = \"mesh-root\"\ntrust_source_address = true\n")
+                .unwrap();
+        assert_eq!(config.security.root_namespace, "mesh-root");
+        assert!(config.security.trust_source_address);
+        assert_eq!(
+            paths(parse(
+                "[security]\nroot_namespace = \"Not_A_Label\"\ntrust_source_address = \"yes\"\n"
+            )),
+            ["security.root_namespace", "security.trust_source_address"]
         );
     }
 

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod mesh;
 pub mod model;
 pub mod peer_authn;
+pub mod ratelimit;
 pub mod ratelog;
 pub mod resource;
 pub mod traffic;

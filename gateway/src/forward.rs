@@ -47,8 +47,9 @@ impl Flags {
     pub const RESET: Flags = Flags(1 << 8);
     pub const NO_CLUSTER: Flags = Flags(1 << 9);
     pub const DIRECT_RESPONSE: Flags = Flags(1 << 10);
+    pub const RATE_LIMITED: Flags = Flags(1 << 11);
 
-    const NAMES: [(Flags, &'static str); 11] = [
+    const NAMES: [(Flags, &'static str); 12] = [
         (Flags::NO_ROUTE, "NR"),
         (Flags::OVERFLOW, "UO"),
         (Flags::NO_HEALTHY_UPSTREAM, "UH"),
@@ -60,6 +61,7 @@ impl Flags {
         (Flags::RESET, "UR"),
         (Flags::NO_CLUSTER, "NC"),
         (Flags::DIRECT_RESPONSE, "DR"),
+        (Flags::RATE_LIMITED, "RL"),
     ];
 
     pub fn set(&mut self, flag: Flags) {

@@ -58,6 +58,8 @@ pub(crate) struct Inbound {
     /// Also says which clusters' gateways may open tunnels (`clusters_by_domain`).
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub max_preamble_bytes: usize,
+    /// Largest rate-limit demand report a peer may send.
+    pub max_quota_bytes: usize,
     pub metrics: Metrics,
     pub next_endpoint: AtomicUsize,
     /// Endpoint ejections and requests in flight, kept across snapshots.
@@ -291,7 +293,7 @@ async fn serve_stream(
     let decision = StreamRequest::from_preamble(preamble, SystemTime::now())
         .and_then(|req| authorize(req, peer))
         .and_then(|req| match &req {
-            StreamRequest::Catalog { .. } => Ok((req, None)),
+            StreamRequest::Catalog { .. } | StreamRequest::Quota { .. } => Ok((req, None)),
             StreamRequest::Proxy {
                 service,
                 port,
@@ -439,6 +441,30 @@ async fn serve_stream(
                 }
             }
         }
+        (StreamRequest::Quota { .. }, _) => {
+            let _ = preamble::write_frame(&mut send, &Verdict::accepted()).await;
+            let read =
+                preamble::read_frame::<preamble::QuotaReport>(&mut recv, inbound.max_quota_bytes);
+            match tokio::time::timeout(inbound.preamble_timeout, read).await {
+                Ok(Ok(report)) => match quota_report(report) {
+                    Ok(report) => inbound.policy.rate_limits.heard(
+                        peer.to_string(),
+                        report,
+                        std::time::Instant::now(),
+                    ),
+                    Err(why) => {
+                        refuse(VerdictCode::Malformed);
+                        tracing::debug!(%peer, %why, "malformed quota report; ignored");
+                    }
+                },
+                Ok(Err(e)) => {
+                    refuse(VerdictCode::Malformed);
+                    tracing::debug!(%peer, error = %e, "unreadable quota report; ignored");
+                }
+                Err(_) => tracing::debug!(%peer, "quota report did not arrive in time"),
+            }
+            finish(&mut send, inbound.preamble_timeout).await;
+        }
         (StreamRequest::Proxy { .. }, None) => {}
     }
 }
@@ -527,6 +553,32 @@ pub(crate) async fn connect_endpoint(
         }
     }
     None
+}
+
+/// A peer's demand report, checked: bounded, every demand a finite non-negative rate.
+fn quota_report(
+    report: preamble::QuotaReport,
+) -> Result<std::collections::HashMap<String, f64>, String> {
+    use crate::policy::ratelimit::{MAX_REPORT_ENTRIES, MAX_REPORT_KEY};
+    if report.entries.len() > MAX_REPORT_ENTRIES {
+        return Err(format!(
+            "{} entries (at most {MAX_REPORT_ENTRIES})",
+            report.entries.len()
+        ));
+    }
+    report
+        .entries
+        .into_iter()
+        .map(|e| {
+            if e.key.len() > MAX_REPORT_KEY {
+                return Err(format!("a key of {} bytes", e.key.len()));
+            }
+            if !e.demand.is_finite() || e.demand < 0.0 || e.demand > 1e9 {
+                return Err(format!("demand {} for {:?}", e.demand, e.key));
+            }
+            Ok((e.key, e.demand))
+        })
+        .collect()
 }
 
 /// Who called what, as the accepted preamble says.

@@ -34,6 +34,7 @@ mod outbound;
 pub(crate) mod policy;
 mod pool;
 pub mod preamble;
+mod quota;
 #[doc(hidden)]
 pub mod routing; // public for benches/policy.rs only
 mod spin;
@@ -61,6 +62,10 @@ pub use listen::ClientLimits;
 use crate::catalog::Snapshot;
 use crate::follow::Follower;
 use crate::metrics::Metrics;
+
+/// A rate-limit demand report's size limit: 10,000 keys of up to 1 KiB would be more, but a
+/// report that large means a peer with runaway descriptor values; it is refused whole.
+const QUOTA_REPORT_MAX_BYTES: usize = 1 << 20;
 
 /// DNS-over-TCP connections open at once (clients mostly use UDP; TCP is for truncated
 /// answers, which the mesh zone's small answers rarely need).
@@ -292,6 +297,7 @@ impl Gateway {
             preamble_timeout: settings.tunnel.connect_timeout,
             snapshot: snapshot_rx.clone(),
             max_preamble_bytes: usize::from(settings.tunnel.max_preamble_bytes),
+            max_quota_bytes: QUOTA_REPORT_MAX_BYTES,
             metrics: metrics.clone(),
             next_endpoint: AtomicUsize::new(0),
             policy: policy_state.clone(),
@@ -348,6 +354,13 @@ impl Gateway {
             mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_MIRRORS_IN_FLIGHT)),
             attribute_by_address: settings.attribute_by_address,
         });
+        tasks.spawn(quota::run(
+            snapshot_rx.clone(),
+            outbound.policy.clone(),
+            outbound.svid.clone(),
+            settings.tunnel.connect_timeout,
+            drain.signal(),
+        ));
         tasks.spawn(forward::forget_departed(
             outbound.policy.clone(),
             snapshot_rx.clone(),

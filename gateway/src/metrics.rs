@@ -67,6 +67,15 @@ pub struct AuthzLabels {
     pub decision: &'static str,
 }
 
+/// A request a RateLimitPolicy refused at the source gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub service: String,
+    pub policy: String,
+    /// `local` or `mesh`.
+    pub scope: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: Reporter,
@@ -134,6 +143,7 @@ pub struct Metrics {
     pub overflows: Family<PolicyLabels, Counter>,
     pub mirrored: Family<PolicyLabels, Counter>,
     pub authz_decisions: Family<AuthzLabels, Counter>,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
 }
 
 impl Metrics {
@@ -155,6 +165,7 @@ impl Metrics {
             overflows: Family::default(),
             mirrored: Family::default(),
             authz_decisions: Family::default(),
+            rate_limited: Family::default(),
         };
         registry.register(
             "retries",
@@ -215,6 +226,11 @@ impl Metrics {
             "authorization_decisions",
             "AuthorizationPolicy decisions at the destination gateway, by service, policy and action (one per TCP stream or HTTP request a policy applies to)",
             m.authz_decisions.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 by a RateLimitPolicy at this gateway, by service, policy and scope",
+            m.rate_limited.clone(),
         );
         registry.register(
             "stream_refusals",

@@ -209,6 +209,10 @@ pub(crate) async fn route_http(
     };
     let snapshot = outbound.snapshot.borrow().clone();
     let mut flags = Flags::default();
+    if let Some(limited) = rate_limit(outbound, &snapshot, &target.service, &req, client, &caller) {
+        flags.set(Flags::RATE_LIMITED);
+        return answered_here(outbound, &target.service, limited, flags, started);
+    }
     let host_port = host
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok());
@@ -470,6 +474,77 @@ pub(crate) async fn route_http(
         started,
     );
     response
+}
+
+/// The RateLimitPolicies of `service`, each taking a token for this request: none when all
+/// allow it, else the 429 to answer (`retry-after` and Envoy's `x-ratelimit-*` headers).
+fn rate_limit<B>(
+    outbound: &Outbound,
+    snapshot: &Snapshot,
+    service: &ServiceKey,
+    req: &http::Request<B>,
+    client: SocketAddr,
+    caller: &Caller,
+) -> Option<http::Response<Body>> {
+    use federation::ratelimit::Descriptor;
+
+    use crate::policy::ratelimit::{Limiter, Take};
+
+    let limits = snapshot.guard.security.rate_limits.get(service)?;
+    let now = std::time::Instant::now();
+    for limit in limits {
+        let principal = caller.workload().map_or("-", |p| p.as_str());
+        let remote = client.ip().to_string();
+        let values = limit.descriptors.iter().map(|d| match d {
+            Descriptor::Header(name) => req
+                .headers()
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            Descriptor::Path => req.uri().path(),
+            Descriptor::Principal => principal,
+            Descriptor::SourceCluster => outbound.cluster.as_str(),
+            Descriptor::RemoteAddress => remote.as_str(),
+        });
+        let key = Limiter::key(limit, values);
+        if let Take::Limited {
+            retry_after,
+            limit: rate,
+        } = outbound.policy.rate_limits.take(key, limit, now)
+        {
+            let scope = match limit.scope {
+                federation::ratelimit::Scope::Local => "local",
+                federation::ratelimit::Scope::Mesh => "mesh",
+            };
+            outbound
+                .metrics
+                .rate_limited
+                .get_or_create(&crate::metrics::RateLimitLabels {
+                    service: service.to_string(),
+                    policy: limit.name.clone(),
+                    scope,
+                })
+                .inc();
+            let mut resp = http::error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("rate limited by RateLimitPolicy {} ({scope})", limit.name),
+            );
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let headers = resp.headers_mut();
+            for (name, value) in [
+                ("retry-after", secs.to_string()),
+                ("x-ratelimit-limit", format!("{}", rate.round() as u64)),
+                ("x-ratelimit-remaining", "0".to_string()),
+                ("x-ratelimit-reset", secs.to_string()),
+            ] {
+                if let Ok(v) = ::http::HeaderValue::from_str(&value) {
+                    headers.insert(name, v);
+                }
+            }
+            return Some(resp);
+        }
+    }
+    None
 }
 
 /// How an early request ended.

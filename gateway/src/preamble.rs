@@ -122,6 +122,26 @@ pub enum StreamProtocol {
     Http = 2,
     /// Ask the receiver for the services its cluster exports.
     Catalog = 3,
+    /// Tell the receiver this gateway's demand on mesh-wide rate limits (one QuotaReport
+    /// frame follows the verdict's request).
+    Quota = 4,
+}
+
+/// A gateway's demand on the mesh-wide rate-limit buckets it saw traffic for.
+#[derive(Clone, PartialEq, Message)]
+pub struct QuotaReport {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<QuotaEntry>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct QuotaEntry {
+    /// The bucket: the policy's `namespace/name` and its descriptor values.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Requests attempted per second.
+    #[prost(double, tag = "2")]
+    pub demand: f64,
 }
 
 /// The receiver's one-frame answer to a preamble.
@@ -308,12 +328,18 @@ pub enum StreamRequest {
     Catalog {
         source: SpiffeId,
     },
+    /// A peer gateway's rate-limit demand report.
+    Quota {
+        source: SpiffeId,
+    },
 }
 
 impl StreamRequest {
     pub fn source(&self) -> &SpiffeId {
         match self {
-            StreamRequest::Proxy { source, .. } | StreamRequest::Catalog { source } => source,
+            StreamRequest::Proxy { source, .. }
+            | StreamRequest::Catalog { source }
+            | StreamRequest::Quota { source } => source,
         }
     }
 
@@ -344,6 +370,7 @@ impl StreamRequest {
         }
         let protocol = match protocol {
             StreamProtocol::Catalog => return Ok(StreamRequest::Catalog { source }),
+            StreamProtocol::Quota => return Ok(StreamRequest::Quota { source }),
             StreamProtocol::Tcp => federation::model::Protocol::Tcp,
             StreamProtocol::Http => federation::model::Protocol::Http,
             StreamProtocol::Unspecified => return Err(malformed("protocol: unspecified".into())),
@@ -399,6 +426,12 @@ impl StreamRequest {
             StreamRequest::Catalog { source } => Preamble {
                 version: VERSION,
                 protocol: StreamProtocol::Catalog as i32,
+                source_principal: source.to_string(),
+                ..Default::default()
+            },
+            StreamRequest::Quota { source } => Preamble {
+                version: VERSION,
+                protocol: StreamProtocol::Quota as i32,
                 source_principal: source.to_string(),
                 ..Default::default()
             },

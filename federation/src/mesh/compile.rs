@@ -118,7 +118,8 @@ impl CacheMaps {
             Kind::IstioAuthorizationPolicy
             | Kind::AuthorizationPolicy
             | Kind::IstioPeerAuthentication
-            | Kind::PeerAuthentication => self.security_clean = false,
+            | Kind::PeerAuthentication
+            | Kind::RateLimitPolicy => self.security_clean = false,
             _ => {}
         }
     }

@@ -11,7 +11,9 @@ use super::MeshState;
 use super::StoredResource;
 use super::compile::CacheMaps;
 use crate::authz;
+use crate::model::ServiceKey;
 use crate::peer_authn::PeerAuthn;
+use crate::ratelimit::RateLimit;
 use crate::resource::{Kind, ResourceKey};
 
 /// The kinds compiled here.
@@ -20,6 +22,7 @@ pub(crate) const KINDS: &[Kind] = &[
     Kind::AuthorizationPolicy,
     Kind::IstioPeerAuthentication,
     Kind::PeerAuthentication,
+    Kind::RateLimitPolicy,
 ];
 
 /// The mesh's security policy, by namespace; within a namespace in (kind, name) order.
@@ -27,6 +30,8 @@ pub(crate) const KINDS: &[Kind] = &[
 pub struct Security {
     pub authz: BTreeMap<String, Vec<Arc<authz::Policy>>>,
     pub peer_authn: BTreeMap<String, Vec<Arc<PeerAuthn>>>,
+    /// RateLimitPolicies by the service they limit.
+    pub rate_limits: BTreeMap<ServiceKey, Vec<Arc<RateLimit>>>,
 }
 
 impl Security {
@@ -42,13 +47,14 @@ impl Security {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.authz.is_empty() && self.peer_authn.is_empty()
+        self.authz.is_empty() && self.peer_authn.is_empty() && self.rate_limits.is_empty()
     }
 }
 
-/// A compiled AuthorizationPolicy, or why it could not be (skipped with a warning: it was
-/// validated before it was committed).
+/// A compiled AuthorizationPolicy or RateLimitPolicy, or why it could not be (skipped with a
+/// warning: it was validated before it was committed).
 type CompiledAuthz = Result<Arc<authz::Policy>, String>;
+type CompiledLimit = Result<Arc<RateLimit>, String>;
 
 pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<Security> {
     if cache.security_clean
@@ -69,6 +75,9 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<Security>
                 if authz {
                     let policy: CompiledAuthz = authz::Policy::compile(resource).map(Arc::new);
                     Arc::new(policy) as Arc<dyn std::any::Any + Send + Sync>
+                } else if kind == Kind::RateLimitPolicy {
+                    let limit: CompiledLimit = RateLimit::compile(resource).map(Arc::new);
+                    Arc::new(limit)
                 } else {
                     Arc::new(Arc::new(PeerAuthn::compile(resource)))
                 }
@@ -78,6 +87,17 @@ pub(crate) fn compile(state: &MeshState, cache: &mut CacheMaps) -> Arc<Security>
                     Ok(p) => table.authz.entry(ns).or_default().push(p.clone()),
                     Err(why) => {
                         tracing::warn!(policy = %key, reason = %why, "AuthorizationPolicy does not compile; skipped")
+                    }
+                }
+            } else if let Some(limit) = compiled.downcast_ref::<CompiledLimit>() {
+                match limit {
+                    Ok(l) => table
+                        .rate_limits
+                        .entry(l.service.clone())
+                        .or_default()
+                        .push(l.clone()),
+                    Err(why) => {
+                        tracing::warn!(policy = %key, reason = %why, "RateLimitPolicy does not compile; skipped")
                     }
                 }
             } else if let Some(p) = compiled.downcast_ref::<Arc<PeerAuthn>>() {

@@ -216,6 +216,15 @@ fn cluster_local(kind: &str) -> String {
 /// The kind `apiVersion` + `kind` name, or an error listing what is accepted.
 fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, FieldError> {
     let candidates: Vec<&KindInfo> = Kind::all().filter(|k| k.name == kind).collect();
+    if kind == "EnvoyFilter" {
+        return Err(FieldError {
+            field: "kind".into(),
+            message: "EnvoyFilter patches Envoy's own configuration, and Causeway's gateways run \
+                      no Envoy; for rate limits write a RateLimitPolicy (causeway.dev/v1alpha1, \
+                      see examples/causeway/rate-limits.yaml)"
+                .into(),
+        });
+    }
     if candidates.is_empty() {
         let hint = Kind::all()
             .find(|k| k.name.eq_ignore_ascii_case(kind))
@@ -511,7 +520,7 @@ fn schema(kind: Kind) -> (&'static Shape, bool) {
         Kind::DestinationPolicy => (&native::DESTINATION_POLICY, true),
         Kind::AuthorizationPolicy => (&native::AUTHORIZATION_POLICY, true),
         Kind::PeerAuthentication => (&native::PEER_AUTHENTICATION, true),
-        Kind::RateLimitPolicy => (&native::RATE_LIMIT_POLICY, false),
+        Kind::RateLimitPolicy => (&native::RATE_LIMIT_POLICY, true),
         Kind::IstioVirtualService => (&istio::VIRTUAL_SERVICE, true),
         Kind::IstioDestinationRule => (&istio::DESTINATION_RULE, true),
         Kind::IstioAuthorizationPolicy => (&istio::AUTHORIZATION_POLICY, true),
@@ -541,9 +550,9 @@ fn check_spec(kind: Option<Kind>, spec: &Value, report: &mut Report) {
         Kind::SmiTrafficSplit => smi::traffic_split(spec, report),
         Kind::IstioAuthorizationPolicy => {
             check_custom_action(spec, report);
-            security::authorization_policy(spec, report);
+            security::authorization_policy(spec, report, false);
         }
-        Kind::AuthorizationPolicy => security::authorization_policy(spec, report),
+        Kind::AuthorizationPolicy => security::authorization_policy(spec, report, true),
         Kind::IstioPeerAuthentication | Kind::PeerAuthentication => {
             security::peer_authentication(spec, report)
         }

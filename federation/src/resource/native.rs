@@ -242,14 +242,24 @@ pub(crate) const RATE_LIMIT_POLICY: Shape = obj(&[
             min: 1,
             max: u32::MAX as i64,
         },
-    )
-    .not_enforced(),
+    ),
     field(
         "burst",
         Shape::Int {
             min: 0,
             max: u32::MAX as i64,
         },
-    )
-    .not_enforced(),
+    ),
+    field("scope", Shape::Enum(&["local", "mesh"])),
+    field("descriptors", list(&DESCRIPTOR)),
 ]);
+
+/// `path`, `principal`, `sourceCluster`, `remoteAddress` or `header:<name>`.
+const DESCRIPTOR: Shape = Shape::Text {
+    what: "a descriptor (path, principal, sourceCluster, remoteAddress or header:<name>)",
+    check: check_descriptor,
+};
+
+fn check_descriptor(s: &str) -> Result<(), String> {
+    crate::ratelimit::Descriptor::parse(s).map(drop)
+}

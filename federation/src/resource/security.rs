@@ -50,8 +50,9 @@ const IP_FIELDS: &[&str] = &[
     "notRemoteIpBlocks",
 ];
 
-/// `AuthorizationPolicy`, Istio's and the native one.
-pub(crate) fn authorization_policy(spec: &Value, report: &mut Report) {
+/// `AuthorizationPolicy`, Istio's and the native one (`native`: `from` and `to` entries are
+/// the source and the operation themselves).
+pub(crate) fn authorization_policy(spec: &Value, report: &mut Report, native: bool) {
     for field in ["targetRef", "targetRefs"] {
         if spec.get(field).is_some() {
             report.error(
@@ -76,6 +77,7 @@ pub(crate) fn authorization_policy(spec: &Value, report: &mut Report) {
         for (j, from) in items(rule.get("from")).iter().enumerate() {
             let at = format!("{at}.from[{j}]");
             match from.get("source") {
+                _ if native => fields(from, &at, report),
                 Some(source) => fields(source, &format!("{at}.source"), report),
                 None => report.error(at, "a from entry needs a source"),
             }
@@ -83,6 +85,7 @@ pub(crate) fn authorization_policy(spec: &Value, report: &mut Report) {
         for (j, to) in items(rule.get("to")).iter().enumerate() {
             let at = format!("{at}.to[{j}]");
             match to.get("operation") {
+                _ if native => fields(to, &at, report),
                 Some(op) => fields(op, &format!("{at}.operation"), report),
                 None => report.error(at, "a to entry needs an operation"),
             }
@@ -286,7 +289,7 @@ mod tests {
             ),
         ];
         for (spec, field) in cases {
-            let errors = errors(authorization_policy, spec.clone());
+            let errors = errors(|s, r| authorization_policy(s, r, false), spec.clone());
             assert!(
                 errors.iter().any(|e| e.starts_with(&format!("{field}: "))),
                 "{spec} should be refused at {field}: {errors:?}"
@@ -298,7 +301,10 @@ mod tests {
             "when": [{"key": "request.headers[x-team]", "values": ["pay*"]},
                      {"key": "destination.port", "values": ["8080"]}]
         }]});
-        assert_eq!(errors(authorization_policy, fine), Vec::<String>::new());
+        assert_eq!(
+            errors(|s, r| authorization_policy(s, r, false), fine),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

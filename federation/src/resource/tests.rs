@@ -86,11 +86,9 @@ fn every_istio_example_validates_and_reads_back_as_written() {
             let doc = doc.unwrap_or_else(|e| panic!("{file}[{i}]: {e}"));
             let checked =
                 validate(doc.clone()).unwrap_or_else(|errors| panic!("{file}[{i}]: {errors:#?}"));
-            // Security policy is not enforced yet (and says so); traffic policy is.
-            let security = file.contains("authorization") || file.contains("peerauthentication");
-            assert_eq!(
-                !checked.warnings.is_empty(),
-                security,
+            // Traffic and security policy are enforced as written: no warnings.
+            assert!(
+                checked.warnings.is_empty(),
                 "{file}[{i}]: {:?}",
                 checked.warnings
             );
@@ -143,10 +141,10 @@ fn istio_warnings_name_the_feature_not_every_leaf() {
     );
     assert_eq!(warned(&tls), ["spec.trafficPolicy.tls.mode"]);
 
-    // An empty Istio AuthorizationPolicy means "deny all" to Istio: say it is not enforced.
+    // An empty Istio AuthorizationPolicy means "deny all" to Istio, and is enforced so.
     let deny_all = EXAMPLES[0].1;
     let checked = validate(parse_documents(deny_all).remove(0).unwrap()).unwrap();
-    assert_eq!(warned(&checked), ["spec"]);
+    assert_eq!(warned(&checked), Vec::<&str>::new());
 }
 
 const VS_HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: api\n  namespace: prod\nspec:\n  hosts: [api]\n";
@@ -315,7 +313,7 @@ fn json_arrays_are_several_documents() {
         .collect();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0].key.kind, Kind::IstioPeerAuthentication);
-    assert_eq!(warned(&docs[0]), ["spec.mtls"]);
+    assert_eq!(warned(&docs[0]), Vec::<&str>::new());
     assert_eq!(
         docs[1].key,
         ResourceKey {
@@ -413,7 +411,8 @@ fn native_policy_kinds_warn_per_feature() {
     let limit = checked(
         "apiVersion: causeway.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRef: {service: echo}\n  requestsPerSecond: 100\n",
     );
-    assert_eq!(warned(&limit), ["spec.requestsPerSecond"]);
+    // Rate limits and peer authentication take effect too.
+    assert_eq!(warned(&limit), Vec::<&str>::new());
     refused_at(
         "apiVersion: causeway.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: echo, namespace: demo}\nspec:\n  targetRef: {service: echo}\n  requestsPerSecond: 0\n",
         "spec.requestsPerSecond",
@@ -421,14 +420,19 @@ fn native_policy_kinds_warn_per_feature() {
     let peer = checked(
         "apiVersion: causeway.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec: {mtls: {mode: STRICT}}\n",
     );
-    assert_eq!(warned(&peer), ["spec.mtls"]);
+    assert_eq!(warned(&peer), Vec::<&str>::new());
     // Native names are DNS labels; Istio names may have dots.
     refused_at(
         "apiVersion: causeway.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a.b, namespace: demo}\nspec: {mtls: {mode: STRICT}}\n",
         "metadata.name",
     );
     checked(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a.b, namespace: demo}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a.b, namespace: demo}\nspec:\n  selector: {matchLabels: {app: db}}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+    );
+    // Port-level modes are a workload's: Istio refuses them without a selector.
+    refused_at(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: demo}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        "spec.portLevelMtls",
     );
 }
 
@@ -437,10 +441,7 @@ fn server_fields_are_dropped() {
     let checked = checked(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: prod\n  resourceVersion: \"42\"\n  uid: 0b7c\n  generation: 3\n  creationTimestamp: \"2024-01-01T00:00:00Z\"\n  managedFields: []\nspec: {mtls: {mode: STRICT}}\nstatus: {conditions: []}\n",
     );
-    assert_eq!(
-        warned(&checked),
-        ["metadata.creationTimestamp", "spec.mtls", "status"]
-    );
+    assert_eq!(warned(&checked), ["metadata.creationTimestamp", "status"]);
     let meta = &checked.resource.metadata;
     assert_eq!(meta.resource_version.as_deref(), Some("42"));
     assert_eq!(meta.creation_timestamp, None);
@@ -582,7 +583,7 @@ apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: audit-all, namespace: prod}
 spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  selector: {matchLabels: {app: reviews}}
   action: AUDIT
   rules:
   - from:
@@ -599,16 +600,21 @@ spec:
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: CUSTOM}\n",
         "spec.action",
     );
+    // Waypoint attachment is known, and refused with a pointer to `selector`.
+    refused_at(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n",
+        "spec.targetRefs",
+    );
     refused_at(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}\n",
         "spec.action",
     );
     refused_at(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: DENY, provider: {name: opa}}\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: p}\nspec: {action: DENY, provider: {name: opa}, rules: [{}]}\n",
         "spec.provider",
     );
     refused_at(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: p}\nspec:\n  portLevelMtls:\n    http: {mode: DISABLE}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: p}\nspec:\n  selector: {matchLabels: {app: db}}\n  portLevelMtls:\n    http: {mode: DISABLE}\n",
         "spec.portLevelMtls.http",
     );
 }

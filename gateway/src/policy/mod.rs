@@ -23,6 +23,7 @@ pub(crate) mod lb;
 pub(crate) mod limits;
 pub(crate) mod locality;
 pub(crate) mod outlier;
+pub(crate) mod ratelimit;
 pub(crate) mod retry;
 pub(crate) mod state;
 

@@ -35,6 +35,8 @@ pub(crate) struct PolicyState {
     budgets: Mutex<HashMap<Key, Budget>>,
     detectors: Mutex<HashMap<Key, Detector<String>>>,
     limits: Mutex<HashMap<Key, Arc<Limits>>>,
+    /// RateLimitPolicy buckets, and the peers' demand for the mesh-wide ones.
+    pub rate_limits: super::ratelimit::Limiter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
