@@ -399,3 +399,394 @@ fn the_workload_listener_admits_only_this_clusters_workloads() {
     );
     drop(west);
 }
+
+/// A server verifier that takes any certificate: these clients test the server's refusals.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `GET /` on the workload listener presenting `chain` and `key`: the status, or why not.
+fn present(
+    gw: &Gateway,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<u16, String> {
+    present_maybe(gw, Some((chain, key)))
+}
+
+/// [`present`], or with no client certificate at all.
+fn present_maybe(
+    gw: &Gateway,
+    cert: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<u16, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match cert {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("gateway").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&gw.workload, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    support::exchange(
+        rustls::StreamOwned::new(conn, s),
+        "GET",
+        "api.production",
+        "/",
+        &[],
+        b"",
+    )
+    .map(|r| r.0)
+    .map_err(|e| e.to_string())
+}
+
+/// A leaf for `uri` (none: no URI SAN) signed by `issuer`, shaped like an X.509-SVID, then
+/// changed by `edit`.
+fn craft(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    uris: &[&str],
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).unwrap()))
+        .collect();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    edit(&mut params);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+/// A CA of its own for `td` (not the cluster's).
+fn rogue_ca(td: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(format!("spiffe://{td}")).unwrap(),
+    )];
+    rcgen::Issuer::new(params, key)
+}
+
+/// The refusal matrix: each certificate below is refused by the workload listener, for the
+/// reason it is built to fail on, and counted under that reason.
+#[test]
+fn malformed_and_misplaced_svids_are_refused_by_the_workload_listener_with_their_reason() {
+    let net = Net::new(134);
+    let (east, admin) = founder(&net, "east", 1);
+    let west = Spec::new("west", 2)
+        .join(&east, &token(&admin, "join"))
+        .start(&net);
+    let api = backend::http_echo(&net.ip(1), "api");
+    apply(
+        &admin,
+        &yaml(json!([
+            {"apiVersion": "causeway.dev/v1alpha1", "kind": "Service",
+             "metadata": {"name": "api", "namespace": "production", "cluster": "east"},
+             "spec": {"ports": [{"port": 80, "protocol": "http"}], "endpoints": [api.to_string()]}},
+        ])),
+    );
+    let ca_dir = net.data_dir("east").join("ca");
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca-key.pem")).unwrap())
+            .unwrap();
+    let east_ca = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap(),
+        key,
+    )
+    .unwrap();
+    let west_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(net.data_dir("west").join("ca").join("ca-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let west_ca = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(net.data_dir("west").join("ca").join("ca.pem")).unwrap(),
+        west_key,
+    )
+    .unwrap();
+    const WEB: &str = "spiffe://east.mesh/ns/production/sa/web";
+
+    // Control: the same recipe, unchanged, is a good workload SVID.
+    let (chain, key) = craft(&east_ca, &[WEB], |_| {});
+    let status = eventually("the control SVID served", UP, || {
+        present(&east, chain.clone(), key.clone_key())
+            .ok()
+            .filter(|s| *s == 200)
+    });
+    assert_eq!(status, 200);
+
+    let same = |_: &mut rcgen::CertificateParams| {};
+    let mut cases: Vec<(&str, &str, _)> = vec![
+        (
+            "unknown trust domain",
+            "unknown_trust_domain",
+            craft(
+                &rogue_ca("rogue.mesh"),
+                &["spiffe://rogue.mesh/ns/production/sa/web"],
+                same,
+            ),
+        ),
+        (
+            "expired",
+            "expired",
+            craft(&east_ca, &[WEB], |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }),
+        ),
+        (
+            "not yet valid",
+            "not_yet_valid",
+            craft(&east_ca, &[WEB], |p| {
+                p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }),
+        ),
+        (
+            "right domain, wrong CA",
+            "unknown_issuer",
+            craft(&rogue_ca("east.mesh"), &[WEB], same),
+        ),
+        (
+            "a leaf that is a CA",
+            "invalid_purpose",
+            craft(&east_ca, &[WEB], |p| {
+                p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            }),
+        ),
+        (
+            "two URI SANs",
+            "uri_san_count",
+            craft(
+                &east_ca,
+                &[WEB, "spiffe://east.mesh/ns/production/sa/db"],
+                same,
+            ),
+        ),
+        (
+            "no URI SAN",
+            "uri_san_count",
+            craft(&east_ca, &[], |p| {
+                p.subject_alt_names = vec![rcgen::SanType::DnsName(
+                    "web.production".try_into().unwrap(),
+                )];
+            }),
+        ),
+        (
+            "a URI with a query",
+            "invalid_spiffe_id",
+            craft(
+                &east_ca,
+                &["spiffe://east.mesh/ns/production/sa/web?admin=1"],
+                same,
+            ),
+        ),
+        (
+            "a URI with a fragment",
+            "invalid_spiffe_id",
+            craft(
+                &east_ca,
+                &["spiffe://east.mesh/ns/production/sa/web#x"],
+                same,
+            ),
+        ),
+        (
+            "server auth only",
+            "invalid_purpose",
+            craft(&east_ca, &[WEB], |p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            }),
+        ),
+        (
+            "code signing only",
+            "invalid_purpose",
+            craft(&east_ca, &[WEB], |p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
+            }),
+        ),
+        (
+            "another domain's principal signed by this CA",
+            "unknown_issuer",
+            craft(&east_ca, &["spiffe://west.mesh/ns/production/sa/web"], same),
+        ),
+        (
+            "not a SPIFFE URI",
+            "invalid_spiffe_id",
+            craft(&east_ca, &["https://east.mesh/ns/production/sa/web"], same),
+        ),
+        (
+            "a dot segment",
+            "invalid_spiffe_id",
+            craft(&east_ca, &["spiffe://east.mesh/ns/../sa/web"], same),
+        ),
+        (
+            "an uppercase trust domain",
+            "invalid_spiffe_id",
+            craft(&east_ca, &["spiffe://EAST.mesh/ns/production/sa/web"], same),
+        ),
+        (
+            "a trailing slash",
+            "invalid_spiffe_id",
+            craft(
+                &east_ca,
+                &["spiffe://east.mesh/ns/production/sa/web/"],
+                same,
+            ),
+        ),
+        (
+            "a port in the trust domain",
+            "invalid_spiffe_id",
+            craft(
+                &east_ca,
+                &["spiffe://east.mesh:443/ns/production/sa/web"],
+                same,
+            ),
+        ),
+        (
+            "user info",
+            "invalid_spiffe_id",
+            craft(
+                &east_ca,
+                &["spiffe://admin@east.mesh/ns/production/sa/web"],
+                same,
+            ),
+        ),
+        (
+            "a percent-encoded path",
+            "invalid_spiffe_id",
+            craft(
+                &east_ca,
+                &["spiffe://east.mesh/ns/production/sa/w%65b"],
+                same,
+            ),
+        ),
+        ("self-signed", "unknown_issuer", {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(WEB.try_into().unwrap())];
+            let cert = p.self_signed(&key).unwrap();
+            (
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+        }),
+        (
+            "the trust domain itself",
+            "invalid_spiffe_id",
+            craft(&east_ca, &["spiffe://east.mesh"], same),
+        ),
+        (
+            "a gateway's identity",
+            "not_a_workload",
+            craft(&east_ca, &["spiffe://east.mesh/gateway/east-9"], same),
+        ),
+        (
+            "a path that is no workload's",
+            "not_a_workload",
+            craft(&east_ca, &["spiffe://east.mesh/workload/web"], same),
+        ),
+        (
+            "a workload of another cluster",
+            "foreign_trust_domain",
+            craft(&west_ca, &["spiffe://west.mesh/ns/production/sa/web"], same),
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    let count = |reason: &str| {
+        east.metric("causeway_workload_refusals_total", &[("reason", reason)])
+            .unwrap_or(0.0)
+    };
+    for (what, reason, (chain, key)) in cases.drain(..) {
+        let before = count(reason);
+        let outcome = present(&east, chain, key);
+        assert!(!matches!(outcome, Ok(200)), "{what}: served ({outcome:?})");
+        eventually(
+            &format!("{what} counted as {reason}"),
+            Duration::from_secs(5),
+            || (count(reason) == before + 1.0).then_some(()),
+        );
+    }
+    // No certificate at all.
+    let none = present_maybe(&east, None);
+    assert!(
+        !matches!(none, Ok(200)),
+        "served without a certificate: {none:?}"
+    );
+    eventually("no certificate counted", Duration::from_secs(5), || {
+        (count("no_certificate") >= 1.0).then_some(())
+    });
+    drop(west);
+}

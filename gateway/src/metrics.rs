@@ -67,6 +67,15 @@ pub struct AuthzLabels {
     pub decision: &'static str,
 }
 
+/// A connection the workload listener refused, by reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadRefusalLabels {
+    /// The certificate check that failed (`expired`, `unknown_issuer`, ...; see
+    /// `federation::identity::refusal_reason`), `foreign_trust_domain` (a workload of another
+    /// cluster), `not_a_workload` (an SVID without a workload path), or `timeout`.
+    pub reason: &'static str,
+}
+
 /// A request a RateLimitPolicy refused at the source gateway.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RateLimitLabels {
@@ -144,6 +153,7 @@ pub struct Metrics {
     pub mirrored: Family<PolicyLabels, Counter>,
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub workload_refusals: Family<WorkloadRefusalLabels, Counter>,
 }
 
 impl Metrics {
@@ -166,6 +176,7 @@ impl Metrics {
             mirrored: Family::default(),
             authz_decisions: Family::default(),
             rate_limited: Family::default(),
+            workload_refusals: Family::default(),
         };
         registry.register(
             "retries",
@@ -231,6 +242,11 @@ impl Metrics {
             "rate_limited",
             "Requests answered 429 by a RateLimitPolicy at this gateway, by service, policy and scope",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "workload_refusals",
+            "Connections the workload mTLS listener refused, by reason",
+            m.workload_refusals.clone(),
         );
         registry.register(
             "stream_refusals",

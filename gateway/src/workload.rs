@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::drain;
 use crate::http::{self, StatusCode};
 use crate::listen::{self, Accepted, SharedTimer, Throttled, TimedIo, Tracked};
+use crate::metrics::WorkloadRefusalLabels;
 use crate::outbound::{self, Outbound};
 use crate::preamble::{Caller, SourceAuthn, workload_path};
 
@@ -100,15 +101,28 @@ pub(crate) async fn serve(
             let _slot = slot;
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+            let count = |reason| {
+                outbound
+                    .metrics
+                    .workload_refusals
+                    .get_or_create(&WorkloadRefusalLabels { reason })
+                    .inc();
+            };
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    let reason = e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                        .map_or("handshake", identity::refusal_reason);
+                    count(reason);
                     if refused.event(|| format!("from {remote}: {e}")) {
-                        tracing::warn!(client = %remote, error = %e, "workload TLS handshake failed");
+                        tracing::warn!(client = %remote, error = %e, reason, "workload TLS handshake failed");
                     }
                     return;
                 }
                 Err(_) => {
+                    count("timeout");
                     if refused.event(|| format!("from {remote}: handshake timed out")) {
                         tracing::warn!(client = %remote, ?handshake_timeout, "workload TLS handshake timed out");
                     }
@@ -119,6 +133,7 @@ pub(crate) async fn serve(
             let id = match identity::peer_spiffe_id(certs) {
                 Ok(id) => id,
                 Err(e) => {
+                    count("not_a_workload");
                     if refused.event(|| format!("from {remote}: {e}")) {
                         tracing::warn!(client = %remote, error = %e, "workload presented no SPIFFE ID");
                     }
@@ -126,6 +141,11 @@ pub(crate) async fn serve(
                 }
             };
             if id.trust_domain() != &own_domain || workload_path(id.path()).is_none() {
+                count(if id.trust_domain() != &own_domain {
+                    "foreign_trust_domain"
+                } else {
+                    "not_a_workload"
+                });
                 if refused.event(|| format!("from {remote}: {id}")) {
                     tracing::warn!(client = %remote, %id, trust_domain = %own_domain, "refused workload connection: not a workload identity of this cluster (spiffe://<td>/ns/<ns>/sa/<sa>)");
                 }

@@ -45,5 +45,6 @@ pub use trust::TrustStore;
 #[doc(hidden)]
 pub use verifier::fuzzing;
 pub use verifier::{
-    ALPN, client_config, client_config_with_alpn, server_config, server_config_with_alpn,
+    ALPN, client_config, client_config_with_alpn, refusal_reason, server_config,
+    server_config_with_alpn,
 };

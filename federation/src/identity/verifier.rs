@@ -280,6 +280,49 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// A SPIFFE-level refusal, carrying our message to the rustls error and logs.
+/// A stable, low-cardinality name for why a handshake refused a peer's certificate, for
+/// metric labels: `expired`, `not_yet_valid`, `unknown_issuer` (wrong CA or self-signed),
+/// `bad_encoding`, `invalid_purpose` (key usage, EKU, a CA as a leaf), `unknown_trust_domain`,
+/// `unexpected_trust_domain`, `uri_san_count`, `invalid_spiffe_id`, `malformed_certificate`,
+/// `no_certificate`, or `handshake` for anything else.
+pub fn refusal_reason(err: &rustls::Error) -> &'static str {
+    match err {
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_issuer",
+            CertificateError::BadEncoding => "bad_encoding",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "invalid_purpose"
+            }
+            CertificateError::Other(OtherError(inner)) => match inner.downcast_ref::<Refusal>() {
+                Some(Refusal(IdentityError::UnknownTrustDomain(_))) => "unknown_trust_domain",
+                Some(Refusal(IdentityError::UnexpectedTrustDomain { .. })) => {
+                    "unexpected_trust_domain"
+                }
+                Some(Refusal(IdentityError::PeerUriSanCount(_))) => "uri_san_count",
+                Some(Refusal(
+                    IdentityError::InvalidSpiffeId { .. }
+                    | IdentityError::InvalidTrustDomain { .. },
+                )) => "invalid_spiffe_id",
+                Some(Refusal(IdentityError::MalformedPeerCertificate(_))) => {
+                    "malformed_certificate"
+                }
+                Some(Refusal(IdentityError::NoPeerCertificate)) => "no_certificate",
+                _ => match inner.downcast_ref::<webpki::Error>() {
+                    Some(webpki::Error::CaUsedAsEndEntity) => "invalid_purpose",
+                    _ => "handshake",
+                },
+            },
+            _ => "handshake",
+        },
+        _ => "handshake",
+    }
+}
+
 fn refused(err: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refusal(err)))))
 }
