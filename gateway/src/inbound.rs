@@ -876,3 +876,39 @@ pub(crate) fn exports_from_catalog(
     }
     exports
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A peer's demand report is taken whole or refused whole, with a reason; what is
+        /// taken holds only finite, non-negative rates of bounded keys.
+        #[test]
+        fn quota_reports_are_taken_only_when_sane(
+            entries in proptest::collection::vec(("\\PC{0,1100}", proptest::num::f64::ANY), 0..8),
+        ) {
+            let report = preamble::QuotaReport {
+                entries: entries
+                    .iter()
+                    .map(|(key, demand)| preamble::QuotaEntry { key: key.clone(), demand: *demand })
+                    .collect(),
+            };
+            let sane = entries
+                .iter()
+                .all(|(k, d)| k.len() <= 1024 && d.is_finite() && *d >= 0.0 && *d <= 1e9);
+            match quota_report(report) {
+                Ok(taken) => {
+                    prop_assert!(sane);
+                    prop_assert!(taken.values().all(|d| d.is_finite() && *d >= 0.0));
+                }
+                Err(why) => {
+                    prop_assert!(!sane);
+                    prop_assert!(!why.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -258,3 +258,87 @@ fn paths_are_normalized_before_matching() {
         assert_eq!(normalize_path(raw), normal, "{raw}");
     }
 }
+
+mod fuzz {
+    //! Property tests (the `cargo test` half of fuzzing): principals, paths and descriptors
+    //! from arbitrary input are matched, normalized and parsed by the rules, never with a panic.
+
+    use proptest::prelude::*;
+
+    use super::super::{normalize_path, principal_matches, string_matches};
+    use crate::ratelimit::Descriptor;
+
+    /// Istio's string match, written out the long way.
+    fn reference(pattern: &str, value: &str) -> bool {
+        if pattern == "*" {
+            !value.is_empty()
+        } else if let Some(p) = pattern.strip_suffix('*') {
+            value.starts_with(p)
+        } else if let Some(s) = pattern.strip_prefix('*') {
+            value.ends_with(s)
+        } else {
+            pattern == value
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn string_patterns_match_as_istio_says(pattern in ".{0,12}", value in ".{0,12}") {
+            prop_assert_eq!(string_matches(&pattern, &value), reference(&pattern, &value));
+            // Every non-empty value matches itself exactly, and `*`.
+            if !value.is_empty() && !value.contains('*') {
+                prop_assert!(string_matches(&value, &value));
+                prop_assert!(string_matches("*", &value));
+            }
+        }
+
+        #[test]
+        fn principals_match_only_their_own_trust_domains(
+            ns in "[a-z]{1,8}", sa in "[a-z]{1,8}", td in "[a-z]{1,6}\\.mesh", other in "[a-z]{1,6}\\.org",
+        ) {
+            let principal = format!("{td}/ns/{ns}/sa/{sa}");
+            let local = [td.as_str()];
+            let with_scheme = format!("spiffe://{principal}");
+            let aliased = format!("cluster.local/ns/{ns}/sa/{sa}");
+            let prefix = format!("cluster.local/ns/{ns}/*");
+            let foreign = format!("{other}/ns/{ns}/sa/{sa}");
+            // As written, with or without spiffe://, and through cluster.local.
+            prop_assert!(principal_matches(&principal, &principal, &local));
+            prop_assert!(principal_matches(&with_scheme, &principal, &local));
+            prop_assert!(principal_matches(&aliased, &principal, &local));
+            prop_assert!(principal_matches(&prefix, &principal, &local));
+            // cluster.local never stands for a domain that is not local; another domain's
+            // principal never matches.
+            prop_assert!(!principal_matches(&aliased, &foreign, &local));
+            prop_assert!(!principal_matches(&principal, &foreign, &local));
+        }
+
+        #[test]
+        fn arbitrary_principals_never_panic(pattern in "\\PC{0,40}", value in "\\PC{0,40}") {
+            let _ = principal_matches(&pattern, &value, &["east.mesh"]);
+        }
+
+        #[test]
+        fn normalized_paths_are_rooted_dot_free_and_stable(path in "(/|\\.|\\.\\.|[a-z]|\\?|%2e){0,24}") {
+            let once = normalize_path(&path);
+            prop_assert!(once.starts_with('/'), "{once}");
+            prop_assert!(!once.contains('?'), "{once}");
+            for segment in once.split('/') {
+                prop_assert!(segment != "." && segment != "..", "{path} -> {once}");
+            }
+            prop_assert_eq!(normalize_path(&once), once.clone());
+        }
+
+        #[test]
+        fn descriptors_parse_or_are_refused_with_a_reason(s in "\\PC{0,40}") {
+            match Descriptor::parse(&s) {
+                Ok(Descriptor::Header(name)) => {
+                    prop_assert_eq!(name.clone(), name.to_ascii_lowercase());
+                    prop_assert!(!name.is_empty() && !name.contains(' ') && !name.contains(':'));
+                }
+                Ok(_) => prop_assert!(["path", "principal", "sourceCluster", "remoteAddress"].contains(&s.as_str())),
+                Err(why) => prop_assert!(why.contains("is not a descriptor")),
+            }
+        }
+    }
+}
