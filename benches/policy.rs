@@ -27,6 +27,7 @@ mod common;
 use common::{cpu_ticks, env_or, ms, percentile, ratio};
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -338,6 +339,7 @@ fn propagation(settings: &Settings) -> anyhow::Result<()> {
     let edge = Spec::new("edge", 3).join(&east, &token).start(&net);
     let gateways = [("east", &east), ("west", &west), ("edge", &edge)];
     canary_cost(settings, &net, &east, &admin)?;
+    security_cost(settings, &net, &east, &admin)?;
 
     let loading = Instant::now();
     let docs = |range: std::ops::Range<usize>, f: &dyn Fn(usize) -> Resource| {
@@ -449,31 +451,166 @@ fn propagation(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---- D: what the canary policy adds to a request ----------------------------------------------
+// ---- E: what security policy adds, and what the workload's mTLS adds ---------------------------
 
-/// One keep-alive connection to east's outbound listener; requests sent one at a time.
-struct KeepAlive {
-    reader: std::io::BufReader<std::net::TcpStream>,
-    writer: std::net::TcpStream,
+/// Twenty AuthorizationPolicy rules (a DENY policy of ten that never match, an ALLOW policy
+/// whose tenth rule matches) and a RateLimitPolicy too high to refuse anything, against none;
+/// then the same calls from a workload over mutual TLS to 15008 against plaintext 15001.
+/// Alternating rounds, as in D.
+fn security_cost(
+    settings: &Settings,
+    net: &Net,
+    east: &Gateway,
+    admin: &Api,
+) -> anyhow::Result<()> {
+    for path in [
+        "/v1/namespaces/production/virtualservices/api-traffic-split",
+        "/v1/namespaces/production/destinationrules/api-destination",
+    ] {
+        let _ = admin.raw("DELETE", path, None);
+    }
+    let rule = |i: usize, matching: bool| {
+        if matching {
+            json!({"to": [{"operation": {"methods": ["GET"], "paths": ["/*"]}}]})
+        } else {
+            json!({"to": [{"operation": {"paths": [format!("/never-{i}/*")]}}],
+                   "when": [{"key": "request.headers[x-bench]", "values": [format!("v{i}")]}]})
+        }
+    };
+    let deny: Vec<_> = (0..10).map(|i| rule(i, false)).collect();
+    let allow: Vec<_> = (10..20).map(|i| rule(i, i == 19)).collect();
+    let policy = [
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "bench-deny", "namespace": "production"},
+               "spec": {"selector": {"matchLabels": {"version": "stable"}}, "action": "DENY", "rules": deny}}),
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "bench-allow", "namespace": "production"},
+               "spec": {"selector": {"matchLabels": {"version": "stable"}}, "action": "ALLOW", "rules": allow}}),
+        json!({"apiVersion": "causeway.dev/v1alpha1", "kind": "RateLimitPolicy",
+               "metadata": {"name": "bench-limit", "namespace": "production"},
+               "spec": {"targetRef": {"service": "api"}, "requestsPerSecond": 1_000_000,
+                        "descriptors": ["remoteAddress"]}}),
+    ]
+    .iter()
+    .map(|d| serde_yaml_ng::to_string(d).expect("yaml"))
+    .collect::<Vec<_>>()
+    .join("---\n");
+    let n = if settings.full { 5_000 } else { 200 };
+    let (mut plain, mut guarded) = (Vec::new(), Vec::new());
+    for _round in 0..4 {
+        for path in [
+            "/v1/namespaces/production/authorizationpolicies/bench-deny",
+            "/v1/namespaces/production/authorizationpolicies/bench-allow",
+            "/v1/namespaces/production/ratelimitpolicies/bench-limit",
+        ] {
+            let _ = admin.raw("DELETE", path, None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        plain.extend(latencies(east.outbound, "api.production", n)?);
+        apply(admin, &policy)?;
+        std::thread::sleep(Duration::from_millis(200));
+        guarded.extend(latencies(east.outbound, "api.production", n)?);
+    }
+    report_added(
+        "E. security policy: 20 AuthorizationPolicy rules and a rate limit, against none",
+        ("no policy", &mut plain),
+        ("20 rules + limit", &mut guarded),
+        0.05,
+        settings,
+    );
+
+    // The workload's own SVID over mutual TLS to 15008, one handshake then keep-alive.
+    let td = federation::identity::TrustDomain::parse("east.mesh")?;
+    let ca = federation::identity::CertificateAuthority::load_or_create(
+        &net.data_dir("east").join("ca"),
+        &td,
+    )?;
+    let id = federation::identity::SpiffeId::parse("spiffe://east.mesh/ns/production/sa/bench")?;
+    let svid = ca.issue_for(&id, Duration::from_secs(3600))?;
+    let mut trust = federation::identity::TrustBundles::new();
+    trust.insert(td.clone(), vec![ca.root_der()]);
+    let config = Arc::new(federation::identity::client_config_with_alpn(
+        &svid,
+        Arc::new(trust),
+        &td,
+        &[b"http/1.1"],
+    )?);
+    let mtls = || -> anyhow::Result<KeepAlive<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>> {
+        let tcp = std::net::TcpStream::connect(east.workload)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let conn = rustls::ClientConnection::new(config.clone(), "gateway".try_into()?)?;
+        Ok(KeepAlive {
+            stream: std::io::BufReader::new(rustls::StreamOwned::new(conn, tcp)),
+        })
+    };
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for _round in 0..4 {
+        plain.extend(latencies(east.outbound, "api.production", n)?);
+        tls.extend(latencies_on(mtls()?, "api.production", n)?);
+    }
+    report_added(
+        "F. a workload over mutual TLS to 15008 (keep-alive), against plaintext 15001",
+        ("plaintext 15001", &mut plain),
+        ("mTLS 15008", &mut tls),
+        0.1,
+        settings,
+    );
+    Ok(())
 }
 
-impl KeepAlive {
+/// Prints two latency sets side by side and what the second adds at p99 against `target` ms.
+fn report_added(
+    title: &str,
+    (a_name, a): (&str, &mut Vec<Duration>),
+    (b_name, b): (&str, &mut Vec<Duration>),
+    target: f64,
+    settings: &Settings,
+) {
+    a.sort();
+    b.sort();
+    let (p50a, p99a) = (percentile(a, 0.5), percentile(a, 0.99));
+    let (p50b, p99b) = (percentile(b, 0.5), percentile(b, 0.99));
+    let added = (p99b.as_secs_f64() - p99a.as_secs_f64()) * 1e3;
+    println!("\n{title}, {} calls each, alternating rounds", a.len());
+    println!("   {a_name:<18} p50 {} ms  p99 {} ms", ms(p50a), ms(p99a));
+    println!("   {b_name:<18} p50 {} ms  p99 {} ms", ms(p50b), ms(p99b));
+    println!(
+        "   added p99 {added:+.3} ms, p50 {:+.3} ms ({} the plain p99; target added p99 ≤ {target} ms: {})",
+        (p50b.as_secs_f64() - p50a.as_secs_f64()) * 1e3,
+        ratio(p99b.as_secs_f64(), p99a.as_secs_f64()),
+        verdict(settings, added <= target)
+    );
+}
+
+// ---- D: what the canary policy adds to a request ----------------------------------------------
+
+/// One keep-alive connection to a gateway's listener (plain TCP, or TLS); requests sent one at
+/// a time.
+struct KeepAlive<S: std::io::Read + std::io::Write> {
+    stream: std::io::BufReader<S>,
+}
+
+impl KeepAlive<std::net::TcpStream> {
     fn open(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
         let stream = std::net::TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(KeepAlive {
-            reader: std::io::BufReader::new(stream.try_clone()?),
-            writer: stream,
+            stream: std::io::BufReader::new(stream),
         })
     }
+}
 
+impl<S: std::io::Read + std::io::Write> KeepAlive<S> {
     /// Sends a GET and reads the answer; returns its status.
     fn get(&mut self, host: &str) -> anyhow::Result<u16> {
-        use std::io::{BufRead, Read, Write};
-        write!(self.writer, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        use std::io::{BufRead, Read};
+        let writer = self.stream.get_mut();
+        write!(writer, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        writer.flush()?;
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        self.stream.read_line(&mut line)?;
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -482,7 +619,7 @@ impl KeepAlive {
         let mut length = 0usize;
         loop {
             line.clear();
-            self.reader.read_line(&mut line)?;
+            self.stream.read_line(&mut line)?;
             if line == "\r\n" || line.is_empty() {
                 break;
             }
@@ -493,13 +630,21 @@ impl KeepAlive {
             }
         }
         let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
+        self.stream.read_exact(&mut body)?;
         Ok(status)
     }
 }
 
 fn latencies(addr: std::net::SocketAddr, host: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let mut conn = KeepAlive::open(addr)?;
+    latencies_on(KeepAlive::open(addr)?, host, n)
+}
+
+/// `n` timed GETs on one connection, after `n / 10` to warm it.
+fn latencies_on<S: std::io::Read + std::io::Write>(
+    mut conn: KeepAlive<S>,
+    host: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
     for _ in 0..n / 10 {
         conn.get(host)?;
     }
