@@ -27,8 +27,11 @@ use tokio::task::JoinSet;
 
 use federation::mesh::{JoinRequest, Member, MeshSnapshot};
 
+use crate::admin_cert::AdminCert;
+use crate::ca::ClusterCa;
 use crate::config::{Config, StoreSettings};
 use crate::identity::IdentityOwner;
+use crate::rotation::Rotator;
 use crate::{bootstrap, join, membership, mesh_sync, seed};
 
 /// The node id of a mesh's founding gateway; joiners get the next ones.
@@ -134,8 +137,12 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     // Our own root is always trusted: other gateways of this cluster present it, whatever
     // the mesh state says. Peers, services and their CAs start as the config file says.
     let mut own_bundle = TrustBundles::new();
-    own_bundle.insert(trust_domain.clone(), vec![owner.ca().root_der()]);
-    let seed = seed::from_config(&config, owner.ca().root_der(), config.listen.tunnel)?;
+    own_bundle.insert(trust_domain.clone(), vec![owner.ca().current().root_der()]);
+    let seed = seed::from_config(
+        &config,
+        owner.ca().current().root_der(),
+        config.listen.tunnel,
+    )?;
     let feed = seed::MeshFeed::new(seed, own_bundle);
     let gateway_metrics = gateway::metrics::Metrics::register(metrics_root);
     let raft_metrics = store::RaftMetrics::register(metrics_root);
@@ -143,7 +150,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let registry = Arc::new(registry);
     let store_svid = svid.clone();
     let own_id = svid.borrow().id().clone();
-    let trust_bundle_pem = owner.ca().bundle_pem();
+    let trust_bundle_pem = owner.ca().current().bundle_pem();
 
     let settings = gateway::Settings {
         cluster: config.cluster.clone(),
@@ -200,7 +207,10 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
             addr: config.listen.admin,
             source,
         })?;
-    let admin_tls = admin_tls(&config, owner.ca(), admin)?;
+    let (admin_tls, admin_cert) = match admin_tls(&config, owner.ca(), admin)? {
+        Some((tls, renewer)) => (Some(tls), Some(renewer)),
+        None => (None, None),
+    };
 
     let raft_listener = tokio::net::TcpListener::bind(config.listen.raft)
         .await
@@ -273,6 +283,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let me = Member { node_id, ..me };
 
     let (control_stop, control_stopped) = watch::channel(false);
+    let rotation_stop = control_stopped.clone();
     let stopped = move || {
         let mut rx = control_stopped.clone();
         async move {
@@ -336,12 +347,27 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         admin,
     };
     let forward: Arc<dyn api::rest::Forward> = parts.transport.clone();
+    let rotator = Arc::new(Rotator {
+        ca: owner.ca().clone(),
+        data_dir: config.data_dir.clone(),
+        cluster: config.cluster.clone(),
+        td: trust_domain.clone(),
+        id: own_id.clone(),
+        bind: gateway_addrs.tunnel.ip(),
+        feed: feed.clone(),
+        writer: api::Writer::new(parts.node.clone(), Some(forward.clone()), mesh.clone()),
+        probe_timeout: config.tunnel.connect_timeout,
+        busy: tokio::sync::Mutex::new(()),
+        stop: rotation_stop,
+    });
+    rotator.clone().resume();
     let state = api::AdminState::new(registry, readiness.clone(), info)
         .with_store(mesh, parts.node.clone(), Some(forward))
         .with_tunnels(tunnel_views_rx)
         .with_data_dir(config.data_dir.clone())
         .with_admin_metrics(admin_metrics)
-        .with_svid_signer(owner.ca().clone());
+        .with_svid_signer(owner.ca().clone())
+        .with_ca_rotator(rotator);
     let store = Some(parts);
     let admin_stop = stopped();
     control_tasks.spawn(async move {
@@ -349,6 +375,9 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
             tracing::error!(error = %e, "admin API failed");
         }
     });
+    if let Some(renewer) = admin_cert {
+        control_tasks.spawn(renewer.run(stopped()));
+    }
     control_tasks.spawn(owner.run(stopped()));
     listeners_ready.ready();
 
@@ -376,12 +405,13 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
 }
 
 /// The admin API's TLS config: a certificate from the cluster CA for the names clients reach
-/// `admin` by ([`crate::config::AdminSettings::server_names`]); `None` with `[admin] tls = false`.
+/// `admin` by ([`crate::config::AdminSettings::server_names`]), and what renews it; `None` with
+/// `[admin] tls = false`.
 fn admin_tls(
     config: &Config,
-    ca: &federation::identity::CertificateAuthority,
+    ca: &Arc<ClusterCa>,
     admin: SocketAddr,
-) -> Result<Option<Arc<rustls::ServerConfig>>, AppError> {
+) -> Result<Option<(Arc<rustls::ServerConfig>, AdminCert)>, AppError> {
     if !config.admin.tls {
         tracing::warn!(%admin, "the admin API serves plain HTTP ([admin] tls = false): tokens, join tokens included, cross the network in clear text");
         return Ok(None);
@@ -391,11 +421,20 @@ fn admin_tls(
     }
     let names = config.admin.server_names(admin, &config.name);
     let cert = ca.issue_server_cert(&names, ADMIN_CERT_TTL)?;
-    let tls =
-        api::tls_server_config(cert.chain().to_vec(), cert.key()).map_err(AppError::AdminTls)?;
+    let serving = Arc::new(
+        api::RotatingCert::new(cert.chain().to_vec(), cert.key()).map_err(AppError::AdminTls)?,
+    );
+    let tls = api::rotating_server_config(serving.clone()).map_err(AppError::AdminTls)?;
     let shown: Vec<_> = names.iter().map(|n| n.to_str().into_owned()).collect();
     tracing::info!(names = ?shown, not_after = %humantime::format_rfc3339_seconds(cert.not_after()), "admin API serves HTTPS");
-    Ok(Some(Arc::new(tls)))
+    let renewer = AdminCert {
+        names,
+        ttl: ADMIN_CERT_TTL,
+        ca: ca.clone(),
+        serving,
+        not_after: cert.not_after(),
+    };
+    Ok(Some((Arc::new(tls), renewer)))
 }
 
 /// The running store: the Raft node and the gRPC server that feeds it peers' messages.

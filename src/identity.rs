@@ -8,11 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use federation::identity::{CertificateAuthority, IdentityError, SpiffeId, Svid, TrustDomain};
+use federation::identity::{IdentityError, SpiffeId, Svid, TrustDomain};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+use crate::ca::ClusterCa;
 
 #[derive(Clone, Default)]
 struct IdentityMetrics {
@@ -22,7 +24,7 @@ struct IdentityMetrics {
 }
 
 pub struct IdentityOwner {
-    ca: Arc<CertificateAuthority>,
+    ca: Arc<ClusterCa>,
     id: SpiffeId,
     ttl: Duration,
     svid: watch::Sender<Arc<Svid>>,
@@ -38,7 +40,7 @@ impl IdentityOwner {
         ttl: Duration,
         registry: &mut Registry,
     ) -> Result<(Self, watch::Receiver<Arc<Svid>>), IdentityError> {
-        let ca = CertificateAuthority::load_or_create(&data_dir.join("ca"), trust_domain)?;
+        let ca = ClusterCa::load_or_create(data_dir, trust_domain)?;
         let id = SpiffeId::gateway(trust_domain, gateway_name)?;
         let first = ca.issue_for(&id, ttl)?;
         let metrics = IdentityMetrics::default();
@@ -69,14 +71,15 @@ impl IdentityOwner {
         Ok((owner, rx))
     }
 
-    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+    pub fn ca(&self) -> &Arc<ClusterCa> {
         &self.ca
     }
 
-    /// Renews until `stop` resolves.
+    /// Renews until `stop` resolves: at half-life, and at once when the CA switches.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         let mut retry = None;
+        let mut generation = self.ca.generation();
         loop {
             let current = self.svid.borrow().clone();
             let wait = retry.take().unwrap_or_else(|| {
@@ -88,6 +91,7 @@ impl IdentityOwner {
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(wait) => {}
+                changed = generation.changed() => if changed.is_err() { return },
             }
             match self.ca.issue_for(&self.id, self.ttl) {
                 Ok(next) => {

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin_cert;
 mod app;
 mod bootstrap;
+mod ca;
 mod cli;
 mod config;
 mod demo;
@@ -18,6 +20,7 @@ mod identity;
 mod join;
 mod membership;
 mod mesh_sync;
+mod rotation;
 mod seed;
 mod signal;
 

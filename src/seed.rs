@@ -172,8 +172,8 @@ pub struct MeshFeed {
     pub mesh: watch::Sender<Arc<MeshSnapshot>>,
     /// Read by every tunnel and Raft handshake.
     pub trust: TrustStore,
-    /// Trusted whatever a snapshot says: this cluster's own CA.
-    pub always: TrustBundles,
+    /// Trusted whatever a snapshot says: this cluster's own CA (replaced when it rotates).
+    always: Arc<std::sync::RwLock<TrustBundles>>,
 }
 
 impl MeshFeed {
@@ -183,14 +183,27 @@ impl MeshFeed {
         Self {
             mesh,
             trust,
-            always,
+            always: Arc::new(std::sync::RwLock::new(always)),
         }
+    }
+
+    /// Trusts `always` whatever a snapshot says from now on (this cluster's CA switched), and
+    /// puts the current snapshot in force again with it.
+    pub fn set_always(&self, always: TrustBundles) {
+        *self.always.write().unwrap_or_else(|e| e.into_inner()) = always;
+        let current = (**self.mesh.borrow()).clone();
+        self.publish(current);
     }
 
     /// Puts `snapshot` in force: first its trust bundles, so that a tunnel to a cluster that
     /// just joined is trusted by the time the data plane dials it; then the snapshot itself.
     pub fn publish(&self, snapshot: MeshSnapshot) {
-        self.trust.replace(trust_bundles(&snapshot, &self.always));
+        let always = self
+            .always
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.trust.replace(trust_bundles(&snapshot, &always));
         self.mesh.send_replace(Arc::new(snapshot));
     }
 }

@@ -40,6 +40,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request may take: writes wait up to 5 s for a Raft commit on the server,
 /// forwarded writes twice that, so this leaves room without hanging a script forever.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a CA rotation may take: the gateway gives every other gateway a minute to trust
+/// the next root before it answers 503, so this waits for that answer.
+pub const ROTATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest answer we read: a list of every resource of a big mesh stays well below it.
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -68,9 +71,9 @@ pub enum ClientError {
     /// No connection to the server, or it broke before the answer was complete.
     #[error("cannot connect to {server}: {reason}")]
     Connect { server: String, reason: String },
-    /// Connected, but no complete answer within [`REQUEST_TIMEOUT`].
-    #[error("{server} did not answer within {} s", REQUEST_TIMEOUT.as_secs())]
-    Timeout { server: String },
+    /// Connected, but no complete answer in time ([`REQUEST_TIMEOUT`], or the request's own).
+    #[error("{server} did not answer within {seconds} s")]
+    Timeout { server: String, seconds: u64 },
     /// The server refused the request (status 400 or more) and said why.
     #[error("{problem}")]
     Http { status: u16, problem: Box<Problem> },
@@ -270,6 +273,24 @@ pub struct SvidRequest {
     /// E.g. `24h`; at most 24 h, 24 h if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+}
+
+/// `POST /v1/clusters/{name}/ca/rotate` → 200: what the rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationReport {
+    pub cluster: String,
+    /// `switched`: the next CA signs; the old root is still trusted until
+    /// `old_root_retires_at`.
+    pub phase: String,
+    /// PEM of the new root.
+    pub new_root: String,
+    /// The gateways that proved they trust the new root before the switch (SPIFFE IDs).
+    pub gateways_trusting: Vec<String>,
+    /// RFC 3339.
+    pub switched_at: String,
+    /// RFC 3339: when the old root leaves the cluster's trust bundle.
+    pub old_root_retires_at: String,
 }
 
 /// `POST /v1/svids` → 201: the workload's certificate and its cluster's trust bundle (PEM).
@@ -559,6 +580,23 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/clusters/{cluster}/ca/rotate` (admin): rotates the CA of `cluster`, which must
+    /// be the answering gateway's own; answers once issuance has switched to the next root
+    /// (waits up to [`ROTATE_TIMEOUT`]).
+    pub async fn rotate_ca(&self, cluster: &str) -> Result<RotationReport, ClientError> {
+        let path = format!("/v1/clusters/{}/ca/rotate", encode(cluster));
+        let body = self
+            .send_within(
+                Method::POST,
+                &path,
+                None,
+                self.authorization.as_ref(),
+                ROTATE_TIMEOUT,
+            )
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| self.bad_response(format!("{path}: {e}")))
+    }
+
     /// `POST /v1/tokens/recover`: an admin token for the secret whose hash `causeway token
     /// recover` left in the gateway's data directory (no bearer token).
     pub async fn recover_token(&self, secret: &str) -> Result<TokenCreated, ClientError> {
@@ -641,6 +679,19 @@ impl Client {
         body: Option<(Bytes, &str)>,
         authorization: Option<&HeaderValue>,
     ) -> Result<Bytes, ClientError> {
+        self.send_within(method, path, body, authorization, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// [`Client::send`], answered within `limit`.
+    async fn send_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+        authorization: Option<&HeaderValue>,
+        limit: Duration,
+    ) -> Result<Bytes, ClientError> {
         let uri: Uri = path
             .parse()
             .map_err(|e| self.bad_response(format!("cannot build a request for {path}: {e}")))?;
@@ -688,10 +739,11 @@ impl Client {
                 None => self.exchange(stream, request).await,
             }
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        match tokio::time::timeout(limit, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 server: self.base.clone(),
+                seconds: limit.as_secs(),
             }),
         }
     }

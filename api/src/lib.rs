@@ -24,8 +24,11 @@ use tokio::sync::watch;
 
 pub use mesh::SharedMesh;
 pub use readiness::{Blocker, Readiness};
-pub use rest::{NodeInfo, SvidSigner, TunnelView, Writer};
+pub use rest::{
+    CaRotator, NodeInfo, RotationRefusal, RotationReport, SvidSigner, TunnelView, Writer,
+};
 pub use tls::server_config as tls_server_config;
+pub use tls::{RotatingCert, rotating_server_config};
 
 /// What the admin API's handlers share. Build it with [`AdminState::new`], then
 /// [`AdminState::with_store`] on a gateway that runs the replicated store, and
@@ -64,6 +67,9 @@ pub struct AdminState {
     /// Signs workload SVIDs (`POST /v1/svids`) with this gateway's cluster CA; `None` answers
     /// that route with 503.
     pub svid_signer: Option<Arc<dyn rest::SvidSigner>>,
+    /// Rotates this gateway's cluster CA (`POST /v1/clusters/{name}/ca/rotate`); `None`
+    /// answers that route with 503.
+    pub ca_rotator: Option<Arc<dyn rest::CaRotator>>,
     /// Turns true when [`serve`] begins to shut down, so endless responses (watches) end and
     /// the graceful shutdown does not wait for them forever.
     stopping: watch::Receiver<bool>,
@@ -85,6 +91,7 @@ impl AdminState {
             data_dir: None,
             admin_metrics: AdminMetrics::default(),
             svid_signer: None,
+            ca_rotator: None,
             stopping: watch::channel(false).1,
         }
     }
@@ -99,6 +106,12 @@ impl AdminState {
     /// (`Arc<CertificateAuthority>`), whose key stays local.
     pub fn with_svid_signer(mut self, signer: Arc<dyn rest::SvidSigner>) -> Self {
         self.svid_signer = Some(signer);
+        self
+    }
+
+    /// Rotates this gateway's cluster CA with `rotator` (`POST /v1/clusters/{name}/ca/rotate`).
+    pub fn with_ca_rotator(mut self, rotator: Arc<dyn rest::CaRotator>) -> Self {
+        self.ca_rotator = Some(rotator);
         self
     }
 

@@ -64,6 +64,71 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The admin certificate in use, replaceable while the server runs (renewal, a CA switch):
+/// each handshake takes the one current at its start.
+#[derive(Debug)]
+pub struct RotatingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl RotatingCert {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            current: std::sync::RwLock::new(Arc::new(certified(chain, key)?)),
+        })
+    }
+
+    /// Serves `chain` and `key` from the next handshake on.
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        let next = Arc::new(certified(chain, key)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, rustls::Error> {
+    let provider = rustls::crypto::ring::default_provider();
+    let key = provider.key_provider.load_private_key(key)?;
+    Ok(rustls::sign::CertifiedKey::new(chain, key))
+}
+
+impl rustls::server::ResolvesServerCert for RotatingCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// [`server_config`] serving whatever `cert` holds at each handshake.
+pub fn rotating_server_config(
+    cert: Arc<RotatingCert>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Connections whose TLS handshake has completed, for `axum::serve`.
 pub(crate) struct TlsListener {
     accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

@@ -58,6 +58,7 @@ use tokio::task::JoinSet;
 
 pub use inbound::{SOURCE_CLUSTER_HEADER, SOURCE_PRINCIPAL_HEADER};
 pub use listen::ClientLimits;
+pub use tunnel::probe;
 
 use crate::catalog::Snapshot;
 use crate::follow::Follower;

@@ -67,6 +67,62 @@ fn client_config(
     Ok(config)
 }
 
+/// Whether the gateway at `peer` (of trust domain `peer_td`) accepts `svid`: a fresh QUIC
+/// connection from `bind` presenting it, and a catalog request the peer answers. Proves that
+/// the peer trusts the CA that signed `svid` (a CA rotation asks this of every gateway before
+/// it switches issuance).
+pub async fn probe(
+    bind: std::net::IpAddr,
+    peer: std::net::SocketAddr,
+    peer_td: &TrustDomain,
+    svid: &Svid,
+    trust: &TrustStore,
+    timeout: Duration,
+) -> Result<(), GatewayError> {
+    let endpoint =
+        quinn::Endpoint::client(std::net::SocketAddr::new(bind, 0)).map_err(|source| {
+            GatewayError::Bind {
+                what: "tunnel probe (UDP)",
+                addr: std::net::SocketAddr::new(bind, 0),
+                source,
+            }
+        })?;
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let config = client_config(svid, trust, peer_td, &transport)?;
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(config, peer, "probe.mesh")
+            .map_err(|e| GatewayError::Tunnel(e.to_string()))?
+            .await
+            .map_err(|e| GatewayError::Tunnel(e.to_string()))?;
+        // The server judges the client's certificate after the handshake: only an answered
+        // stream proves it was accepted.
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| GatewayError::Tunnel(e.to_string()))?;
+        let request = StreamRequest::Catalog {
+            source: svid.id().clone(),
+        };
+        preamble::write_frame(&mut send, &request.to_preamble()).await?;
+        let verdict = preamble::read_verdict(&mut recv).await?;
+        conn.close(0u32.into(), b"probe done");
+        if verdict.decision() != VerdictCode::Accepted {
+            return Err(GatewayError::Refused(verdict.decision(), verdict.reason));
+        }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::Tunnel(format!(
+                "no answer within {timeout:?}"
+            )))
+        });
+    endpoint.close(0u32.into(), b"probe done");
+    outcome
+}
+
 /// Everything a connector needs; shared, immutable.
 pub(crate) struct Dialer {
     pub endpoint: quinn::Endpoint,

@@ -1,5 +1,5 @@
-//! The admin CLI: `apply`, `get`, `delete`, `status`, `token`, `svid`, all thin clients of a
-//! gateway's REST API ([`api::client::Client`]); nothing here touches the store.
+//! The admin CLI: `apply`, `get`, `delete`, `status`, `token`, `svid`, `ca`, all thin clients
+//! of a gateway's REST API ([`api::client::Client`]); nothing here touches the store.
 //!
 //! ```text
 //!  flags ─▶ context::resolve (server, token, CA) ─▶ Client ─HTTPS─▶ admin port
@@ -13,6 +13,7 @@ use api::client::{ClientError, Problem};
 use federation::resource::{Kind, KindInfo};
 
 mod apply;
+mod ca;
 pub mod context;
 mod delete;
 mod files;
@@ -24,7 +25,7 @@ mod token;
 
 /// The top-level `--help` appendix: what scripts may rely on.
 pub const EXIT_CODES: &str = "\
-Exit status of apply, get, delete, status, token and svid:
+Exit status of apply, get, delete, status, token, svid and ca:
   0  success
   1  the server refused the request (4xx/5xx; its reason is printed on stderr),
      or refused part of an apply or delete
@@ -48,6 +49,8 @@ pub enum Command {
     /// Issue X.509-SVIDs for workloads, signed by the gateway's cluster CA (needs an admin
     /// token).
     Svid(svid::SvidArgs),
+    /// Rotate a cluster's CA on one of its gateways (needs an admin token).
+    Ca(ca::CaArgs),
 }
 
 /// The exit status of an admin command, already reported on stderr. `main` turns it into the
@@ -114,6 +117,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args, &env).await,
         Command::Token(args) => token::run(args, &env).await,
         Command::Svid(args) => svid::run(args, &env).await,
+        Command::Ca(args) => ca::run(args, &env).await,
     };
     match outcome {
         Ok(()) => Ok(()),
@@ -239,6 +243,7 @@ mod tests {
         };
         let timeout = ClientError::Timeout {
             server: "http://127.0.0.1:1".into(),
+            seconds: 30,
         };
         let bad = ClientError::BadResponse {
             server: "s".into(),

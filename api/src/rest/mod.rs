@@ -12,6 +12,7 @@
 
 mod apply;
 mod auth;
+pub mod ca;
 mod health;
 mod input;
 mod join;
@@ -40,6 +41,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::Principal;
+pub use ca::{CaRotator, RotationRefusal, RotationReport};
 pub use input::MAX_BODY;
 pub use problem::{PROBLEM_JSON, Problem, ProblemBody, ProblemError, Slug};
 pub use svids::{SVID_TTL_MAX, SvidSigner};
@@ -94,6 +96,7 @@ fn parts() -> (
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(tokens::audit))
         .routes(routes!(svids::issue_svid))
+        .routes(routes!(ca::rotate_ca))
         .routes(routes!(join::join))
         .routes(routes!(resources::list_all))
         .routes(routes!(

@@ -35,7 +35,7 @@ pub const OPEN_PATHS: &[&str] = &[
         title = "Causeway admin API",
         description = "The mesh's resources, tokens, members and status, on every gateway's admin port. \
 Every route but /healthz, /readyz and /v1/join/discovery takes `Authorization: Bearer <token>`. Roles: viewer \
-reads; operator also applies and deletes; admin also manages tokens, reads the audit log and issues workload SVIDs; a join token is \
+reads; operator also applies and deletes; admin also manages tokens, reads the audit log, issues workload SVIDs and rotates its cluster's CA; a join token is \
 good for POST /v1/join only. Every error is `application/problem+json` (a `Problem`); a method a route does not have answers 405 \
 `method-not-allowed`, an unknown path 404 `not-found`. Writes go through Raft: a follower forwards them to \
 the leader and answers once it has applied them itself."
@@ -59,6 +59,7 @@ the leader and answers once it has applied them itself."
         (name = "tokens", description = "Bearer tokens (admin)"),
         (name = "audit", description = "Accepted writes (admin)"),
         (name = "svids", description = "X.509-SVIDs for workloads, signed by the answering gateway's cluster CA (admin)"),
+        (name = "ca", description = "Rotation of the answering gateway's cluster CA (admin)"),
         (name = "members", description = "Gateways joining the mesh"),
         (name = "meta", description = "This document"),
     )

@@ -26,6 +26,7 @@ use tokio::time::{Instant, sleep, timeout};
 use super::*;
 use crate::{AdminState, Readiness, SharedMesh};
 
+mod ca;
 mod schema_limits;
 mod svids;
 mod traffic_checks;
@@ -114,15 +115,25 @@ impl Api {
     }
 
     async fn start_with(state: MeshState) -> Self {
-        Self::start_full(state, None).await
+        Self::start_full(state, |s| s).await
     }
 
     /// [`Api::start`] whose `POST /v1/svids` signs with `signer`.
     async fn start_signing(signer: Arc<dyn SvidSigner>) -> Self {
-        Self::start_full(MeshState::new(), Some(signer)).await
+        Self::start_full(MeshState::new(), |s| s.with_svid_signer(signer)).await
     }
 
-    async fn start_full(state: MeshState, signer: Option<Arc<dyn SvidSigner>>) -> Self {
+    /// [`Api::start`] whose `POST /v1/clusters/{name}/ca/rotate` rotates with `rotator`.
+    async fn start_rotating(rotator: Arc<dyn CaRotator>) -> Self {
+        Self::start_full(MeshState::new(), |s| s.with_ca_rotator(rotator)).await
+    }
+
+    /// A bootstrapped one-node mesh of cluster east (gateway gw-a) over `state`, its
+    /// [`AdminState`] finished by `configure`.
+    async fn start_full(
+        state: MeshState,
+        configure: impl FnOnce(AdminState) -> AdminState,
+    ) -> Self {
         let (compiled, _) = watch::channel(Arc::default());
         let mesh = SharedMesh::with_state(state, compiled);
         let transport = store::LocalTransport::new();
@@ -190,12 +201,11 @@ impl Api {
             address: "10.0.1.1:4433".into(),
             up: true,
         }]);
-        let mut state = AdminState::new(Arc::new(Registry::default()), Readiness::new(), info)
-            .with_store(mesh, node.clone(), None)
-            .with_tunnels(tunnels);
-        if let Some(signer) = signer {
-            state = state.with_svid_signer(signer);
-        }
+        let state = configure(
+            AdminState::new(Arc::new(Registry::default()), Readiness::new(), info)
+                .with_store(mesh, node.clone(), None)
+                .with_tunnels(tunnels),
+        );
         tokio::spawn(async move {
             axum::serve(listener, crate::router(state)).await.unwrap();
         });
@@ -1075,6 +1085,7 @@ async fn openapi_document_lists_exactly_what_is_served() {
         "/v1/tokens/recover",
         "/v1/audit",
         "/v1/svids",
+        "/v1/clusters/{name}/ca/rotate",
         "/v1/join",
         "/v1/join/discovery",
         "/v1/{plural}",

@@ -147,6 +147,15 @@ pub enum Command {
         actor: String,
         at: String,
     },
+    /// Replaces a cluster's trust bundle (a CA rotation: the next root added beside the
+    /// current one, later the old one removed). Public certificates only; the cluster must
+    /// exist and the bundle hold at least one certificate.
+    SetTrustBundle {
+        cluster: ClusterName,
+        trust_bundle: String,
+        actor: String,
+        at: String,
+    },
 }
 
 /// What applying a [`Command`] returned to its proposer. Serialized as JSON.

@@ -159,6 +159,12 @@ impl MeshState {
             Command::RemoveMember { node_id, actor, at } => {
                 self.remove_member(index, node_id, &actor, &at)
             }
+            Command::SetTrustBundle {
+                cluster,
+                trust_bundle,
+                actor,
+                at,
+            } => self.set_trust_bundle(index, &cluster, trust_bundle, &actor, &at),
         };
         self.trim();
         outcome.unwrap_or_else(CommandResult::from)
@@ -673,6 +679,39 @@ impl MeshState {
             }
         }
         self.record(index, at, actor, "member.remove", member_target(&member));
+        Ok(CommandResult::Done)
+    }
+
+    fn set_trust_bundle(
+        &mut self,
+        index: u64,
+        cluster: &crate::model::ClusterName,
+        bundle: String,
+        actor: &str,
+        at: &str,
+    ) -> Outcome {
+        if let Err(e) = crate::identity::TrustBundles::new().insert_pem(
+            crate::identity::TrustDomain::parse("check.invalid")
+                .map_err(|e| refuse(RefusalCode::Invalid, e.to_string()))?,
+            &bundle,
+        ) {
+            return Err(refuse(
+                RefusalCode::Invalid,
+                format!("trust bundle of cluster {cluster}: {e}"),
+            ));
+        }
+        let key = cluster_key(cluster.as_str());
+        let Some(existing) = self.get(&key) else {
+            return Err(refuse(
+                RefusalCode::NotFound,
+                format!("cluster {cluster} does not exist"),
+            ));
+        };
+        let mut resource = existing.into_owned();
+        if let Some(spec) = resource.spec.as_object_mut() {
+            spec.insert("trustBundle".into(), Value::String(bundle));
+        }
+        self.write(index, at, actor, "ca.bundle", key, resource);
         Ok(CommandResult::Done)
     }
 
@@ -2182,6 +2221,53 @@ pub(super) mod tests {
         let (b, results_b) = run();
         assert_eq!(a, b);
         assert_eq!(results_a, results_b);
+    }
+
+    #[test]
+    fn a_trust_bundle_is_replaced_whole_audited_and_checked() {
+        let mut state = bootstrapped();
+        let dir = tempfile::tempdir().unwrap();
+        let td = crate::identity::TrustDomain::parse("east.mesh").unwrap();
+        let old = crate::identity::CertificateAuthority::load_or_create(&dir.path().join("a"), &td)
+            .unwrap();
+        let new = crate::identity::CertificateAuthority::load_or_create(&dir.path().join("b"), &td)
+            .unwrap();
+        let both = format!("{}{}", old.bundle_pem(), new.bundle_pem());
+        let set = |state: &mut MeshState, index, cluster: &str, bundle: &str| {
+            state.apply(
+                index,
+                Command::SetTrustBundle {
+                    cluster: crate::model::ClusterName::new(cluster).unwrap(),
+                    trust_bundle: bundle.into(),
+                    actor: "ca-rotation@east-1".into(),
+                    at: at(index),
+                },
+            )
+        };
+        assert_eq!(set(&mut state, 2, "east", &both), CommandResult::Done);
+        let stored = state.get(&cluster_key("east")).unwrap();
+        assert_eq!(stored.spec["trustBundle"], both.as_str());
+        assert_eq!(stored.spec["trustDomain"], "east.mesh");
+        assert_eq!(version_of(&stored.metadata), 2);
+        let audit = state.audit(0, 100);
+        assert!(
+            audit.iter().any(|e| e.index == 2
+                && e.action == "ca.bundle"
+                && e.actor == "ca-rotation@east-1"),
+            "{audit:?}"
+        );
+        // Nothing else changes, and nothing is written for a bad bundle or cluster.
+        for (cluster, bundle) in [("east", ""), ("east", "not pem"), ("west", both.as_str())] {
+            let result = set(&mut state, 3, cluster, bundle);
+            assert!(
+                matches!(result, CommandResult::Refused { .. }),
+                "{cluster} {bundle:?}: {result:?}"
+            );
+        }
+        assert_eq!(
+            version_of(&state.get(&cluster_key("east")).unwrap().metadata),
+            2
+        );
     }
 
     #[test]
