@@ -84,6 +84,11 @@ pub enum AppError {
     /// The mesh refused to let this gateway join, or its join record is unreadable.
     #[error("join: {0}")]
     Join(#[from] join::JoinError),
+    #[error("cannot create the data dir {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway: its bound addresses and the means to stop it.
@@ -124,6 +129,19 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let metrics_root = registry.sub_registry_with_prefix("causeway");
 
     let trust_domain = TrustDomain::parse(&config.trust_domain)?;
+    // A gateway joining a cluster that already has gateways takes the cluster's CA from one of
+    // them, over the join's TLS channel, before it would make one of its own.
+    if let Some(settings) = &config.join
+        && config.store.is_none()
+        && join::load(&config.data_dir)?.is_none()
+        && !config.data_dir.join(crate::ca::CA_DIR).exists()
+    {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        join::fetch_cluster_ca(&config.data_dir, settings, config.cluster.as_str()).await?;
+    }
     let (owner, svid) = IdentityOwner::start(
         &config.data_dir,
         &trust_domain,

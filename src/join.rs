@@ -69,12 +69,9 @@ pub fn load(data_dir: &Path) -> Result<Option<Membership>, JoinError> {
         })
 }
 
-/// Asks the mesh to admit this gateway, and records the node id it was given.
-pub async fn join(
-    data_dir: &Path,
-    settings: &JoinSettings,
-    request: &JoinRequest,
-) -> Result<JoinResponse, JoinError> {
+/// The admin API joined through, verified by `--join-ca`, or by the mesh's CAs learnt with
+/// proof of the join token.
+async fn verified_client(settings: &JoinSettings) -> Result<Client, JoinError> {
     let refused = |source| JoinError::Refused {
         url: settings.url.clone(),
         source,
@@ -101,6 +98,67 @@ pub async fn join(
     if !client.is_https() {
         tracing::warn!(url = %settings.url, "joining over plain HTTP: the join token crosses the network in clear text");
     }
+    Ok(client)
+}
+
+/// Before this gateway makes a CA of its own: if its cluster is already in the mesh, gets the
+/// cluster's CA from the gateway joined through (which must be of the same cluster) over the
+/// join's TLS channel, and writes it to `<data_dir>/ca` (key mode 0600). Returns whether it
+/// did; false when the mesh has no such cluster yet (this gateway founds it with its own CA).
+pub async fn fetch_cluster_ca(
+    data_dir: &Path,
+    settings: &JoinSettings,
+    cluster: &str,
+) -> Result<bool, JoinError> {
+    let client = verified_client(settings).await?;
+    let ca = client
+        .join_ca(cluster, &settings.token)
+        .await
+        .map_err(|source| JoinError::Refused {
+            url: settings.url.clone(),
+            source,
+        })?;
+    let Some(ca) = ca else {
+        return Ok(false);
+    };
+    let dir = data_dir.join("ca");
+    let failed = |path: &Path, e: std::io::Error| JoinError::MemberFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| failed(&dir, e))?;
+    // The key first, created with its mode: it is never readable by others, not even briefly.
+    let key = dir.join("ca-key.pem");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .map_err(|e| failed(&key, e))?;
+        file.write_all(ca.ca_key.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| failed(&key, e))?;
+    }
+    let cert = dir.join("ca.pem");
+    std::fs::write(&cert, ca.ca_certificate.as_bytes()).map_err(|e| failed(&cert, e))?;
+    tracing::info!(%cluster, via = %settings.url, "got this cluster's CA from one of its gateways over the join's TLS channel");
+    Ok(true)
+}
+
+/// Asks the mesh to admit this gateway, and records the node id it was given.
+pub async fn join(
+    data_dir: &Path,
+    settings: &JoinSettings,
+    request: &JoinRequest,
+) -> Result<JoinResponse, JoinError> {
+    let refused = |source| JoinError::Refused {
+        url: settings.url.clone(),
+        source,
+    };
+    let client = verified_client(settings).await?;
     let response = client
         .join(request, &settings.token)
         .await

@@ -76,6 +76,28 @@ impl CaRotator for Rotator {
         self.cluster.as_str()
     }
 
+    fn export_for_join(&self) -> Result<api::JoinCa, RotationRefusal> {
+        let rotating = self.busy.try_lock().is_err()
+            || self.pending().is_some()
+            || self.data_dir.join(NEXT_DIR).exists();
+        if rotating {
+            return Err(RotationRefusal::Conflict(format!(
+                "cluster {}'s CA is being rotated; join once the rotation is done",
+                self.cluster
+            )));
+        }
+        let dir = self.data_dir.join(crate::ca::CA_DIR);
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join(file)).map_err(|e| {
+                RotationRefusal::Internal(format!("reading {}: {e}", dir.join(file).display()))
+            })
+        };
+        Ok(api::JoinCa {
+            ca_certificate: read("ca.pem")?,
+            ca_key: read("ca-key.pem")?,
+        })
+    }
+
     fn rotate(
         self: Arc<Self>,
         actor: String,

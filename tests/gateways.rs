@@ -2,8 +2,9 @@
 //! keeps a tunnel to each of west's two gateways, spreads requests over them, and fails over to
 //! the survivor at once when one dies.
 //!
-//! east founds the mesh; west-1 joins; west-2 joins as a second gateway of `west`, started with
-//! a copy of west-1's CA (as operators do today). Both reach the backends that serve
+//! east founds the mesh; west-1 joins; west-2 joins through west-1 as a second gateway of
+//! `west`, getting west's CA from west-1 over the join's TLS channel. Both reach the backends
+//! that serve
 //! `api.production` (HTTP) and `db.production` (TCP, port 9400) for west.
 
 mod support;
@@ -96,11 +97,53 @@ fn a_cluster_with_two_gateways_is_reached_through_both_and_survives_losing_one()
     let west1 = Spec::new("west", 2)
         .join(&east, &create_token(&admin))
         .start(&net);
-    net.share_ca("west", "west-2");
+    // West's second gateway joins through west's first and gets the cluster's CA from it over
+    // the join's TLS channel (the key never enters the replicated log); no CA is copied.
     let west2 = Spec::new("west", 3)
         .named("west-2")
-        .join(&east, &create_token(&admin))
+        .join(&west1, &create_token(&admin))
         .start(&net);
+    let (ca1, ca2) = (
+        net.data_dir("west").join("ca"),
+        net.data_dir("west-2").join("ca"),
+    );
+    for file in ["ca.pem", "ca-key.pem"] {
+        assert_eq!(
+            std::fs::read(ca1.join(file)).unwrap(),
+            std::fs::read(ca2.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca2.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the CA key's mode is {mode:o}");
+    assert!(
+        west2
+            .logs()
+            .contains("got this cluster's CA from one of its gateways")
+    );
+    // A third joining through another cluster's gateway is told where to go, and stops.
+    let refused = Spec::new("west", 4)
+        .named("west-3")
+        .join(&east, &create_token(&admin))
+        .spawn(&net)
+        .wait_exit_output(UP);
+    assert!(!refused.0.success(), "west-3 joined through east");
+    assert!(
+        refused.1.contains(
+            "cluster west already has a CA, held by its gateways; join through one of them"
+        ),
+        "{}",
+        refused.1
+    );
+    // A cluster whose CA two gateways hold does not rotate it (yet).
+    let west_admin = Api::of(&west1, admin.token.as_deref());
+    let rotate = west_admin.call("POST", "/v1/clusters/west/ca/rotate", None);
+    assert_eq!(rotate.status, 409, "{}", rotate.text);
+    assert!(rotate.text.contains("2 gateways"), "{}", rotate.text);
     let mut west1 = west1;
 
     let echo = backend::http_echo(&net.ip(10), "west-api");

@@ -627,6 +627,32 @@ impl Client {
     }
 
     /// `POST /v1/join` with a join token (not this client's token, if it has one).
+    /// `POST /v1/join/ca` with a join token: the CA of `cluster`, from one of its gateways, for
+    /// a gateway of that cluster about to join; `None` when the mesh has no such cluster yet.
+    pub async fn join_ca(
+        &self,
+        cluster: &str,
+        token: &str,
+    ) -> Result<Option<crate::JoinCa>, ClientError> {
+        let authorization = bearer(token)?;
+        let body = json_body(&crate::JoinCaRequest {
+            cluster: cluster.to_string(),
+        })?;
+        match self
+            .call(
+                Method::POST,
+                "/v1/join/ca",
+                Some((body, "application/json")),
+                Some(&authorization),
+            )
+            .await
+        {
+            Ok(ca) => Ok(Some(ca)),
+            Err(ClientError::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn join(
         &self,
         request: &JoinRequest,

@@ -25,7 +25,8 @@ use tokio::sync::watch;
 pub use mesh::SharedMesh;
 pub use readiness::{Blocker, Readiness};
 pub use rest::{
-    CaRotator, NodeInfo, RotationRefusal, RotationReport, SvidSigner, TunnelView, Writer,
+    CaRotator, JoinCa, JoinCaRequest, NodeInfo, RotationRefusal, RotationReport, SvidSigner,
+    TunnelView, Writer,
 };
 pub use tls::server_config as tls_server_config;
 pub use tls::{RotatingCert, rotating_server_config};

@@ -53,7 +53,7 @@ impl Net {
     }
 
     /// Gives gateway `name` of `cluster` the cluster's CA (a copy of `<data_dir>/ca` of its
-    /// first gateway), as an operator starts a second gateway of a cluster today.
+    /// first gateway), as an operator may instead of joining through one of its gateways.
     pub fn share_ca(&self, cluster: &str, name: &str) {
         self.bundle(cluster);
         let from = self.data_dir(cluster).join("ca");
@@ -165,8 +165,9 @@ impl<'a> Spec<'a> {
         });
         self
     }
-    /// Another gateway of the cluster, named `name`, with its own data dir. It must be given
-    /// the cluster's CA before it starts (see [`Net::share_ca`]).
+    /// Another gateway of the cluster, named `name`, with its own data dir. It gets the
+    /// cluster's CA by joining through one of the cluster's gateways (or a copy, see
+    /// [`Net::share_ca`]).
     pub fn named(mut self, name: &'a str) -> Self {
         self.name = Some(name);
         self

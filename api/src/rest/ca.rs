@@ -20,13 +20,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use federation::mesh::MeshState;
 use federation::resource::{Kind, ResourceKey};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::auth::{Admin, Caller};
+use super::auth::{Admin, Caller, Joining};
 use super::input::{Body, Params, Segments};
 use super::problem::{Problem, ProblemBody, Slug};
 use super::tokens::json_body;
@@ -43,6 +44,38 @@ pub trait CaRotator: Send + Sync {
         self: Arc<Self>,
         actor: String,
     ) -> BoxFuture<'static, Result<RotationReport, RotationRefusal>>;
+
+    /// The CA (certificate and private key, PEM) for another gateway of this cluster that is
+    /// joining (`POST /v1/join/ca`); refused while a rotation is under way.
+    fn export_for_join(&self) -> Result<JoinCa, RotationRefusal>;
+}
+
+/// `POST /v1/join/ca` → 200: this cluster's CA, for a gateway of the same cluster that joins.
+#[derive(Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinCa {
+    /// PEM of the CA certificate.
+    pub ca_certificate: String,
+    /// PEM of the CA's private key (PKCS#8). Write it with mode 0600; never log it.
+    pub ca_key: String,
+}
+
+impl std::fmt::Debug for JoinCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinCa")
+            .field("ca_certificate", &self.ca_certificate)
+            .field("ca_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `POST /v1/join/ca` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinCaRequest {
+    /// The joining gateway's cluster (an RFC 1123 label).
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    pub cluster: String,
 }
 
 /// What a rotation did.
@@ -193,6 +226,81 @@ fn empty_body(body: &Body) -> Result<(), Problem> {
             "this route takes no body (or `{}`): the rotation has no options",
         )),
     }
+}
+
+// ---- POST /v1/join/ca ----
+
+/// A gateway joining a cluster that already has gateways gets the cluster's CA here, from a
+/// gateway of that cluster, over this TLS connection (verified as for `POST /v1/join`), with
+/// its join token as the bearer token (the token is not used up: `POST /v1/join` does that).
+/// The CA's key never enters the replicated log. 404 when the mesh has no such cluster (the
+/// joiner then makes a CA of its own); 409 when the cluster is another gateway's (the detail
+/// names its gateways to join through instead).
+#[utoipa::path(
+    post,
+    path = "/v1/join/ca",
+    tag = "members",
+    request_body(content = JoinCaRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "This cluster's CA (certificate and key), for the joining gateway", body = JoinCa),
+        (status = 400, description = "The body is not `{cluster}`, a bad cluster name (`field`: cluster), or a query parameter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No cluster of that name in the mesh: the joiner makes its own CA", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The cluster is not this gateway's (the detail names its gateways), or its CA is being rotated", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 4 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "This gateway holds no CA to hand on", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn join_ca(
+    caller: Caller<Joining>,
+    State(state): State<AdminState>,
+    params: Params,
+    body: Body,
+) -> Result<Response, Problem> {
+    params.only(&[])?;
+    let request: JoinCaRequest = json_body(&body)?;
+    federation::model::check_dns_label("cluster name", &request.cluster)
+        .map_err(|e| Problem::bad_request("cluster", e.to_string()))?;
+    let holder = state.ca_rotator.clone().ok_or_else(|| {
+        Problem::no_quorum("this gateway holds no certificate authority to hand on")
+    })?;
+    let own = holder.cluster().to_string();
+    let name = request.cluster;
+    if name != own {
+        return Err(match elsewhere(&state, &own, &name).await {
+            p if p.status == 404 => p,
+            _ => {
+                let gateways = state
+                    .read_caught_up(|s| cluster_gateways(s, &name))
+                    .await
+                    .unwrap_or_default();
+                Problem::new(
+                    Slug::Conflict,
+                    format!(
+                        "cluster {name} already has a CA, held by its gateways; join through one of them to get it: {}",
+                        if gateways.is_empty() {
+                            "(the mesh records none yet)".to_string()
+                        } else {
+                            gateways.join(", ")
+                        }
+                    ),
+                )
+            }
+        });
+    }
+    let ca = holder.export_for_join().map_err(|refusal| match refusal {
+        RotationRefusal::Conflict(why) => Problem::new(Slug::Conflict, why),
+        RotationRefusal::Unavailable(why) => Problem::no_quorum(why),
+        RotationRefusal::Internal(why) => Problem::internal(why),
+    })?;
+    tracing::info!(token = %caller.principal.id, cluster = %name, "handed this cluster's CA to a joining gateway");
+    let mut response = Json(ca).into_response();
+    // A private key: no cache on the way may keep it.
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 /// The answer for a cluster that is not this gateway's: 409 naming where its CA rotates,

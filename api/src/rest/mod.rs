@@ -41,7 +41,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::Principal;
-pub use ca::{CaRotator, RotationRefusal, RotationReport};
+pub use ca::{CaRotator, JoinCa, JoinCaRequest, RotationRefusal, RotationReport};
 pub use input::MAX_BODY;
 pub use problem::{PROBLEM_JSON, Problem, ProblemBody, ProblemError, Slug};
 pub use svids::{SVID_TTL_MAX, SvidSigner};
@@ -97,6 +97,7 @@ fn parts() -> (
         .routes(routes!(tokens::audit))
         .routes(routes!(svids::issue_svid))
         .routes(routes!(ca::rotate_ca))
+        .routes(routes!(ca::join_ca))
         .routes(routes!(join::join))
         .routes(routes!(resources::list_all))
         .routes(routes!(

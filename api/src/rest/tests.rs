@@ -1086,6 +1086,7 @@ async fn openapi_document_lists_exactly_what_is_served() {
         "/v1/audit",
         "/v1/svids",
         "/v1/clusters/{name}/ca/rotate",
+        "/v1/join/ca",
         "/v1/join",
         "/v1/join/discovery",
         "/v1/{plural}",

@@ -45,6 +45,13 @@ impl CaRotator for FakeRotator {
             self.answer.clone()
         })
     }
+
+    fn export_for_join(&self) -> Result<crate::JoinCa, RotationRefusal> {
+        Ok(crate::JoinCa {
+            ca_certificate: "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".into(),
+            ca_key: "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n".into(),
+        })
+    }
 }
 
 fn report() -> RotationReport {
