@@ -479,16 +479,37 @@ async fn only_gateways_of_peer_clusters_may_open_tunnels() {
         .expect_err("a workload opened a tunnel");
     assert!(err.contains("not a peer gateway"), "{err}");
     await_handshake_failures(&west, 1.0);
-    // West's own trust domain is trusted for TLS but is not a peer cluster either.
+    // Another gateway of west's own cluster may connect, but only to report rate-limit
+    // demand: a call or a catalog request from it is refused at its stream.
+    let sibling_id = SpiffeId::gateway(&td("west.mesh"), "west-2").unwrap();
     let own = ca(&net.data_dir("west").join("ca"), "west.mesh")
+        .issue_for(&sibling_id, Duration::from_secs(600))
+        .unwrap();
+    let conn = dial(&own, &net.bundle("west"), west.tunnel)
+        .await
+        .expect("a gateway of west connects");
+    let (_, _, verdict) = stream(&conn, &http_preamble(sibling_id.as_str())).await;
+    assert_eq!(
+        verdict.decision(),
+        VerdictCode::Forbidden,
+        "{}",
+        verdict.reason
+    );
+    assert!(
+        verdict.reason.contains("rate-limit demand"),
+        "{}",
+        verdict.reason
+    );
+    // A workload of west's own domain is no gateway of it.
+    let own_workload = ca(&net.data_dir("west").join("ca"), "west.mesh")
         .issue_for(
-            &SpiffeId::gateway(&td("west.mesh"), "west-2").unwrap(),
+            &SpiffeId::parse("spiffe://west.mesh/ns/shop/sa/web").unwrap(),
             Duration::from_secs(600),
         )
         .unwrap();
-    dial(&own, &net.bundle("west"), west.tunnel)
+    dial(&own_workload, &net.bundle("west"), west.tunnel)
         .await
-        .expect_err("own domain opened a tunnel");
+        .expect_err("own domain's workload opened a tunnel");
     await_handshake_failures(&west, 2.0);
     assert!(west.logs().contains("not the gateway of a peer cluster"));
 }

@@ -207,3 +207,68 @@ fn local_and_mesh_rate_limits_hold_at_twice_the_load_unevenly_spread() {
         "{metrics}"
     );
 }
+
+/// Gateways of one cluster have no tunnel between them; they share a mesh limit over a
+/// connection kept for demand reports alone.
+#[test]
+fn a_mesh_limit_holds_across_two_gateways_of_one_cluster_too() {
+    let net = Net::new(136);
+    let (east, admin) = founder(&net, "east", 1);
+    let west1 = Spec::new("west", 2)
+        .join(&east, &token(&admin, "join"))
+        .start(&net);
+    // West's second gateway joins through west's first (and gets the cluster's CA from it).
+    let west2 = Spec::new("west", 3)
+        .named("west-2")
+        .join(&west1, &token(&admin, "join"))
+        .start(&net);
+    let echo = backend::http_echo(&net.ip(2), "west");
+    apply(
+        &admin,
+        json!([
+            {"apiVersion": "causeway.dev/v1alpha1", "kind": "Service",
+             "metadata": {"name": "web", "namespace": "production", "cluster": "west"},
+             "spec": {"ports": [{"port": 80, "protocol": "http"}], "endpoints": [echo.to_string()]}},
+            {"apiVersion": "causeway.dev/v1alpha1", "kind": "ServiceExport",
+             "metadata": {"name": "web", "namespace": "production", "cluster": "west"}, "spec": {}},
+        ]),
+    );
+    for gw in [&east, &west1, &west2] {
+        eventually("web.production at every gateway", UP, || {
+            try_http(gw.outbound, "GET", "web.production", "/", &[], b"")
+                .ok()
+                .filter(|r| r.0 == 200)
+        });
+    }
+    const MESH: u32 = 30;
+    apply(
+        &admin,
+        json!([
+            {"apiVersion": "causeway.dev/v1alpha1", "kind": "RateLimitPolicy",
+             "metadata": {"name": "web-mesh", "namespace": "production"},
+             "spec": {"targetRef": {"service": "web"}, "requestsPerSecond": MESH, "burst": MESH, "scope": "mesh"}},
+        ]),
+    );
+    for gw in [&east, &west1, &west2] {
+        eventually("the mesh limit to take effect", UP, || {
+            (0..3 * MESH)
+                .map(|_| try_http(gw.outbound, "GET", "web.production", "/", &[], b"").unwrap())
+                .find(|r| r.0 == 429)
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Twice the limit: half through west-1, three tenths through west-2, a fifth through east.
+    let start = Instant::now() + Duration::from_millis(200);
+    let counts: Vec<_> = [(&west1, 50), (&west2, 30), (&east, 20)]
+        .iter()
+        .map(|(gw, pct)| drive(gw, "web.production", 2 * MESH * pct / 100, start))
+        .collect();
+    std::thread::sleep(WARM_UP + WINDOW + Duration::from_secs(3));
+    let together: u32 = counts.iter().map(|ok| ok.load(Ordering::Relaxed)).sum();
+    within(
+        together,
+        f64::from(MESH) * WINDOW.as_secs_f64(),
+        "mesh limit across two gateways of west and one of east",
+    );
+}

@@ -69,6 +69,10 @@ pub(crate) struct Inbound {
     pub root_namespace: String,
     /// Aggregates denial logs: a denied client that retries in a loop is one line a second.
     pub denials: Arc<Throttled>,
+    /// This cluster's trust domain: its other gateways may connect to report rate-limit demand.
+    pub own_domain: federation::identity::TrustDomain,
+    /// This gateway's own SPIFFE ID.
+    pub own_id: SpiffeId,
 }
 
 /// Tunnel handshakes in progress at once. Anyone can send QUIC Initials; beyond this many, new
@@ -158,8 +162,13 @@ async fn serve_connection(
     // trusted SVID (a workload, later an agent) may not: a tunnel peer may assert any
     // principal of its trust domain, which only a gateway is trusted to do.
     let mut snapshots = inbound.snapshot.clone();
+    // Another gateway of this cluster may connect too, for one thing only: to report its
+    // demand on mesh-wide rate limits (its other streams are refused).
+    let sibling =
+        peer.trust_domain() == &inbound.own_domain && peer.path().starts_with("/gateway/");
     let peer_cluster = match peer_cluster_of(&snapshots.borrow_and_update(), &peer) {
         Some(cluster) => cluster,
+        None if sibling => inbound.cluster.to_string(),
         None => {
             count_refused_connection(&inbound);
             let remote = conn.remote_address();
@@ -192,7 +201,7 @@ async fn serve_connection(
             }
             // A cluster that leaves the mesh loses its tunnels at once, not at their next
             // handshake (its CA is no longer trusted for those).
-            changed = snapshots.changed(), if following => {
+            changed = snapshots.changed(), if following && !sibling => {
                 if changed.is_err() {
                     following = false;
                 } else if peer_cluster_of(&snapshots.borrow_and_update(), &peer).as_ref() != Some(&peer_cluster) {
@@ -213,7 +222,7 @@ async fn serve_connection(
             Some(watch) => {
                 let watch = watch.clone();
                 tokio::spawn(async move {
-                    serve_stream(send, recv, &inbound, &peer, &peer_cluster, remote).await;
+                    serve_stream(send, recv, &inbound, &peer, &peer_cluster, remote, sibling).await;
                     drop(watch);
                 });
             }
@@ -262,6 +271,7 @@ async fn serve_stream(
     peer: &SpiffeId,
     peer_cluster: &str,
     remote: std::net::IpAddr,
+    sibling: bool,
 ) {
     let refuse = |code: VerdictCode| count_refusal(inbound, peer_cluster, code);
     // A peer that opens a stream and never speaks must not hold it forever.
@@ -291,6 +301,15 @@ async fn serve_stream(
     };
     let snapshot = inbound.snapshot.borrow().clone();
     let decision = StreamRequest::from_preamble(preamble, SystemTime::now())
+        .and_then(|req| match req {
+            StreamRequest::Quota { .. } => Ok(req),
+            _ if sibling => Err(Verdict::refused(
+                VerdictCode::Forbidden,
+                "a gateway of this cluster may only report rate-limit demand here: calls \
+                 between a cluster's own gateways cross no boundary",
+            )),
+            _ => Ok(req),
+        })
         .and_then(|req| authorize(req, peer))
         .and_then(|req| match &req {
             StreamRequest::Catalog { .. } | StreamRequest::Quota { .. } => Ok((req, None)),
@@ -447,6 +466,9 @@ async fn serve_stream(
                 preamble::read_frame::<preamble::QuotaReport>(&mut recv, inbound.max_quota_bytes);
             match tokio::time::timeout(inbound.preamble_timeout, read).await {
                 Ok(Ok(report)) => match quota_report(report) {
+                    // A gateway that dialled its own advertised address hears itself: its
+                    // demand must not count twice.
+                    Ok(_) if peer == &inbound.own_id => {}
                     Ok(report) => inbound.policy.rate_limits.heard(
                         peer.to_string(),
                         report,

@@ -304,6 +304,8 @@ impl Gateway {
             policy: policy_state.clone(),
             root_namespace: settings.root_namespace.clone(),
             denials: listen::Throttled::new(|s| tracing::info!("streams and requests denied: {s}")),
+            own_domain: svid.borrow().id().trust_domain().clone(),
+            own_id: svid.borrow().id().clone(),
         });
         tasks.spawn(inbound::accept_loop(
             endpoint.clone(),
@@ -331,6 +333,13 @@ impl Gateway {
             settings: settings.tunnel.clone(),
             snapshot: snapshot_tx,
             metrics: metrics.clone(),
+        });
+        let siblings = Arc::new(quota::Siblings {
+            own: settings.cluster.clone(),
+            own_tunnel: tunnel_addr,
+            mesh: mesh.clone(),
+            dialer: dialer.clone(),
+            conns: Arc::default(),
         });
         let mut follower = Follower::new(settings.cluster.clone(), dialer);
         let first = mesh.borrow_and_update().clone();
@@ -360,6 +369,7 @@ impl Gateway {
             outbound.policy.clone(),
             outbound.svid.clone(),
             settings.tunnel.connect_timeout,
+            siblings,
             drain.signal(),
         ));
         tasks.spawn(forward::forget_departed(

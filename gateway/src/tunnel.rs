@@ -123,6 +123,29 @@ pub async fn probe(
     outcome
 }
 
+/// A connection to `addr`, another gateway of this cluster (trust domain `td`), over which
+/// only rate-limit demand travels (see `quota`).
+pub(crate) async fn dial_sibling(
+    dialer: &Dialer,
+    addr: std::net::SocketAddr,
+    td: &TrustDomain,
+) -> Result<quinn::Connection, GatewayError> {
+    let svid = dialer.svid.borrow().clone();
+    let config = client_config(&svid, &dialer.trust, td, &dialer.transport)?;
+    let connecting = dialer
+        .endpoint
+        .connect_with(config, addr, "sibling.mesh")
+        .map_err(|e| GatewayError::Tunnel(e.to_string()))?;
+    match tokio::time::timeout(dialer.settings.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(GatewayError::Tunnel(e.to_string())),
+        Err(_) => Err(GatewayError::Tunnel(format!(
+            "no handshake within {:?}",
+            dialer.settings.connect_timeout
+        ))),
+    }
+}
+
 /// Everything a connector needs; shared, immutable.
 pub(crate) struct Dialer {
     pub endpoint: quinn::Endpoint,
