@@ -167,6 +167,8 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
     let admin_metrics = api::AdminMetrics::register(metrics_root);
     let registry = Arc::new(registry);
     let store_svid = svid.clone();
+    let rotation_svid = svid.clone();
+    let handoff = Arc::new(crate::rotation::Handoff::default());
     let own_id = svid.borrow().id().clone();
     let trust_bundle_pem = owner.ca().current().bundle_pem();
 
@@ -177,6 +179,7 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         workload_addr: Some(config.listen.workload),
         attribute_by_address: config.security.trust_source_address,
         root_namespace: config.security.root_namespace.clone(),
+        ca_handoff: Some(handoff.clone()),
         dns_addr: config.listen.dns,
         tunnel: gateway::TunnelSettings {
             keep_alive: config.tunnel.keep_alive,
@@ -374,10 +377,12 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         bind: gateway_addrs.tunnel.ip(),
         feed: feed.clone(),
         writer: api::Writer::new(parts.node.clone(), Some(forward.clone()), mesh.clone()),
+        svid: rotation_svid,
         probe_timeout: config.tunnel.connect_timeout,
         busy: tokio::sync::Mutex::new(()),
         stop: rotation_stop,
     });
+    let _ = handoff.0.set(rotator.clone());
     rotator.clone().resume();
     let state = api::AdminState::new(registry, readiness.clone(), info)
         .with_store(mesh, parts.node.clone(), Some(forward))

@@ -28,6 +28,9 @@ struct State {
     announced: Option<String>,
     /// The latest `not_after` of an SVID the current CA signed.
     signed_until: SystemTime,
+    /// Since a switch and until the previous root retires: the latest `not_after` of what the
+    /// previous CA signed (asked again by a rotation that retries).
+    previous_until: Option<SystemTime>,
 }
 
 pub struct ClusterCa {
@@ -50,6 +53,7 @@ impl ClusterCa {
                 previous: Vec::new(),
                 announced: None,
                 signed_until: SystemTime::UNIX_EPOCH,
+                previous_until: None,
             }),
             generation: watch::channel(0).0,
         })
@@ -113,6 +117,7 @@ impl ClusterCa {
         state.announced = None;
         let until = state.signed_until;
         state.signed_until = SystemTime::UNIX_EPOCH;
+        state.previous_until = Some(until);
         drop(state);
         self.generation.send_modify(|g| *g += 1);
         Ok(until)
@@ -121,17 +126,23 @@ impl ClusterCa {
     /// The previous root retired: workloads need trust only the current one, and its key is
     /// deleted from the data dir.
     pub fn retire_previous(&self) {
-        self.state
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .previous
-            .clear();
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            state.previous.clear();
+            state.previous_until = None;
+        }
         let retired = self.dir.with_file_name(format!("{CA_DIR}-retired"));
         if let Err(e) = std::fs::remove_dir_all(&retired)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(dir = %retired.display(), error = %e, "could not delete the retired CA");
         }
+    }
+
+    /// Since a switch, until the previous root retires: the latest expiry of what the
+    /// previous CA signed.
+    pub fn previous_until(&self) -> Option<SystemTime> {
+        self.read().previous_until
     }
 
     fn signed(&self, not_after: SystemTime) {

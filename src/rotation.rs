@@ -15,8 +15,12 @@
 //! Tunnels and Raft connections already up stay up (QUIC and TLS judge a certificate at the
 //! handshake); new ones use the new SVID, which the peers trust since step 1.
 //!
-//! One gateway per cluster holds the CA; a cluster with several gateways (each with a copy of
-//! `ca/`) is refused for now: the copies would need the new key too.
+//! A cluster's other gateways hold the CA too (they got it through their join): the rotating
+//! gateway hands them the next CA after step 1 (a connection of their own, mutual TLS with the
+//! current SVIDs; they take it only for a root already in the cluster's bundle), probes them
+//! like every other gateway, and asks them to switch before it switches itself; the old root
+//! retires after the last SVID any of them signed expires, and each deletes its copy of the old
+//! key once the root has left the bundle.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -53,6 +57,8 @@ pub struct Rotator {
     pub bind: IpAddr,
     pub feed: MeshFeed,
     pub writer: Writer,
+    /// This gateway's SVID: other gateways of the cluster take the next CA from it.
+    pub svid: tokio::sync::watch::Receiver<Arc<federation::identity::Svid>>,
     /// Per probe.
     pub probe_timeout: Duration,
     pub busy: tokio::sync::Mutex<()>,
@@ -69,6 +75,109 @@ struct Pending {
     retire_at: String,
     /// PEM of the root that stays.
     root: String,
+}
+
+/// DER of each certificate in `pem`.
+fn rustls_pemfile_certs(pem: &str) -> Vec<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
+impl gateway::CaHandoff for Rotator {
+    fn accept_next(&self, certificate_pem: &str, key_pem: &str) -> Result<(), String> {
+        // Only a root the cluster's trust bundle already holds: the hand-over follows the
+        // announce, and never brings in a CA the mesh has not been told about.
+        let ders = rustls_pemfile_certs(certificate_pem);
+        let known = self
+            .feed
+            .mesh
+            .borrow()
+            .clusters
+            .get(&self.cluster)
+            .is_some_and(|c| !ders.is_empty() && ders.iter().all(|d| c.trust_bundle.contains(d)));
+        if !known {
+            return Err("the CA handed over is not in this cluster's trust bundle".into());
+        }
+        let next_dir = self.data_dir.join(NEXT_DIR);
+        if let Ok(existing) = std::fs::read_to_string(next_dir.join("ca.pem")) {
+            if existing == certificate_pem {
+                return Ok(());
+            }
+            std::fs::remove_dir_all(&next_dir).map_err(|e| e.to_string())?;
+        }
+        std::fs::create_dir_all(&next_dir).map_err(|e| e.to_string())?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(next_dir.join("ca-key.pem"))
+                .map_err(|e| e.to_string())?;
+            file.write_all(key_pem.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| e.to_string())?;
+        }
+        std::fs::write(next_dir.join("ca.pem"), certificate_pem).map_err(|e| e.to_string())?;
+        // Refuses a key that is not the certificate's, or a CA of another trust domain.
+        let next = CertificateAuthority::load_or_create(&next_dir, &self.td).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&next_dir);
+            e.to_string()
+        })?;
+        self.ca.announce(next.bundle_pem());
+        Ok(())
+    }
+
+    fn switch(&self) -> Result<SystemTime, String> {
+        let next_dir = self.data_dir.join(NEXT_DIR);
+        if !next_dir.exists() {
+            // Switched already (a rotation that retries): the same answer again.
+            return self
+                .ca
+                .previous_until()
+                .ok_or_else(|| "no next CA to switch to".to_string());
+        }
+        let until = self.ca.switch(&next_dir).map_err(|e| e.to_string())?;
+        let mut always = TrustBundles::new();
+        always.insert(self.td.clone(), vec![self.ca.current().root_der()]);
+        self.feed.set_always(always);
+        Ok(until)
+    }
+}
+
+/// The data plane starts before the store that a [`Rotator`] writes through: it gets this,
+/// which the rotator is put into once it exists.
+#[derive(Debug, Default)]
+pub struct Handoff(pub std::sync::OnceLock<Arc<Rotator>>);
+
+impl gateway::CaHandoff for Handoff {
+    fn accept_next(&self, certificate_pem: &str, key_pem: &str) -> Result<(), String> {
+        self.0
+            .get()
+            .ok_or("this gateway is still starting")?
+            .accept_next(certificate_pem, key_pem)
+    }
+
+    fn switch(&self) -> Result<SystemTime, String> {
+        gateway::CaHandoff::switch(
+            self.0
+                .get()
+                .ok_or("this gateway is still starting")?
+                .as_ref(),
+        )
+    }
+}
+
+impl std::fmt::Debug for Rotator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotator")
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 impl CaRotator for Rotator {
@@ -122,20 +231,6 @@ impl Rotator {
                 self.cluster, pending.retire_at
             )));
         }
-        let mesh = self.feed.mesh.borrow().clone();
-        let own: Vec<_> = mesh
-            .members
-            .iter()
-            .filter(|m| m.cluster == self.cluster)
-            .collect();
-        if own.len() > 1 {
-            return Err(RotationRefusal::Conflict(format!(
-                "cluster {} has {} gateways, each with a copy of its CA; rotating a shared CA is not supported yet",
-                self.cluster,
-                own.len()
-            )));
-        }
-
         // 1. Announce: the next root joins the bundle everywhere.
         let next_dir = self.data_dir.join(NEXT_DIR);
         let next = CertificateAuthority::load_or_create(&next_dir, &self.td)
@@ -146,13 +241,37 @@ impl Rotator {
         self.set_bundle(&both, &format!("{actor} (ca rotate: announce)"))
             .await?;
         tracing::info!(cluster = %self.cluster, "CA rotation: the next root is in the cluster's trust bundle; waiting until every gateway trusts it");
+        // The cluster's other gateways get the next CA too, from this one (never the log).
+        self.hand_over(&next_dir).await?;
 
         // 2. Switch, once every other gateway accepts an SVID of the next CA.
         let trusting = self.await_trust(&next).await?;
-        let old_until = self
+        // The cluster's other gateways switch first: if one cannot, nothing has switched here
+        // and calling again continues.
+        let mut old_until = SystemTime::UNIX_EPOCH;
+        for sibling in self.siblings() {
+            let svid = self.svid.borrow().clone();
+            let until = gateway::ask_switch(
+                self.bind,
+                sibling.tunnel,
+                &svid,
+                &self.feed.trust,
+                self.probe_timeout,
+            )
+            .await
+            .map_err(|e| {
+                RotationRefusal::Unavailable(format!(
+                    "gateway {} of this cluster did not switch to the next CA: {e}; the rotation stays announced and calling again continues",
+                    sibling.spiffe_id
+                ))
+            })?;
+            old_until = old_until.max(until);
+        }
+        let own_until = self
             .ca
             .switch(&next_dir)
             .map_err(|e| RotationRefusal::Internal(format!("switching to the next CA: {e}")))?;
+        let old_until = old_until.max(own_until);
         let mut always = TrustBundles::new();
         always.insert(self.td.clone(), vec![next.root_der()]);
         self.feed.set_always(always);
@@ -179,11 +298,108 @@ impl Rotator {
         Ok(report)
     }
 
-    /// Resumes a switched rotation's wait after a restart.
+    /// Resumes a switched rotation's wait after a restart, and follows the mesh to delete a
+    /// retired CA's key once another gateway of the cluster retired its root.
     pub fn resume(self: Arc<Self>) {
         if let Some(pending) = self.pending() {
             tracing::info!(cluster = %self.cluster, retire_at = %pending.retire_at, "CA rotation: waiting to retire the old root");
-            tokio::spawn(self.retire(pending));
+            tokio::spawn(self.clone().retire(pending));
+        }
+        tokio::spawn(self.follow_retirement());
+    }
+
+    /// Deletes `ca-retired` once its root has left the cluster's trust bundle (the gateway
+    /// that ran the rotation retired it).
+    async fn follow_retirement(self: Arc<Self>) {
+        let mut mesh = self.feed.mesh.subscribe();
+        let mut stop = self.stop.clone();
+        loop {
+            let retired = self.data_dir.join(format!("{}-retired", crate::ca::CA_DIR));
+            if let Ok(pem) = std::fs::read_to_string(retired.join("ca.pem")) {
+                let root: Vec<Vec<u8>> = rustls_pemfile_certs(&pem);
+                let gone = mesh
+                    .borrow_and_update()
+                    .clusters
+                    .get(&self.cluster)
+                    .is_some_and(|c| root.iter().all(|r| !c.trust_bundle.contains(r)));
+                if gone && !root.is_empty() {
+                    self.ca.retire_previous();
+                    tracing::info!(cluster = %self.cluster, "CA rotation: the old root left the trust bundle; its key is deleted here too");
+                }
+            }
+            tokio::select! {
+                changed = mesh.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// The other gateways of this cluster.
+    fn siblings(&self) -> Vec<federation::mesh::Member> {
+        let own_id = self.id.as_str();
+        self.feed
+            .mesh
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| m.cluster == self.cluster && m.spiffe_id != own_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Gives every other gateway of this cluster the next CA (in `next_dir`), over a
+    /// connection of their own (mutual TLS with the current SVIDs), retrying until the trust
+    /// deadline.
+    async fn hand_over(&self, next_dir: &std::path::Path) -> Result<(), RotationRefusal> {
+        let siblings = self.siblings();
+        if siblings.is_empty() {
+            return Ok(());
+        }
+        let read = |file: &str| {
+            std::fs::read_to_string(next_dir.join(file)).map_err(|e| {
+                RotationRefusal::Internal(format!("reading the next CA's {file}: {e}"))
+            })
+        };
+        let (cert, key) = (read("ca.pem")?, read("ca-key.pem")?);
+        let deadline = tokio::time::Instant::now() + TRUST_DEADLINE;
+        let mut done: Vec<String> = Vec::new();
+        loop {
+            let mut waiting = Vec::new();
+            for sibling in &siblings {
+                if done.contains(&sibling.spiffe_id) {
+                    continue;
+                }
+                let svid = self.svid.borrow().clone();
+                match gateway::hand_next_ca(
+                    self.bind,
+                    sibling.tunnel,
+                    &svid,
+                    &self.feed.trust,
+                    self.probe_timeout,
+                    cert.clone(),
+                    key.clone(),
+                )
+                .await
+                {
+                    Ok(()) => done.push(sibling.spiffe_id.clone()),
+                    Err(e) => waiting.push(format!("{} ({e})", sibling.spiffe_id)),
+                }
+            }
+            if waiting.is_empty() {
+                tracing::info!(cluster = %self.cluster, gateways = %done.join(", "), "CA rotation: the cluster's other gateways hold the next CA");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RotationRefusal::Unavailable(format!(
+                    "not every gateway of this cluster took the next CA: {}; the rotation stays announced and calling again continues",
+                    waiting.join("; ")
+                )));
+            }
+            if !self.sleep(Duration::from_millis(250)).await {
+                return Err(RotationRefusal::Unavailable(
+                    "the gateway is shutting down; the rotation stays announced".into(),
+                ));
+            }
         }
     }
 
@@ -201,7 +417,8 @@ impl Rotator {
         loop {
             let mesh = self.feed.mesh.borrow().clone();
             let mut waiting = Vec::new();
-            for member in mesh.members.iter().filter(|m| m.cluster != self.cluster) {
+            let own_id = self.id.as_str();
+            for member in mesh.members.iter().filter(|m| m.spiffe_id != own_id) {
                 if trusting.contains(&member.spiffe_id) {
                     continue;
                 }

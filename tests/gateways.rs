@@ -139,11 +139,6 @@ fn a_cluster_with_two_gateways_is_reached_through_both_and_survives_losing_one()
         "{}",
         refused.1
     );
-    // A cluster whose CA two gateways hold does not rotate it (yet).
-    let west_admin = Api::of(&west1, admin.token.as_deref());
-    let rotate = west_admin.call("POST", "/v1/clusters/west/ca/rotate", None);
-    assert_eq!(rotate.status, 409, "{}", rotate.text);
-    assert!(rotate.text.contains("2 gateways"), "{}", rotate.text);
     let mut west1 = west1;
 
     let echo = backend::http_echo(&net.ip(10), "west-api");

@@ -216,3 +216,152 @@ fn a_cas_rotation_under_load_fails_no_request() {
     assert!(east.logs().contains("CA rotation done"), "{}", east.logs());
     drop(west);
 }
+
+/// West runs two gateways, each holding west's CA (the second got it through its join): a
+/// rotation started on one hands the next CA to the other, both switch, and the old root
+/// retires, with no failed request through either.
+#[test]
+fn a_cluster_with_two_gateways_rotates_its_ca_with_no_failed_request() {
+    let net = Net::new(137);
+    let east = Spec::new("east", 1).start(&net);
+    let admin = Api::of(&east, Some(&support::admin_token(&net.data_dir("east"))));
+    eventually("the mesh to be founded", UP, || {
+        (admin.raw("GET", "/v1/status", None).status == 200).then_some(())
+    });
+    let token = |admin: &Api| {
+        let reply = admin.post_json(
+            "/v1/tokens",
+            &json!({"role": "join", "description": "rotation test"}),
+        );
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.json["token"].as_str().unwrap().to_string()
+    };
+    let short = "[identity]\nsvid_ttl = \"4s\"\n";
+    let west1 = Spec::new("west", 2)
+        .toml(short)
+        .join(&east, &token(&admin))
+        .start(&net);
+    let west2 = Spec::new("west", 3)
+        .named("west-2")
+        .toml(short)
+        .join(&west1, &token(&admin))
+        .start(&net);
+    let echo = backend::http_echo(&net.ip(10), "west");
+    let docs = [
+        json!({"apiVersion": "causeway.dev/v1alpha1", "kind": "Service",
+            "metadata": {"name": "api", "namespace": "production", "cluster": "west"},
+            "spec": {"ports": [{"port": 80, "protocol": "http"}], "endpoints": [echo.to_string()]}}),
+        json!({"apiVersion": "causeway.dev/v1alpha1", "kind": "ServiceExport",
+            "metadata": {"name": "api", "namespace": "production", "cluster": "west"}, "spec": {}}),
+    ];
+    let yaml = docs
+        .iter()
+        .map(|d| serde_yaml_ng::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n");
+    assert_eq!(admin.apply_yaml(&yaml, false).status, 200);
+    eventually("api.production through east", UP, || {
+        support::try_http(east.outbound, "GET", "api.production", "/", &[], b"")
+            .ok()
+            .filter(|r| r.0 == 200)
+    });
+    let before = roots(&bundle_of(&admin, "west"));
+
+    // About 500 requests a second through east, spread over west's two gateways.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let started = Instant::now();
+    let lanes: Vec<_> = (0..4u32)
+        .map(|lane| {
+            let (stop, ok, failed, errors) =
+                (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+            let outbound = east.outbound;
+            std::thread::spawn(move || {
+                let step = Duration::from_millis(8);
+                let mut conn: Option<KeepAlive> = None;
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let at = started + step * i + Duration::from_millis(u64::from(lane) * 2);
+                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    i += 1;
+                    let outcome = match conn.as_mut() {
+                        Some(c) => c.get("api.production"),
+                        None => KeepAlive::open(outbound).and_then(|mut c| {
+                            let status = c.get("api.production");
+                            conn = Some(c);
+                            status
+                        }),
+                    };
+                    match outcome {
+                        Ok(200) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("{other:?}"));
+                            conn = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let west_admin = Api::of(&west1, admin.token.as_deref());
+    let reply = west_admin.call("POST", "/v1/clusters/west/ca/rotate", None);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let mut trusting: Vec<String> = reply.json["gatewaysTrusting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    trusting.sort();
+    assert_eq!(
+        trusting,
+        [
+            "spiffe://east.mesh/gateway/east-1",
+            "spiffe://west.mesh/gateway/west-2"
+        ]
+    );
+    let new_root = roots(reply.json["newRoot"].as_str().unwrap());
+    assert_ne!(new_root, before);
+    eventually("the old root to retire", UP, || {
+        (roots(&bundle_of(&admin, "west")) == new_root).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for lane in lanes {
+        lane.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests, {failed} failed");
+    assert_eq!(failed, 0, "failed requests: {:?}", errors.lock().unwrap());
+    assert!(ok > 1000, "only {ok} requests");
+
+    // Both of west's gateways switched: each signs with the new CA, and the old key is gone
+    // from both.
+    for name in ["west", "west-2"] {
+        let dir = net.data_dir(name);
+        eventually(&format!("{name}'s retired CA deleted"), UP, || {
+            (!dir.join("ca-retired").exists()).then_some(())
+        });
+        let ca = std::fs::read_to_string(support::ca_of(&dir)).unwrap();
+        assert_eq!(roots(&ca), new_root, "{name}");
+        assert!(!dir.join("ca-next").exists(), "{name}");
+    }
+    // West-2 restarts (east dials it afresh, verifying its new SVID) and carries west alone.
+    drop(west2);
+    let west2 = Spec::new("west", 3).named("west-2").toml(short).start(&net);
+    drop(west1);
+    eventually("api.production through west-2 alone", UP, || {
+        support::try_http(east.outbound, "GET", "api.production", "/", &[], b"")
+            .ok()
+            .filter(|r| r.0 == 200)
+    });
+    drop(west2);
+}

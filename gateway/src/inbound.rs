@@ -33,6 +33,9 @@ use crate::preamble::{
     VerdictCode,
 };
 
+/// A CA hand-over is a certificate and a key in PEM: a few KiB.
+const MAX_CA_BYTES: usize = 64 * 1024;
+
 /// How long past the caller's deadline the destination still waits for its endpoint. The
 /// caller's own timer started first and answers with its route's message and flag (`UT`); that
 /// is the answer a client should see, not a race between two clocks that run out together.
@@ -73,6 +76,8 @@ pub(crate) struct Inbound {
     pub own_domain: federation::identity::TrustDomain,
     /// This gateway's own SPIFFE ID.
     pub own_id: SpiffeId,
+    /// Takes the cluster's next CA from another gateway of the cluster (a rotation).
+    pub ca_handoff: Option<Arc<dyn crate::CaHandoff>>,
 }
 
 /// Tunnel handshakes in progress at once. Anyone can send QUIC Initials; beyond this many, new
@@ -303,6 +308,13 @@ async fn serve_stream(
     let decision = StreamRequest::from_preamble(preamble, SystemTime::now())
         .and_then(|req| match req {
             StreamRequest::Quota { .. } => Ok(req),
+            StreamRequest::CaNext { .. } | StreamRequest::CaSwitch { .. } if !sibling => {
+                Err(Verdict::refused(
+                    VerdictCode::Forbidden,
+                    "only a gateway of this cluster may hand over or switch its CA",
+                ))
+            }
+            StreamRequest::CaNext { .. } | StreamRequest::CaSwitch { .. } => Ok(req),
             _ if sibling => Err(Verdict::refused(
                 VerdictCode::Forbidden,
                 "a gateway of this cluster may only report rate-limit demand here: calls \
@@ -312,7 +324,10 @@ async fn serve_stream(
         })
         .and_then(|req| authorize(req, peer))
         .and_then(|req| match &req {
-            StreamRequest::Catalog { .. } | StreamRequest::Quota { .. } => Ok((req, None)),
+            StreamRequest::Catalog { .. }
+            | StreamRequest::Quota { .. }
+            | StreamRequest::CaNext { .. }
+            | StreamRequest::CaSwitch { .. } => Ok((req, None)),
             StreamRequest::Proxy {
                 service,
                 port,
@@ -484,6 +499,66 @@ async fn serve_stream(
                     tracing::debug!(%peer, error = %e, "unreadable quota report; ignored");
                 }
                 Err(_) => tracing::debug!(%peer, "quota report did not arrive in time"),
+            }
+            finish(&mut send, inbound.preamble_timeout).await;
+        }
+        (StreamRequest::CaNext { .. }, _) => {
+            let read = preamble::read_frame::<preamble::CaHandoff>(&mut recv, MAX_CA_BYTES);
+            let verdict = match tokio::time::timeout(inbound.preamble_timeout, read).await {
+                Ok(Ok(handoff)) => match &inbound.ca_handoff {
+                    Some(hook) => {
+                        match hook.accept_next(&handoff.certificate_pem, &handoff.key_pem) {
+                            Ok(()) => {
+                                tracing::info!(%peer, "CA rotation: took the cluster's next CA from another of its gateways");
+                                Verdict::accepted()
+                            }
+                            Err(why) => Verdict::refused(VerdictCode::Forbidden, why),
+                        }
+                    }
+                    None => Verdict::refused(
+                        VerdictCode::Forbidden,
+                        "this gateway takes no CA hand-over",
+                    ),
+                },
+                Ok(Err(e)) => Verdict::refused(VerdictCode::Malformed, e.to_string()),
+                Err(_) => Verdict::refused(VerdictCode::Malformed, "no CA in time"),
+            };
+            if verdict.decision() != VerdictCode::Accepted {
+                refuse(verdict.decision());
+                tracing::warn!(%peer, reason = %verdict.reason, "CA hand-over refused");
+            }
+            let _ = preamble::write_frame(&mut send, &verdict).await;
+            finish(&mut send, inbound.preamble_timeout).await;
+        }
+        (StreamRequest::CaSwitch { .. }, _) => {
+            let switched = match &inbound.ca_handoff {
+                Some(hook) => hook.switch(),
+                None => Err("this gateway takes no CA hand-over".to_string()),
+            };
+            match switched {
+                Ok(until) => {
+                    tracing::info!(%peer, "CA rotation: switched issuance to the next CA, as another gateway of this cluster asked");
+                    let secs = until
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let _ = preamble::write_frame(&mut send, &Verdict::accepted()).await;
+                    let _ = preamble::write_frame(
+                        &mut send,
+                        &preamble::CaSwitched {
+                            old_signed_until: secs,
+                        },
+                    )
+                    .await;
+                }
+                Err(why) => {
+                    refuse(VerdictCode::Forbidden);
+                    tracing::warn!(%peer, reason = %why, "CA switch refused");
+                    let _ = preamble::write_frame(
+                        &mut send,
+                        &Verdict::refused(VerdictCode::Forbidden, why),
+                    )
+                    .await;
+                }
             }
             finish(&mut send, inbound.preamble_timeout).await;
         }

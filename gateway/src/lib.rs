@@ -58,7 +58,17 @@ use tokio::task::JoinSet;
 
 pub use inbound::{SOURCE_CLUSTER_HEADER, SOURCE_PRINCIPAL_HEADER};
 pub use listen::ClientLimits;
-pub use tunnel::probe;
+pub use tunnel::{ask_switch, hand_next_ca, probe};
+
+/// What this gateway does when another gateway of its cluster hands over the cluster's next CA
+/// or asks it to switch to it (a CA rotation; the binary's `rotation.rs` implements it).
+pub trait CaHandoff: Send + Sync + std::fmt::Debug {
+    /// Keeps the next CA (certificate and key, PEM) beside the current one.
+    fn accept_next(&self, certificate_pem: &str, key_pem: &str) -> Result<(), String>;
+    /// Switches issuance to the next CA; answers the latest expiry of what the old one signed
+    /// here.
+    fn switch(&self) -> Result<std::time::SystemTime, String>;
+}
 
 use crate::catalog::Snapshot;
 use crate::follow::Follower;
@@ -115,6 +125,9 @@ pub struct Settings {
     pub attribute_by_address: bool,
     /// The mesh's root namespace (mesh-wide PeerAuthentication and AuthorizationPolicy).
     pub root_namespace: String,
+    /// Takes the cluster's next CA from another gateway of the cluster during a rotation;
+    /// none: such hand-overs are refused.
+    pub ca_handoff: Option<Arc<dyn CaHandoff>>,
 }
 
 /// The tunnel to one gateway of a peer cluster, for status reports (a cluster with several
@@ -306,6 +319,7 @@ impl Gateway {
             denials: listen::Throttled::new(|s| tracing::info!("streams and requests denied: {s}")),
             own_domain: svid.borrow().id().trust_domain().clone(),
             own_id: svid.borrow().id().clone(),
+            ca_handoff: settings.ca_handoff.clone(),
         });
         tasks.spawn(inbound::accept_loop(
             endpoint.clone(),

@@ -125,6 +125,29 @@ pub enum StreamProtocol {
     /// Tell the receiver this gateway's demand on mesh-wide rate limits (one QuotaReport
     /// frame follows the verdict's request).
     Quota = 4,
+    /// A gateway of the receiver's own cluster hands over the cluster's next CA during a
+    /// rotation (one CaHandoff frame follows).
+    CaNext = 5,
+    /// A gateway of the receiver's own cluster asks it to switch issuance to the next CA; the
+    /// receiver answers a CaSwitched frame after its verdict.
+    CaSwitch = 6,
+}
+
+/// The next CA of the cluster, from one of its gateways to another (never through the log).
+#[derive(Clone, PartialEq, Message)]
+pub struct CaHandoff {
+    #[prost(string, tag = "1")]
+    pub certificate_pem: String,
+    #[prost(string, tag = "2")]
+    pub key_pem: String,
+}
+
+/// A gateway switched to the next CA; until when what the old CA signed for it stays valid.
+#[derive(Clone, PartialEq, Message)]
+pub struct CaSwitched {
+    /// Unix seconds.
+    #[prost(uint64, tag = "1")]
+    pub old_signed_until: u64,
 }
 
 /// A gateway's demand on the mesh-wide rate-limit buckets it saw traffic for.
@@ -332,6 +355,14 @@ pub enum StreamRequest {
     Quota {
         source: SpiffeId,
     },
+    /// A gateway of this cluster hands over the next CA.
+    CaNext {
+        source: SpiffeId,
+    },
+    /// A gateway of this cluster asks for the switch to the next CA.
+    CaSwitch {
+        source: SpiffeId,
+    },
 }
 
 impl StreamRequest {
@@ -339,7 +370,9 @@ impl StreamRequest {
         match self {
             StreamRequest::Proxy { source, .. }
             | StreamRequest::Catalog { source }
-            | StreamRequest::Quota { source } => source,
+            | StreamRequest::Quota { source }
+            | StreamRequest::CaNext { source }
+            | StreamRequest::CaSwitch { source } => source,
         }
     }
 
@@ -371,6 +404,8 @@ impl StreamRequest {
         let protocol = match protocol {
             StreamProtocol::Catalog => return Ok(StreamRequest::Catalog { source }),
             StreamProtocol::Quota => return Ok(StreamRequest::Quota { source }),
+            StreamProtocol::CaNext => return Ok(StreamRequest::CaNext { source }),
+            StreamProtocol::CaSwitch => return Ok(StreamRequest::CaSwitch { source }),
             StreamProtocol::Tcp => federation::model::Protocol::Tcp,
             StreamProtocol::Http => federation::model::Protocol::Http,
             StreamProtocol::Unspecified => return Err(malformed("protocol: unspecified".into())),
@@ -432,6 +467,18 @@ impl StreamRequest {
             StreamRequest::Quota { source } => Preamble {
                 version: VERSION,
                 protocol: StreamProtocol::Quota as i32,
+                source_principal: source.to_string(),
+                ..Default::default()
+            },
+            StreamRequest::CaNext { source } => Preamble {
+                version: VERSION,
+                protocol: StreamProtocol::CaNext as i32,
+                source_principal: source.to_string(),
+                ..Default::default()
+            },
+            StreamRequest::CaSwitch { source } => Preamble {
+                version: VERSION,
+                protocol: StreamProtocol::CaSwitch as i32,
                 source_principal: source.to_string(),
                 ..Default::default()
             },

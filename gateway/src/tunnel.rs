@@ -68,9 +68,10 @@ fn client_config(
 }
 
 /// Whether the gateway at `peer` (of trust domain `peer_td`) accepts `svid`: a fresh QUIC
-/// connection from `bind` presenting it, and a catalog request the peer answers. Proves that
-/// the peer trusts the CA that signed `svid` (a CA rotation asks this of every gateway before
-/// it switches issuance).
+/// connection from `bind` presenting it, and a stream the peer answers (a catalog request, or
+/// for a gateway of the same cluster an empty rate-limit report). Proves that the peer trusts
+/// the CA that signed `svid` (a CA rotation asks this of every gateway before it switches
+/// issuance).
 pub async fn probe(
     bind: std::net::IpAddr,
     peer: std::net::SocketAddr,
@@ -79,6 +80,92 @@ pub async fn probe(
     trust: &TrustStore,
     timeout: Duration,
 ) -> Result<(), GatewayError> {
+    let sibling = svid.id().trust_domain() == peer_td;
+    let request = if sibling {
+        StreamRequest::Quota {
+            source: svid.id().clone(),
+        }
+    } else {
+        StreamRequest::Catalog {
+            source: svid.id().clone(),
+        }
+    };
+    let payload = sibling.then(preamble::QuotaReport::default);
+    once::<_, preamble::CaSwitched>(
+        bind, peer, peer_td, svid, trust, timeout, request, payload, false,
+    )
+    .await
+    .map(drop)
+}
+
+/// Hands the cluster's next CA to `peer`, another gateway of this cluster, during a rotation.
+pub async fn hand_next_ca(
+    bind: std::net::IpAddr,
+    peer: std::net::SocketAddr,
+    svid: &Svid,
+    trust: &TrustStore,
+    timeout: Duration,
+    certificate_pem: String,
+    key_pem: String,
+) -> Result<(), GatewayError> {
+    let request = StreamRequest::CaNext {
+        source: svid.id().clone(),
+    };
+    let payload = preamble::CaHandoff {
+        certificate_pem,
+        key_pem,
+    };
+    let td = svid.id().trust_domain().clone();
+    once::<_, preamble::CaSwitched>(
+        bind,
+        peer,
+        &td,
+        svid,
+        trust,
+        timeout,
+        request,
+        Some(payload),
+        false,
+    )
+    .await
+    .map(drop)
+}
+
+/// Asks `peer`, another gateway of this cluster, to switch issuance to the next CA; answers
+/// until when what its old CA signed stays valid.
+pub async fn ask_switch(
+    bind: std::net::IpAddr,
+    peer: std::net::SocketAddr,
+    svid: &Svid,
+    trust: &TrustStore,
+    timeout: Duration,
+) -> Result<std::time::SystemTime, GatewayError> {
+    let request = StreamRequest::CaSwitch {
+        source: svid.id().clone(),
+    };
+    let td = svid.id().trust_domain().clone();
+    let switched = once::<preamble::Catalog, preamble::CaSwitched>(
+        bind, peer, &td, svid, trust, timeout, request, None, true,
+    )
+    .await?
+    .ok_or_else(|| GatewayError::Tunnel("no switch answer".into()))?;
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs(switched.old_signed_until))
+}
+
+/// One request on a fresh connection to `peer`: the preamble, then `payload` if any, then
+/// the verdict; with `answer`, the frame that follows an accepted verdict.
+#[allow(clippy::too_many_arguments)]
+async fn once<M: prost::Message, A: prost::Message + Default>(
+    bind: std::net::IpAddr,
+    peer: std::net::SocketAddr,
+    peer_td: &TrustDomain,
+    svid: &Svid,
+    trust: &TrustStore,
+    timeout: Duration,
+    request: StreamRequest,
+    payload: Option<M>,
+    answer: bool,
+) -> Result<Option<A>, GatewayError> {
     let endpoint =
         quinn::Endpoint::client(std::net::SocketAddr::new(bind, 0)).map_err(|source| {
             GatewayError::Bind {
@@ -101,16 +188,23 @@ pub async fn probe(
             .open_bi()
             .await
             .map_err(|e| GatewayError::Tunnel(e.to_string()))?;
-        let request = StreamRequest::Catalog {
-            source: svid.id().clone(),
-        };
         preamble::write_frame(&mut send, &request.to_preamble()).await?;
+        if let Some(payload) = &payload {
+            preamble::write_frame(&mut send, payload).await?;
+        }
+        let _ = send.finish();
         let verdict = preamble::read_verdict(&mut recv).await?;
-        conn.close(0u32.into(), b"probe done");
         if verdict.decision() != VerdictCode::Accepted {
+            conn.close(0u32.into(), b"done");
             return Err(GatewayError::Refused(verdict.decision(), verdict.reason));
         }
-        Ok(())
+        let answered = if answer {
+            Some(preamble::read_frame::<A>(&mut recv, 1024).await?)
+        } else {
+            None
+        };
+        conn.close(0u32.into(), b"done");
+        Ok(answered)
     };
     let outcome = tokio::time::timeout(timeout, attempt)
         .await
@@ -119,7 +213,7 @@ pub async fn probe(
                 "no answer within {timeout:?}"
             )))
         });
-    endpoint.close(0u32.into(), b"probe done");
+    endpoint.close(0u32.into(), b"done");
     outcome
 }
 

@@ -78,6 +78,7 @@ impl Cluster {
             workload_addr: None,
             attribute_by_address: false,
             root_namespace: "istio-system".into(),
+            ca_handoff: None,
         };
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = gateway::metrics::Metrics::register(&mut registry);

@@ -98,7 +98,7 @@ pub struct RotationReport {
 /// Why a rotation did not run or did not finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotationRefusal {
-    /// Not now: another rotation is under way, the cluster has several gateways, ...
+    /// Not now: another rotation is under way, or the previous one's old root has not retired.
     Conflict(String),
     /// Not yet: a gateway does not trust the next root in time, or no quorum; the rotation
     /// stays announced and a later call continues it.
@@ -146,7 +146,7 @@ impl ToSchema for RotateRequest {}
         (status = 200, description = "Issuance switched to the next CA; the old root stays trusted until `oldRootRetiresAt`", body = RotationReport),
         (status = 400, description = "A bad cluster name (`field`: name), a body other than `{}`, or a query parameter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No cluster of that name in the mesh", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The cluster is not this gateway's (the detail names its gateways' admin addresses), or the rotation cannot run now: another is under way, the previous rotation's old root has not retired yet, or the cluster has several gateways", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The cluster is not this gateway's (the detail names its gateways' admin addresses), or the rotation cannot run now: another is under way, the previous rotation's old root has not retired yet", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 4 MiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "This gateway holds no CA to rotate, or not every gateway trusted the next root in time, or no quorum (the rotation stays announced; calling again continues it)", body = ProblemBody, content_type = "application/problem+json"),
