@@ -316,6 +316,28 @@ fn the_callers_identity_crosses_the_boundary_and_istio_security_policy_holds_on_
     );
     assert_eq!(frontend.http(&east, "GET", "/api/v1/items").0, 200);
     assert_eq!(plain(&east, &frontend_ip, "GET", "/api/v1/items").0, 200);
+
+    // The caller's identity also reaches routing at the source: a VirtualService route that
+    // matches `sourceNamespace` takes the monitoring namespace's calls only.
+    apply(
+        &admin,
+        &yaml(json!([
+            {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": {"name": "api", "namespace": "production"},
+             "spec": {"hosts": ["api"], "http": [
+                 {"match": [{"sourceNamespace": "monitoring"}],
+                  "directResponse": {"status": 200, "body": {"string": "for monitoring"}}},
+                 {"route": [{"destination": {"host": "api"}}]}]}},
+        ])),
+    );
+    let (_, body) = eventually("the sourceNamespace route", UP, || {
+        let answer = prometheus.http(&east, "GET", "/anything");
+        (answer.1 == "for monitoring").then_some(answer)
+    });
+    assert_eq!(body, "for monitoring");
+    let (status, body) = frontend.http(&east, "GET", "/api/v1/items");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("api\n"), "{body}");
     let metrics = west.metrics();
     assert!(
         metrics.contains(

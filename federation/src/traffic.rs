@@ -283,10 +283,13 @@ pub struct RouteDestination {
 #[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
     pub name: Option<String>,
-    /// The match can never hold here: it names the caller's workload (`sourceLabels`,
-    /// `sourceNamespace`), which the outbound listener does not know, or gateways other than
-    /// the mesh.
+    /// The match can never hold here: it names the caller's workload labels
+    /// (`sourceLabels`), which the source gateway does not know, or gateways other than the
+    /// mesh.
     pub never: bool,
+    /// `sourceNamespace`: the namespace of the caller's workload identity; a caller without
+    /// one (a plaintext client the cluster does not attribute) never matches it.
+    pub source_namespace: Option<String>,
     pub uri: Option<StringMatch>,
     pub method: Option<StringMatch>,
     pub authority: Option<StringMatch>,

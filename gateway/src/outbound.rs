@@ -229,7 +229,11 @@ pub(crate) async fn route_http(
     let (route, matched) = if routes.is_empty() {
         (None, None)
     } else {
-        let view = RequestView::of(&req, &host, host_port);
+        let namespace = caller
+            .workload()
+            .and_then(|p| preamble::workload_path(p.path()))
+            .map(|(ns, _)| ns);
+        let view = RequestView::of(&req, &host, host_port).from_namespace(namespace);
         match routing::select(routes, index, &view) {
             Some((route, matched)) => (Some(route), matched),
             None => {

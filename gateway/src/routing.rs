@@ -22,6 +22,8 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The service port addressed (the Host's port, or the service's HTTP port).
     pub port: Option<u16>,
+    /// The namespace of the caller's workload identity, when it has one.
+    pub source_namespace: Option<&'a str>,
 }
 
 impl<'a> RequestView<'a> {
@@ -33,7 +35,14 @@ impl<'a> RequestView<'a> {
             authority,
             headers: req.headers(),
             port,
+            source_namespace: None,
         }
+    }
+
+    /// The view of a caller whose workload identity is in namespace `namespace`.
+    pub fn from_namespace(mut self, namespace: Option<&'a str>) -> Self {
+        self.source_namespace = namespace;
+        self
     }
 
     fn header(&self, name: &str) -> Option<&'a str> {
@@ -79,6 +88,11 @@ pub fn select<'r>(
 
 fn matches(m: &RequestMatch, req: &RequestView<'_>) -> bool {
     if m.never {
+        return false;
+    }
+    if let Some(ns) = &m.source_namespace
+        && req.source_namespace != Some(ns.as_str())
+    {
         return false;
     }
     let uri_ok = m.uri.as_ref().is_none_or(|u| {
@@ -251,6 +265,21 @@ mod tests {
         );
         // No catch-all: nothing matches.
         assert_eq!(pick(&routes[..2], &req("GET", "/", &[])), None);
+    }
+
+    #[test]
+    fn source_namespace_holds_only_for_a_caller_of_that_namespace() {
+        let m = RequestMatch {
+            source_namespace: Some("monitoring".into()),
+            ..RequestMatch::default()
+        };
+        let req = http::Request::builder().uri("/").body(()).unwrap();
+        let view = |ns| RequestView::of(&req, "api.prod", None).from_namespace(ns);
+        assert!(matches(&m, &view(Some("monitoring"))));
+        assert!(!matches(&m, &view(Some("production"))));
+        // A caller without a workload identity has no namespace.
+        assert!(!matches(&m, &view(None)));
+        assert!(matches(&RequestMatch::default(), &view(None)));
     }
 
     #[test]

@@ -411,13 +411,14 @@ fn binds_mesh(gateways: Option<&Value>) -> bool {
 }
 
 fn istio_match(m: &Value) -> RequestMatch {
-    // Conditions on the caller's workload (its labels, its namespace) cannot hold for a
-    // caller whose workload is unknown, as every client of the outbound listener is: such a
-    // match never holds, which is how Istio treats a caller that lacks them.
-    let caller_unknown = m.get("sourceLabels").is_some() || m.get("sourceNamespace").is_some();
+    // The caller's workload labels are not known to the source gateway: a match on them never
+    // holds, which is how Istio treats a caller that lacks them. Its namespace is known when
+    // its identity is (see `source_namespace`).
+    let caller_unknown = m.get("sourceLabels").is_some();
     let never = caller_unknown || !binds_mesh(m.get("gateways"));
     RequestMatch {
         never,
+        source_namespace: text(m.get("sourceNamespace")),
         name: text(m.get("name")),
         uri: m.get("uri").and_then(string_match),
         method: m.get("method").and_then(string_match),
