@@ -55,6 +55,86 @@ impl KeepAlive {
     }
 }
 
+/// Clients sending `GET api.production` through `outbound` on keep-alive connections: `lanes`
+/// of them, each every 8 ms, the lanes `offset` apart; every answer but a 200 is a failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    lanes: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    fn start(outbound: SocketAddr, lanes: u32, offset: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let lanes = (0..lanes)
+            .map(|lane| {
+                let (stop, ok, failed, errors) =
+                    (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                std::thread::spawn(move || {
+                    let step = Duration::from_millis(8);
+                    let mut conn: Option<KeepAlive> = None;
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = started + step * i + offset * lane;
+                        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        i += 1;
+                        let outcome = match conn.as_mut() {
+                            Some(c) => c.get("api.production"),
+                            None => KeepAlive::open(outbound).and_then(|mut c| {
+                                let status = c.get("api.production");
+                                conn = Some(c);
+                                status
+                            }),
+                        };
+                        match outcome {
+                            Ok(200) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap().push(format!("{other:?}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            lanes,
+            started,
+        }
+    }
+
+    /// Stops the clients: the requests answered 200, the failed ones, what failed, and the
+    /// seconds it ran.
+    fn finish(self) -> (u64, u64, Vec<String>, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for lane in self.lanes {
+            lane.join().unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+            self.started.elapsed().as_secs_f64(),
+        )
+    }
+}
+
 /// Roots in a PEM bundle.
 fn roots(pem: &str) -> Vec<String> {
     pem.split("-----END CERTIFICATE-----")
@@ -114,47 +194,7 @@ fn a_cas_rotation_under_load_fails_no_request() {
     assert_eq!(before.len(), 1);
 
     // About 1000 requests a second through east to west, on 8 keep-alive connections.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let started = Instant::now();
-    let lanes: Vec<_> = (0..8u32)
-        .map(|lane| {
-            let (stop, ok, failed, errors) =
-                (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-            let outbound = east.outbound;
-            std::thread::spawn(move || {
-                let step = Duration::from_millis(8);
-                let mut conn = None;
-                let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let at = started + step * i + Duration::from_millis(u64::from(lane));
-                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    i += 1;
-                    let outcome = match conn.as_mut() {
-                        Some(c) => KeepAlive::get(c, "api.production"),
-                        None => KeepAlive::open(outbound).and_then(|mut c| {
-                            let status = c.get("api.production");
-                            conn = Some(c);
-                            status
-                        }),
-                    };
-                    match outcome {
-                        Ok(200) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(format!("{:?}", other));
-                            conn = None;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(east.outbound, 8, Duration::from_millis(1));
     std::thread::sleep(Duration::from_secs(1));
 
     let reply = admin.call("POST", "/v1/clusters/east/ca/rotate", None);
@@ -181,17 +221,12 @@ fn a_cas_rotation_under_load_fails_no_request() {
         (roots(&bundle_of(&admin, "east")) == new_root).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    for lane in lanes {
-        lane.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    let elapsed = started.elapsed().as_secs_f64();
+    let (ok, failed, errors, elapsed) = load.finish();
     eprintln!(
         "{ok} requests in {elapsed:.1} s ({:.0}/s), {failed} failed",
         ok as f64 / elapsed
     );
-    assert_eq!(failed, 0, "failed requests: {:?}", errors.lock().unwrap());
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert!(
         ok as f64 > 500.0 * elapsed,
         "only {ok} requests in {elapsed:.1} s"
@@ -268,47 +303,7 @@ fn a_cluster_with_two_gateways_rotates_its_ca_with_no_failed_request() {
     let before = roots(&bundle_of(&admin, "west"));
 
     // About 500 requests a second through east, spread over west's two gateways.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let started = Instant::now();
-    let lanes: Vec<_> = (0..4u32)
-        .map(|lane| {
-            let (stop, ok, failed, errors) =
-                (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-            let outbound = east.outbound;
-            std::thread::spawn(move || {
-                let step = Duration::from_millis(8);
-                let mut conn: Option<KeepAlive> = None;
-                let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let at = started + step * i + Duration::from_millis(u64::from(lane) * 2);
-                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    i += 1;
-                    let outcome = match conn.as_mut() {
-                        Some(c) => c.get("api.production"),
-                        None => KeepAlive::open(outbound).and_then(|mut c| {
-                            let status = c.get("api.production");
-                            conn = Some(c);
-                            status
-                        }),
-                    };
-                    match outcome {
-                        Ok(200) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(format!("{other:?}"));
-                            conn = None;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(east.outbound, 4, Duration::from_millis(2));
     std::thread::sleep(Duration::from_secs(1));
 
     let west_admin = Api::of(&west1, admin.token.as_deref());
@@ -334,13 +329,9 @@ fn a_cluster_with_two_gateways_rotates_its_ca_with_no_failed_request() {
         (roots(&bundle_of(&admin, "west")) == new_root).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    for lane in lanes {
-        lane.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed, errors, _) = load.finish();
     eprintln!("{ok} requests, {failed} failed");
-    assert_eq!(failed, 0, "failed requests: {:?}", errors.lock().unwrap());
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert!(ok > 1000, "only {ok} requests");
 
     // Both of west's gateways switched: each signs with the new CA, and the old key is gone

@@ -275,23 +275,8 @@ pub struct SvidRequest {
     pub ttl: Option<String>,
 }
 
-/// `POST /v1/clusters/{name}/ca/rotate` → 200: what the rotation did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RotationReport {
-    pub cluster: String,
-    /// `switched`: the next CA signs; the old root is still trusted until
-    /// `old_root_retires_at`.
-    pub phase: String,
-    /// PEM of the new root.
-    pub new_root: String,
-    /// The gateways that proved they trust the new root before the switch (SPIFFE IDs).
-    pub gateways_trusting: Vec<String>,
-    /// RFC 3339.
-    pub switched_at: String,
-    /// RFC 3339: when the old root leaves the cluster's trust bundle.
-    pub old_root_retires_at: String,
-}
+/// `POST /v1/clusters/{name}/ca/rotate` → 200: what the rotation did (the server's type).
+pub use crate::RotationReport;
 
 /// `POST /v1/svids` → 201: the workload's certificate and its cluster's trust bundle (PEM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

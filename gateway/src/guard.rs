@@ -34,7 +34,7 @@ pub(crate) struct Guard {
     /// The trust domain of every cluster: what `cluster.local` in a policy's principal stands
     /// for (Istio's multi-cluster meshes share `cluster.local`; a federation's clusters each
     /// have their own domain, read as aliases of it).
-    pub domains: Vec<String>,
+    pub domains: Arc<[String]>,
     /// This cluster's workloads by address, for source-address attribution: `None` where two
     /// service accounts share an address (then nobody is attributed).
     by_address: HashMap<IpAddr, Option<SpiffeId>>,
@@ -146,7 +146,7 @@ impl Guard {
                     return Ok(Admitted {
                         principal: None,
                         policies: Vec::new(),
-                        domains: Vec::new(),
+                        domains: Arc::default(),
                         refused: Some(why),
                     });
                 }
@@ -210,7 +210,8 @@ pub(crate) struct Admitted {
     /// where PeerAuthentication disables mTLS.
     pub principal: Option<SpiffeId>,
     pub policies: Vec<Arc<Policy>>,
-    domains: Vec<String>,
+    /// The guard's, shared: every stream gets one.
+    domains: Arc<[String]>,
     /// PeerAuthentication refuses every request of this HTTP stream, for this reason.
     pub refused: Option<String>,
 }

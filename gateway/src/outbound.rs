@@ -496,9 +496,9 @@ fn rate_limit<B>(
 
     let limits = snapshot.guard.security.rate_limits.get(service)?;
     let now = std::time::Instant::now();
+    let principal = caller.workload().map_or("-", |p| p.as_str());
+    let remote = client.ip().to_string();
     for limit in limits {
-        let principal = caller.workload().map_or("-", |p| p.as_str());
-        let remote = client.ip().to_string();
         let values = limit.descriptors.iter().map(|d| match d {
             Descriptor::Header(name) => req
                 .headers()

@@ -78,8 +78,8 @@ pub struct JoinCaRequest {
     pub cluster: String,
 }
 
-/// What a rotation did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+/// What a rotation did (also what `api::client::Client::rotate_ca` reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationReport {
     pub cluster: String,
